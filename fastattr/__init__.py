@@ -1,0 +1,14 @@
+"""fastattr: fast, reproducible gradient attributions for PyTorch.
+
+Every method is a weighted sum of gradients at generated points, run by one
+chunked engine on fused C++/CUDA kernels (or their pure-PyTorch reference
+when the compiled library is missing; see :func:`backend`).
+"""
+from ._backend import backend
+from .attr import input_x_gradient, integrated_gradients, saliency, smoothgrad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backend", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad",
+]

@@ -1,0 +1,202 @@
+"""Argument checks shared by every explainer.
+
+Everything here runs before any model compute and raises with a message that
+names the argument and says what was expected.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+BaselineType = Union[None, int, float, Tensor, Tuple[Union[int, float, Tensor], ...]]
+TargetType = Union[None, int, Sequence[int], Tensor]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _all_finite(t: Tensor) -> bool:
+    return t.numel() == 0 or bool(torch.isfinite(t).all())
+
+
+def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
+    """Check ``inputs`` (a tensor ``[B, *F]`` or a tuple of them) and return
+    ``(tuple_of_tensors, was_tuple)``."""
+    was_tuple = isinstance(inputs, tuple)
+    tensors = inputs if was_tuple else (inputs,)
+    if len(tensors) == 0:
+        raise ValueError("inputs: expected a tensor or a non-empty tuple of tensors, got ()")
+    for i, t in enumerate(tensors):
+        name = f"inputs[{i}]" if was_tuple else "inputs"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name}: expected a floating dtype (float16, bfloat16, float32, "
+                f"float64), got {t.dtype}"
+            )
+        if t.dim() < 1:
+            raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
+        if t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(
+                f"{name}: batch size {t.shape[0]} differs from inputs[0]'s {tensors[0].shape[0]}"
+            )
+        if t.device != tensors[0].device:
+            raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
+        if not _all_finite(t):
+            raise ValueError(f"{name}: contains NaN or Inf")
+    return tuple(tensors), was_tuple
+
+
+def format_baselines(
+    baselines: BaselineType, inputs: Tuple[Tensor, ...], was_tuple: bool
+) -> Tuple[Tensor, ...]:
+    """Baselines as one contiguous tensor ``[1, *F]`` or ``[B, *F]`` per input.
+
+    Accepts None (zeros), a number, a tensor broadcastable to the input
+    (``[*F]``, ``[1, *F]``, ``[B, *F]`` or any broadcastable shape), or a
+    tuple of those, one per input.
+    """
+    if baselines is None:
+        baselines = 0.0
+    items = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
+    if len(items) != len(inputs):
+        raise ValueError(
+            f"baselines: expected {len(inputs)} baselines (one per input), got {len(items)}"
+        )
+    out = []
+    for i, (b, x) in enumerate(zip(items, inputs)):
+        name = f"baselines[{i}]" if was_tuple else "baselines"
+        if isinstance(b, bool) or not isinstance(b, (Real, Tensor)):
+            raise TypeError(f"{name}: expected a number or a tensor, got {type(b).__name__}")
+        if not isinstance(b, Tensor):
+            if not math.isfinite(b):
+                raise ValueError(f"{name}: must be finite, got {b}")
+            out.append(torch.full((1, *x.shape[1:]), float(b), dtype=x.dtype, device=x.device))
+            continue
+        if b.device != x.device:
+            raise ValueError(f"{name}: on {b.device}, expected {x.device} like the input")
+        if not b.is_floating_point() and b.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name}: expected a numeric dtype, got {b.dtype}")
+        try:
+            shape = torch.broadcast_shapes(b.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(
+                f"{name}: shape {tuple(b.shape)} does not broadcast to the input's "
+                f"shape {tuple(x.shape)}"
+            )
+        if not _all_finite(b):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        per_example = b.dim() == x.dim() and b.shape[0] != 1
+        rows = x.shape[0] if per_example else 1
+        out.append(b.to(x.dtype).expand(rows, *x.shape[1:]).contiguous())
+    return tuple(out)
+
+
+def format_target(target: TargetType, batch: int, device: torch.device) -> Union[None, int, Tensor]:
+    """None, an int (same class for every example) or an int64 tensor ``[B]``."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TypeError("target: expected an int, a list of ints or an int tensor, got bool")
+    if isinstance(target, Integral):
+        return int(target)
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
+        if target.dim() == 0:
+            return int(target.item())
+        if target.dim() != 1 or target.shape[0] != batch:
+            raise ValueError(
+                f"target: expected a 1-D tensor of length {batch} (one class per "
+                f"example), got shape {tuple(target.shape)}"
+            )
+        return target.to(device=device, dtype=torch.int64)
+    if isinstance(target, (list, tuple)):
+        if len(target) != batch:
+            raise ValueError(
+                f"target: expected {batch} entries (one class per example), got {len(target)}"
+            )
+        for t in target:
+            if isinstance(t, bool) or not isinstance(t, Integral):
+                raise TypeError(f"target: list entries must be ints, got {type(t).__name__}")
+        return torch.tensor(list(target), dtype=torch.int64, device=device)
+    raise TypeError(
+        f"target: expected None, an int, a list of ints or an int tensor, got {type(target).__name__}"
+    )
+
+
+def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int]) -> None:
+    """Check target classes against the model's output width (None: output is ``[B]``)."""
+    if target is None:
+        if n_outputs is not None and n_outputs != 1:
+            raise ValueError(
+                f"target: required because the model returns {n_outputs} outputs per "
+                "example; pass the class index to explain"
+            )
+        return
+    if n_outputs is None:
+        raise ValueError("target: must be None for a model whose output is [B] (one value per example)")
+    if isinstance(target, int):
+        lo = hi = target
+    else:
+        if target.numel() == 0:
+            return
+        lo, hi = int(target.min()), int(target.max())
+    if lo < -n_outputs or hi >= n_outputs:
+        raise ValueError(
+            f"target: class index out of range for a model with {n_outputs} outputs "
+            f"(got {lo if lo < -n_outputs else hi})"
+        )
+
+
+def format_additional_args(args: Any, batch: int) -> Tuple[Any, ...]:
+    """``additional_forward_args`` as a tuple. Tensors with a batch dimension
+    must have ``B`` rows (they are gathered per evaluated row); 0-d tensors and
+    non-tensors are passed to every call unchanged."""
+    if args is None:
+        return ()
+    items = args if isinstance(args, tuple) else (args,)
+    for i, a in enumerate(items):
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] != batch:
+            raise ValueError(
+                f"additional_forward_args[{i}]: a tensor with a batch dimension must "
+                f"have {batch} rows like the inputs, got shape {tuple(a.shape)}"
+            )
+    return tuple(items)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_optional_positive_int(value: Any, name: str) -> Optional[int]:
+    """None, or ``value`` as an int ``>= 1``."""
+    return None if value is None else check_positive_int(value, name)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``name``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_scales(value: Any, name: str, n_inputs: int) -> Tuple[float, ...]:
+    """A finite non-negative float, or a tuple of them (one per input)."""
+    items = value if isinstance(value, tuple) else (value,) * n_inputs
+    if len(items) != n_inputs:
+        raise ValueError(f"{name}: expected {n_inputs} values (one per input), got {len(items)}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}: expected finite numbers >= 0, got {value!r}")
+    return tuple(float(v) for v in items)

@@ -1,0 +1,61 @@
+"""What every explainer does around the engine: check and format the
+caller's arguments into a :class:`~fastattr.engine.Request`, and shape the
+result back the way the caller passed the inputs (tensor in, tensor out;
+tuple in, tuple out)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import _validate as v
+from ..engine import PointPlan, Request
+
+
+def build_request(
+    model: Callable[..., Tensor],
+    inputs: v.TensorOrTuple,
+    target: v.TargetType,
+    additional_forward_args: Any,
+    plan_for: Callable[[Tuple[Tensor, ...]], PointPlan],
+    memory_budget: Optional[int],
+    chunk_rows: Optional[int],
+    baselines: v.BaselineType = None,
+    needs_baselines: bool = False,
+    want_deltas: bool = False,
+) -> Tuple[Request, bool]:
+    """Validate everything and return ``(request, inputs_was_tuple)``.
+
+    ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are known.
+    """
+    if not callable(model):
+        raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
+    xs, was_tuple = v.format_inputs(inputs)
+    batch, device = xs[0].shape[0], xs[0].device
+    if isinstance(model, torch.nn.Module):
+        for name, p in model.named_parameters():
+            if p.device != device:
+                raise ValueError(
+                    f"model: parameter {name!r} is on {p.device} but inputs are on {device}"
+                )
+            break
+    bases = v.format_baselines(baselines, xs, was_tuple) if needs_baselines else None
+    req = Request(
+        model=model,
+        inputs=xs,
+        baselines=bases,
+        target=v.format_target(target, batch, device),
+        additional_args=v.format_additional_args(additional_forward_args, batch),
+        plan=plan_for(xs),
+        memory_budget=v.check_optional_positive_int(memory_budget, "memory_budget"),
+        chunk_rows=v.check_optional_positive_int(chunk_rows, "chunk_rows"),
+        want_deltas=want_deltas,
+    )
+    return req, was_tuple
+
+
+def shape_output(values: Tuple[Tensor, ...], like: Tuple[Tensor, ...], was_tuple: bool) -> Union[Tensor, Tuple[Tensor, ...]]:
+    """Cast each result to its input's dtype; a tuple only if the inputs were one."""
+    out = tuple(a.to(x.dtype) for a, x in zip(values, like))
+    return out if was_tuple else out[0]

@@ -1,0 +1,8 @@
+"""The chunked gradient engine: plans, chunk sizing and the fwd/bwd loop."""
+from .plan import PURPOSE_SMOOTHGRAD, PointPlan, single_point_plan
+from .run import Request, Result, accumulator_dtype, run, sample_inputs
+
+__all__ = [
+    "PURPOSE_SMOOTHGRAD", "PointPlan", "Request", "Result", "accumulator_dtype", "run",
+    "sample_inputs", "single_point_plan",
+]

@@ -1,0 +1,99 @@
+"""Chunk sizing: how many rows fit in a memory budget.
+
+A chunk's peak memory is dominated by what autograd saves for the backward
+pass. That is measured, not guessed: the first chunk of a call runs under
+``saved_tensors_hooks`` that add up the bytes saved per row, and the figure is
+cached per (model, input signature) so later calls size every chunk right away.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Dict, Hashable, Iterator, Optional, Tuple
+
+import contextlib
+import torch
+from torch import Tensor
+
+DEFAULT_CPU_BUDGET = 1 << 30  # bytes
+# Before anything is measured, assume activations of this many times the
+# input row: generous for MLPs and small conv nets, so the first chunk of an
+# unknown model stays well inside the budget.
+_FIRST_GUESS_ACTIVATION_FACTOR = 64
+# Rows, accumulators and gradients of the inputs live beside the activations.
+_INPUT_COPIES_PER_ROW = 4
+
+_measured: "weakref.WeakKeyDictionary[object, Dict[Hashable, int]]" = weakref.WeakKeyDictionary()
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes one chunk may use when the caller gives no ``memory_budget``:
+    a quarter of the free memory of a GPU, 1 GiB on the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(free // 4, 1 << 20)
+    return DEFAULT_CPU_BUDGET
+
+
+def signature(inputs: Tuple[Tensor, ...]) -> Hashable:
+    """What the activation size per row depends on, besides the model."""
+    return tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in inputs)
+
+
+def cached_activation_bytes(model: object, sig: Hashable) -> Optional[int]:
+    """Measured saved-activation bytes per row, if this model/signature ran before."""
+    try:
+        return _measured.get(model, {}).get(sig)
+    except TypeError:  # models that cannot be weakly referenced are not cached
+        return None
+
+
+def store_activation_bytes(model: object, sig: Hashable, per_row: int) -> None:
+    try:
+        _measured.setdefault(model, {})[sig] = per_row
+    except TypeError:
+        pass
+
+
+def rows_per_chunk(
+    budget: int,
+    input_row_bytes: int,
+    activation_row_bytes: Optional[int],
+    total_rows: int,
+    cap: Optional[int],
+) -> int:
+    """Rows per chunk (>= 1) so that one chunk's memory stays within ``budget``."""
+    if activation_row_bytes is None:
+        activation_row_bytes = _FIRST_GUESS_ACTIVATION_FACTOR * input_row_bytes
+    per_row = max(1, activation_row_bytes + _INPUT_COPIES_PER_ROW * input_row_bytes)
+    rows = max(1, min(total_rows, budget // per_row))
+    return rows if cap is None else max(1, min(rows, cap))
+
+
+class SavedBytesMeter:
+    """Adds up the bytes autograd saves for backward, once per storage,
+    leaving out storages that belong to the model's parameters and buffers."""
+
+    def __init__(self, exclude_ptrs: set):
+        self.total = 0
+        self._seen = set(exclude_ptrs)
+
+    def _pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._seen:
+            self._seen.add(ptr)
+            self.total += storage.nbytes()
+        return t
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator["SavedBytesMeter"]:
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+
+
+def model_storage_ptrs(model: object) -> set:
+    """Storage pointers of a module's parameters and buffers (empty for plain callables)."""
+    if not isinstance(model, torch.nn.Module):
+        return set()
+    tensors = list(model.parameters()) + list(model.buffers())
+    return {t.untyped_storage().data_ptr() for t in tensors}

@@ -1,0 +1,67 @@
+"""What an explainer asks the engine to evaluate.
+
+Every gradient method here is a weighted sum of gradients at generated points:
+for each example ``b``, ``n_samples`` noisy copies ``x_n`` (or just ``x``) and,
+for path methods, ``S`` points ``base + alpha_s (x_n - base)`` on the path to
+each copy. Rows are example-major: row ``r`` is example ``r // (N*S)``, sample
+``(r // S) % N``, step ``r % S``.
+
+Per (example, sample) the step gradients are summed with ``step_weights``
+(the *inner* sum), turned into a per-sample attribution by
+``sample_transform``, and the samples are averaged (the *outer* sum, with the
+mean of squares when ``keep_square``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+# What a per-sample attribution is, given the inner gradient sum g:
+SAMPLE_TRANSFORMS = (
+    "grad",  # g
+    "abs",  # |g|                       (Saliency's default)
+    "times_input",  # g * x_n           (input x gradient)
+    "times_input_minus_baseline",  # g * (x_n - base)   (integrated gradients)
+)
+
+# Purpose tags keep the random streams of different uses apart (csrc/README.md §2).
+PURPOSE_SMOOTHGRAD = 1
+
+
+@dataclass(frozen=True)
+class PointPlan:
+    """The points, weights and per-sample finalize of one explainer call."""
+
+    alphas: Optional[Tensor]  # float64 [S] path positions, or None (S = 1, no path)
+    step_weights: Tensor  # float64 [S]
+    n_samples: int = 1
+    noise: str = "none"  # "none" | "gaussian" | "uniform"
+    noise_scales: Tuple[float, ...] = ()  # one stdev / radius per input
+    seed: int = 0
+    purpose: int = 0
+    sample_transform: str = "grad"
+    keep_square: bool = False
+
+    @property
+    def n_steps(self) -> int:
+        return 1 if self.alphas is None else int(self.alphas.shape[0])
+
+    @property
+    def points_per_example(self) -> int:
+        return self.n_samples * self.n_steps
+
+    def stream(self, input_index: int) -> int:
+        """Philox stream of input ``input_index`` for this plan's purpose."""
+        return self.purpose * 65536 + input_index
+
+
+def single_point_plan(sample_transform: str) -> PointPlan:
+    """The plan of a method that takes the gradient at the input itself."""
+    return PointPlan(
+        alphas=None,
+        step_weights=torch.ones(1, dtype=torch.float64),
+        sample_transform=sample_transform,
+    )

@@ -1,0 +1,310 @@
+"""The one forward/backward loop every gradient method runs on.
+
+    plan (rows = examples x samples x steps) -> chunks sized to a byte budget
+    for each chunk: generate rows (fused op) -> model fwd + one bwd
+                    -> fold gradients into accumulators (fused op)
+    finalize per (example, sample) -> mean (and mean of squares) over samples
+
+Peak memory is one chunk. Rows are example-major and every fold is a serial
+sum in row order, so the result does not depend on the chunk size (beyond the
+model's own batch-size sensitivity).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from .._validate import check_target_range
+from . import budget as _budget
+from .plan import PointPlan
+
+
+@dataclass
+class Request:
+    """One explainer call, validated and formatted."""
+
+    model: Callable[..., Tensor]
+    inputs: Tuple[Tensor, ...]  # each [B, *F_i]
+    baselines: Optional[Tuple[Tensor, ...]]  # each [1 or B, *F_i]; needed by path plans
+    target: Union[None, int, Tensor]  # None, a class, or int64 [B]
+    additional_args: Tuple[Any, ...]
+    plan: PointPlan
+    memory_budget: Optional[int] = None  # bytes per chunk; None: budget.default_budget
+    chunk_rows: Optional[int] = None  # extra cap on rows per chunk
+    want_deltas: bool = False  # convergence delta per (example, sample)
+
+
+@dataclass
+class Result:
+    mean: Tuple[Tensor, ...]  # [B, *F_i]: mean over samples of the per-sample attributions
+    mean_sq: Optional[Tuple[Tensor, ...]]  # [B, *F_i] mean of squares (plan.keep_square)
+    # [B * n_samples], row b * n_samples + n: sum of sample n's attribution
+    # minus f(x_n)[target] - f(baseline)[target] (path methods' completeness gap)
+    deltas: Optional[Tensor]
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float32 and the half types accumulate in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
+    """``x_n`` of input ``i`` for (example, sample) groups ``g0 .. g1-1``: ``[g1-g0, *F]``."""
+    plan, x = req.plan, req.inputs[i]
+    if plan.noise == "none":
+        return x[g0:g1]
+    return ops.generate_rows(
+        x, None, None, plan.n_samples, plan.noise, plan.noise_scales[i], plan.seed,
+        plan.stream(i), g0, g1 - g0, 0,
+    )
+
+
+def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
+    base = req.baselines[i]
+    if base.shape[0] == 1:
+        return base
+    n = req.plan.n_samples
+    if n == 1:
+        return base[g0:g1]
+    examples = torch.arange(g0, g1, device=base.device) // n
+    return base.index_select(0, examples)
+
+
+class _Loop:
+    """State of one run: the carried partial inner sum and the outer accumulators."""
+
+    def __init__(self, req: Request):
+        self.req = req
+        plan = req.plan
+        self.model = req.model
+        self.batch = req.inputs[0].shape[0]
+        self.n_samples = plan.n_samples
+        self.n_steps = plan.n_steps
+        self.per_example = plan.points_per_example
+        self.acc_dtypes = [accumulator_dtype(x.dtype) for x in req.inputs]
+        self.target = req.target
+        if isinstance(self.target, Tensor) and self.batch == 1:
+            self.target = int(self.target[0])
+        self.batch_args = [
+            isinstance(a, Tensor) and a.dim() > 0 for a in req.additional_args
+        ]
+        self.needs_rows_examples = isinstance(self.target, Tensor) or (
+            self.batch > 1 and any(self.batch_args)
+        )
+        self.carry: List[Optional[Tensor]] = [None] * len(req.inputs)
+        self.pieces: List[List[Tensor]] = [[] for _ in req.inputs]
+        self.group_sums: List[Tensor] = []
+        self.outer = self.outer_sq = None
+        if self.n_samples > 1 or plan.keep_square:
+            self.outer = [
+                torch.zeros(x.shape, dtype=d, device=x.device)
+                for x, d in zip(req.inputs, self.acc_dtypes)
+            ]
+            if plan.keep_square:
+                self.outer_sq = [torch.zeros_like(a) for a in self.outer]
+        self.n_outputs: Optional[int] = None
+        self.checked = False
+
+    # -- one chunk ---------------------------------------------------------
+    def points(self, i: int, r0: int, n: int) -> Tensor:
+        plan, x = self.req.plan, self.req.inputs[i]
+        if plan.alphas is None and plan.noise == "none":
+            # One row per example: the input itself, no copy needed.
+            return x[r0 : r0 + n].detach().requires_grad_()
+        base = self.req.baselines[i] if plan.alphas is not None else None
+        rows = ops.generate_rows(
+            x, base, plan.alphas, plan.n_samples, plan.noise,
+            plan.noise_scales[i] if plan.noise != "none" else 0.0,
+            plan.seed, plan.stream(i), r0, n, 0,
+        )
+        return rows.requires_grad_()
+
+    def row_args(self, examples: Optional[Tensor], n: int) -> Tuple[Any, ...]:
+        out = []
+        for a, per_example in zip(self.req.additional_args, self.batch_args):
+            if not per_example:
+                out.append(a)
+            elif examples is None:  # a single example: every row sees row 0
+                out.append(a.expand(n, *a.shape[1:]))
+            else:
+                out.append(a.index_select(0, examples))
+        return tuple(out)
+
+    def check_output(self, out: Any, n: int) -> None:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
+        if out.dim() not in (1, 2) or out.shape[0] != n:
+            raise ValueError(
+                f"model output: expected shape [{n}, C] or [{n}] for {n} input rows, "
+                f"got {tuple(out.shape)}"
+            )
+        if not out.is_floating_point():
+            raise TypeError(f"model output: expected a floating dtype, got {out.dtype}")
+        self.n_outputs = None if out.dim() == 1 else out.shape[1]
+        check_target_range(self.target, self.n_outputs)
+        if isinstance(self.target, int) and self.target < 0:
+            self.target += self.n_outputs
+        self.checked = True
+
+    def grad_outputs(self, out: Tensor, examples: Optional[Tensor]) -> Tensor:
+        if self.target is None:
+            return torch.ones_like(out)
+        go = torch.zeros_like(out)
+        if isinstance(self.target, int):
+            go[:, self.target] = 1
+        else:
+            rows_target = self.target.index_select(0, examples).remainder_(self.n_outputs)
+            go.scatter_(1, rows_target.unsqueeze(1), 1)
+        return go
+
+    def gradients(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
+        n = r1 - r0
+        pts = tuple(self.points(i, r0, n) for i in range(len(self.req.inputs)))
+        examples = None
+        if self.needs_rows_examples:
+            device = pts[0].device
+            examples = torch.arange(r0, r1, device=device) // self.per_example
+        with torch.enable_grad():
+            out = self.model(*pts, *self.row_args(examples, n))
+            if not self.checked:
+                self.check_output(out, n)
+            go = self.grad_outputs(out, examples)
+            return torch.autograd.grad(out, pts, go, allow_unused=True, materialize_grads=True)
+
+    # -- folding -----------------------------------------------------------
+    def fold(self, grads: Tuple[Tensor, ...], r0: int, r1: int) -> None:
+        s = self.n_steps
+        if s == 1:
+            self.finish_groups(list(grads), r0, r1)
+            return
+        g_first, g_last, g_done = r0 // s, (r1 - 1) // s, r1 // s
+        inner = []
+        weights = self.req.plan.step_weights
+        for i, g in enumerate(grads):
+            acc = torch.zeros(
+                (g_last - g_first + 1, *g.shape[1:]), dtype=self.acc_dtypes[i], device=g.device
+            )
+            if self.carry[i] is not None:
+                acc[0] = self.carry[i]
+            ops.accumulate_(acc, None, g, weights, r0, s, g_first)
+            self.carry[i] = acc[g_done - g_first] if g_done <= g_last else None
+            inner.append(acc[: g_done - g_first])
+        if g_done > g_first:
+            self.finish_groups(inner, g_first, g_done)
+
+    def finish_groups(self, inner: List[Tensor], g0: int, g1: int) -> None:
+        """Per-sample attributions of groups ``g0 .. g1-1``, folded over samples."""
+        req, plan = self.req, self.req.plan
+        attrs = []
+        for i, g in enumerate(inner):
+            t = plan.sample_transform
+            if t == "grad":
+                a = g
+            elif t == "abs":
+                a = g.abs()
+            elif t == "times_input":
+                a = g * sample_inputs(req, i, g0, g1)
+            else:  # times_input_minus_baseline
+                a = g * (sample_inputs(req, i, g0, g1) - _group_baselines(req, i, g0, g1))
+            attrs.append(a)
+        if req.want_deltas:
+            self.group_sums.append(
+                sum(a.reshape(a.shape[0], -1).sum(1, dtype=torch.float64) for a in attrs)
+            )
+        if self.outer is None:
+            for i, a in enumerate(attrs):
+                self.pieces[i].append(a)
+            return
+        ones = torch.ones(self.n_samples, dtype=torch.float64, device=attrs[0].device)
+        for i, a in enumerate(attrs):
+            sq = self.outer_sq[i] if self.outer_sq is not None else None
+            ops.accumulate_(self.outer[i], sq, a, ones, g0, self.n_samples, 0)
+
+    # -- the whole run -----------------------------------------------------
+    def run(self) -> Result:
+        req = self.req
+        total = self.batch * self.per_example
+        if total == 0:
+            empty = tuple(torch.zeros(x.shape, dtype=d, device=x.device)
+                          for x, d in zip(req.inputs, self.acc_dtypes))
+            deltas = torch.zeros(0, dtype=torch.float64, device=req.inputs[0].device)
+            return Result(empty, empty if req.plan.keep_square else None,
+                          deltas if req.want_deltas else None)
+        device = req.inputs[0].device
+        budget = req.memory_budget or _budget.default_budget(device)
+        sig = _budget.signature(req.inputs)
+        row_bytes = sum(x[0].numel() * x.element_size() for x in req.inputs)
+        measured = _budget.cached_activation_bytes(self.model, sig)
+        chunk = _budget.rows_per_chunk(budget, row_bytes, measured, total, req.chunk_rows)
+        r0 = 0
+        while r0 < total:
+            r1 = min(total, r0 + chunk)
+            if measured is None:
+                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
+                with meter.measuring():
+                    grads = self.gradients(r0, r1)
+                measured = -(-meter.total // (r1 - r0))
+                _budget.store_activation_bytes(self.model, sig, measured)
+                chunk = _budget.rows_per_chunk(budget, row_bytes, measured, total, req.chunk_rows)
+            else:
+                grads = self.gradients(r0, r1)
+            self.fold(grads, r0, r1)
+            del grads
+            r0 = r1
+        self.chunk = chunk
+        return self.result()
+
+    def result(self) -> Result:
+        req = self.req
+        deltas = torch.cat(self.group_sums) - self.endpoint_gap() if req.want_deltas else None
+        if self.outer is None:
+            mean = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in self.pieces)
+            return Result(mean, None, deltas)
+        n = self.n_samples
+        mean = tuple(a / n for a in self.outer)
+        mean_sq = tuple(a / n for a in self.outer_sq) if self.outer_sq is not None else None
+        return Result(mean, mean_sq, deltas)
+
+    # -- convergence delta ---------------------------------------------------
+    def selected_outputs(self, rows: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
+        """float64 ``[n]``: the target output of the model at ``rows``."""
+        n = rows[0].shape[0]
+        out = self.model(*rows, *self.row_args(examples if self.batch > 1 else None, n))
+        if self.target is None:
+            picked = out.reshape(n)
+        elif isinstance(self.target, int):
+            picked = out[:, self.target]
+        else:
+            t = self.target.index_select(0, examples).remainder(self.n_outputs)
+            picked = out.gather(1, t.unsqueeze(1)).squeeze(1)
+        return picked.to(torch.float64)
+
+    def endpoint_gap(self) -> Tensor:
+        """float64 ``[B * N]``: ``f(x_n)[t] - f(baseline)[t]`` per (example, sample)."""
+        req, b, n = self.req, self.batch, self.n_samples
+        device = req.inputs[0].device
+        step = self.chunk
+        with torch.no_grad():
+            start = []
+            for e0 in range(0, b, step):
+                e1 = min(b, e0 + step)
+                ex = torch.arange(e0, e1, device=device)
+                rows = tuple(base.expand(b, *base.shape[1:])[e0:e1] for base in req.baselines)
+                start.append(self.selected_outputs(rows, ex))
+            f_start = torch.cat(start).repeat_interleave(n)
+            end = []
+            for g0 in range(0, b * n, step):
+                g1 = min(b * n, g0 + step)
+                ex = torch.arange(g0, g1, device=device) // n
+                rows = tuple(sample_inputs(req, i, g0, g1) for i in range(len(req.inputs)))
+                end.append(self.selected_outputs(rows, ex))
+            return torch.cat(end) - f_start
+
+
+def run(req: Request) -> Result:
+    """Evaluate ``req.plan`` on ``req.model`` chunk by chunk; see :class:`Result`."""
+    return _Loop(req).run()
