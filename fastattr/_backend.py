@@ -12,6 +12,8 @@ import os
 import warnings
 from typing import Iterator, Optional
 
+import torch  # noqa: F401  (loads libc10/libtorch, which fastattr._C links against)
+
 _EXTENSION = "extension"
 _REFERENCE = "reference"
 

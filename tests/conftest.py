@@ -1,0 +1,25 @@
+"""Shared fixtures: every explainer test runs on both backends.
+
+The compiled extension is required unless FASTATTR_BACKEND=reference is set,
+so a broken build fails the suite instead of silently testing only the
+reference.
+"""
+import os
+
+import pytest
+
+from fastattr import _backend
+from fastattr.testing import BACKENDS
+
+if not _backend.extension_available and os.environ.get("FASTATTR_BACKEND") != "reference":
+    raise pytest.UsageError(
+        "fastattr._C is not built; build it with `pip install -e . --no-build-isolation` "
+        "or run the reference-only suite with FASTATTR_BACKEND=reference"
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Run the test body on each available backend."""
+    with _backend.use(request.param):
+        yield request.param
