@@ -47,8 +47,10 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
             )
         if t.device != tensors[0].device:
             raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
+    # Finiteness last: it reads the values, which needs every tensor on a real device.
+    for i, t in enumerate(tensors):
         if not _all_finite(t):
-            raise ValueError(f"{name}: contains NaN or Inf")
+            raise ValueError(f"{'inputs[%d]' % i if was_tuple else 'inputs'}: contains NaN or Inf")
     return tuple(tensors), was_tuple
 
 
@@ -95,7 +97,7 @@ def format_baselines(
             raise ValueError(f"{name}: contains NaN or Inf")
         per_example = b.dim() == x.dim() and b.shape[0] != 1
         rows = x.shape[0] if per_example else 1
-        out.append(b.to(x.dtype).expand(rows, *x.shape[1:]).contiguous())
+        out.append(b.detach().to(x.dtype).expand(rows, *x.shape[1:]).contiguous())
     return tuple(out)
 
 

@@ -31,7 +31,15 @@ def build_request(
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "fastattr needs autograd: call it outside torch.inference_mode() "
+            "(torch.no_grad() is fine)"
+        )
     xs, was_tuple = v.format_inputs(inputs)
+    # Explain the values, not the caller's graph: results never carry a grad_fn,
+    # and inference tensors become ordinary ones that rows can require grad on.
+    xs = tuple(x.clone() if x.is_inference() else x.detach() for x in xs)
     batch, device = xs[0].shape[0], xs[0].device
     if isinstance(model, torch.nn.Module):
         for name, p in model.named_parameters():

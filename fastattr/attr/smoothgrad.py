@@ -4,7 +4,7 @@ keyed, reproducible noise."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -19,6 +19,10 @@ EXPLAINERS = ("saliency", "input_x_gradient", "integrated_gradients")
 
 def _explainer_plan(explainer: str, kwargs: Dict[str, Any]) -> Tuple[PointPlan, bool, Any]:
     """``(plan, needs_baselines, baselines)`` of the wrapped explainer."""
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"explainer_kwargs: expected a dict of the explainer's options, got {type(kwargs).__name__}"
+        )
     kwargs = dict(kwargs)
     baselines = None
     if explainer == "saliency":
@@ -89,7 +93,7 @@ def smoothgrad(
             f"return_convergence_delta: only integrated_gradients has a convergence "
             f"delta, not explainer {explainer!r}"
         )
-    inner, needs_baselines, baselines = _explainer_plan(explainer, explainer_kwargs or {})
+    inner, needs_baselines, baselines = _explainer_plan(explainer, {} if explainer_kwargs is None else explainer_kwargs)
 
     def plan_for(xs: Tuple[Tensor, ...]) -> PointPlan:
         return dataclasses.replace(

@@ -70,19 +70,22 @@ def rows_per_chunk(
 
 
 class SavedBytesMeter:
-    """Adds up the bytes autograd saves for backward, once per storage,
+    """Adds up the bytes autograd saves for backward, once per saved view,
     leaving out storages that belong to the model's parameters and buffers."""
 
     def __init__(self, exclude_ptrs: set):
         self.total = 0
-        self._seen = set(exclude_ptrs)
+        self._excluded = exclude_ptrs
+        self._seen: set = set()
 
     def _pack(self, t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self._seen:
-            self._seen.add(ptr)
-            self.total += storage.nbytes()
+        # Count the saved view, not its whole storage: a chunk's rows may be a
+        # view of the caller's full input, which the chunk does not add.
+        storage_ptr = t.untyped_storage().data_ptr()
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if storage_ptr not in self._excluded and key not in self._seen:
+            self._seen.add(key)
+            self.total += t.numel() * t.element_size()
         return t
 
     @contextlib.contextmanager
