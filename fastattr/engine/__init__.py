@@ -1,6 +1,6 @@
 """The chunked gradient engine: plans, chunk sizing and the fwd/bwd loop."""
 from .plan import PURPOSE_SMOOTHGRAD, PointPlan, single_point_plan
-from .run import Request, Result, accumulator_dtype, run, sample_inputs
+from .loop import Request, Result, accumulator_dtype, run, sample_inputs
 
 __all__ = [
     "PURPOSE_SMOOTHGRAD", "PointPlan", "Request", "Result", "accumulator_dtype", "run",
