@@ -1,0 +1,57 @@
+// Body of fastattr::generate_rows: one element of one generated row (a path
+// point and/or a noisy copy of an input), host and device.
+// See csrc/README.md section 3.
+#pragma once
+
+#include <cstdint>
+
+#include "fastattr/keyed_random.h"
+#include "fastattr/macros.h"
+
+namespace fastattr {
+
+// Scalar arguments of generate_rows, after validation.
+struct RowsParams {
+  int64_t row_start;        // first row made by this call
+  int64_t numel_per_row;    // D = prod(F)
+  int64_t n_steps;          // S = len(alphas), 1 without a path
+  int64_t n_samples;        // noise samples per example
+  int64_t baseline_stride;  // D for baselines [B, *F], 0 for [1, *F]
+  Noise noise;
+  double scale;             // noise stdev or L-infinity radius
+  uint64_t seed;
+  int64_t stream;
+  int64_t example_offset;   // example id of inputs[0]
+};
+
+// Row r is example b = r / P, sample n = (r / S) % N, path step s = r % S
+// (P = N * S); output element i is element d = i % D of row row_start + i / D.
+// Arithmetic is in acc_t (float for half types, else scalar_t), rounded to
+// scalar_t once at the end.
+template <typename scalar_t, typename acc_t>
+struct GenerateRowsKernel {
+  RowsParams p;
+  const scalar_t* inputs;     // [B, D]
+  const scalar_t* baselines;  // [1 or B, D]; nullptr without a path
+  const double* alphas;       // [S]; nullptr without a path
+  scalar_t* out;              // [row_count, D]
+
+  FASTATTR_HD void operator()(int64_t i) const {
+    const int64_t r = p.row_start + i / p.numel_per_row;
+    const int64_t d = i % p.numel_per_row;
+    const int64_t b = r / (p.n_samples * p.n_steps);
+    acc_t x = static_cast<acc_t>(inputs[b * p.numel_per_row + d]);
+    if (p.noise != Noise::none) {
+      const int64_t n = (r / p.n_steps) % p.n_samples;
+      const double z = keyed_noise(p.noise, NoiseKey{p.seed, p.stream, p.example_offset + b, n, d});
+      x = x + static_cast<acc_t>(p.scale) * static_cast<acc_t>(z);
+    }
+    if (alphas != nullptr) {
+      const acc_t base = static_cast<acc_t>(baselines[b * p.baseline_stride + d]);
+      x = base + static_cast<acc_t>(alphas[r % p.n_steps]) * (x - base);
+    }
+    out[i] = static_cast<scalar_t>(x);
+  }
+};
+
+}  // namespace fastattr

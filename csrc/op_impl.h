@@ -1,0 +1,95 @@
+// The fastattr ops, written once for every device: validate, make inputs
+// contiguous, allocate the output, dispatch on dtype, and hand the kernel body
+// (a functor over output elements, csrc/fastattr/*.h) to
+// Launch::for_each(device, n, work_per_element, kernel), which runs kernel(i)
+// for i in [0, n). Only the Launch policy differs between ops.cpp (CPU) and
+// ops_cuda.cu (CUDA).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/string_view.h>
+
+#include "fastattr/accumulate.h"
+#include "fastattr/philox.h"
+#include "fastattr/rows.h"
+#include "op_checks.h"
+
+namespace fastattr {
+
+// Relative cost of one output element, for CPU grain sizes.
+constexpr int64_t kPhiloxWork = 16;
+constexpr int64_t kGaussianWork = 64;
+
+// counters: int64 [N, 4]; key: int64 [2] -> int64 [N, 4].
+template <typename Launch>
+at::Tensor philox4x32_op(const at::Tensor& counters, const at::Tensor& key) {
+  check_philox4x32_args(counters, key);
+  const at::Tensor c = counters.contiguous();
+  const at::Tensor k = key.contiguous();
+  at::Tensor out = at::empty({c.size(0), 4}, c.options());
+  Launch::for_each(c.device(), c.size(0), kPhiloxWork,
+                   Philox4x32Kernel{c.const_data_ptr<int64_t>(), k.const_data_ptr<int64_t>(),
+                                    out.mutable_data_ptr<int64_t>()});
+  return out;
+}
+
+// inputs: [B, *F]; baselines: [1 or B, *F]; alphas: float64 [S] -> [row_count, *F].
+template <typename Launch>
+at::Tensor generate_rows_op(const at::Tensor& inputs, const std::optional<at::Tensor>& baselines,
+                            const std::optional<at::Tensor>& alphas, int64_t n_samples,
+                            c10::string_view noise, double scale, int64_t seed, int64_t stream,
+                            int64_t row_start, int64_t row_count, int64_t example_offset) {
+  const RowsParams p = check_generate_rows_args(inputs, baselines, alphas, n_samples, noise, scale,
+                                                seed, stream, row_start, row_count,
+                                                example_offset);
+  const at::Tensor x = inputs.contiguous();
+  const at::Tensor base = baselines.has_value() ? baselines->contiguous() : at::Tensor();
+  const at::Tensor steps = alphas.has_value() ? alphas->contiguous() : at::Tensor();
+  at::DimVector shape(x.sizes());
+  shape[0] = row_count;
+  at::Tensor out = at::empty(shape, x.options());
+  const int64_t work = p.noise == Noise::none       ? 1
+                       : p.noise == Noise::gaussian ? kGaussianWork
+                                                    : kPhiloxWork;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "generate_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Launch::for_each(x.device(), out.numel(), work,
+                     GenerateRowsKernel<scalar_t, acc_t>{
+                         p, x.const_data_ptr<scalar_t>(),
+                         base.defined() ? base.const_data_ptr<scalar_t>() : nullptr,
+                         steps.defined() ? steps.const_data_ptr<double>() : nullptr,
+                         out.mutable_data_ptr<scalar_t>()});
+  });
+  return out;
+}
+
+// acc, acc_sq: [G, *F] (updated in place); values: [n, *F]; weights: float64 [group_size].
+template <typename Launch>
+void accumulate_op(const at::Tensor& acc, const std::optional<at::Tensor>& acc_sq,
+                   const at::Tensor& values, const at::Tensor& weights, int64_t row_start,
+                   int64_t group_size, int64_t group_offset) {
+  const AccumulateParams p =
+      check_accumulate_args(acc, acc_sq, values, weights, row_start, group_size, group_offset);
+  if (p.row_count == 0) {
+    return;
+  }
+  const at::Tensor v = values.contiguous();
+  const at::Tensor w = weights.contiguous();
+  const int64_t rows_per_group = p.group_size < p.row_count ? p.group_size : p.row_count;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "accumulate_", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Launch::for_each(v.device(), touched_groups(p) * p.numel_per_row, rows_per_group,
+                     AccumulateKernel<scalar_t, acc_t>{
+                         p, acc.mutable_data_ptr<acc_t>(),
+                         acc_sq.has_value() ? acc_sq->mutable_data_ptr<acc_t>() : nullptr,
+                         v.const_data_ptr<scalar_t>(), w.const_data_ptr<double>()});
+  });
+}
+
+}  // namespace fastattr
