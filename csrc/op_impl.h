@@ -2,8 +2,8 @@
 // contiguous, allocate the output, dispatch on dtype, and hand the kernel body
 // (a functor over output elements, csrc/fastattr/*.h) to
 // Launch::for_each(device, n, work_per_element, kernel), which runs kernel(i)
-// for i in [0, n). Only the Launch policy differs between ops.cpp (CPU) and
-// ops_cuda.cu (CUDA).
+// for i in [0, n) (Launch::for_each_row for kernels with a per-row part).
+// Only the Launch policy differs between ops.cpp (CPU) and ops_cuda.cu (CUDA).
 #pragma once
 
 #include <cstdint>
@@ -59,12 +59,12 @@ at::Tensor generate_rows_op(const at::Tensor& inputs, const std::optional<at::Te
                                                     : kPhiloxWork;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "generate_rows", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    Launch::for_each(x.device(), out.numel(), work,
-                     GenerateRowsKernel<scalar_t, acc_t>{
-                         p, x.const_data_ptr<scalar_t>(),
-                         base.defined() ? base.const_data_ptr<scalar_t>() : nullptr,
-                         steps.defined() ? steps.const_data_ptr<double>() : nullptr,
-                         out.mutable_data_ptr<scalar_t>()});
+    Launch::for_each_row(x.device(), row_count, p.numel_per_row, work,
+                         GenerateRowsKernel<scalar_t, acc_t>{
+                             p, x.const_data_ptr<scalar_t>(),
+                             base.defined() ? base.const_data_ptr<scalar_t>() : nullptr,
+                             steps.defined() ? steps.const_data_ptr<double>() : nullptr,
+                             out.mutable_data_ptr<scalar_t>()});
   });
   return out;
 }

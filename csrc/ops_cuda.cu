@@ -40,6 +40,14 @@ struct CudaLaunch {
                          c10::cuda::getCurrentCUDAStream()>>>(n, kernel);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+
+  // Still one thread per element on the GPU (kernel(i) does the row's index
+  // arithmetic itself): the CPU's row-wise walk buys nothing here.
+  template <typename Kernel>
+  static void for_each_row(c10::Device device, int64_t rows, int64_t cols,
+                           int64_t work_per_element, const Kernel& kernel) {
+    for_each(device, rows * cols, work_per_element, kernel);
+  }
 };
 
 }  // namespace

@@ -27,7 +27,8 @@ struct RowsParams {
 // Row r is example b = r / P, sample n = (r / S) % N, path step s = r % S
 // (P = N * S); output element i is element d = i % D of row row_start + i / D.
 // Arithmetic is in acc_t (float for half types, else scalar_t), rounded to
-// scalar_t once at the end.
+// scalar_t once at the end. row() does the per-row index arithmetic so that
+// a CPU loop can do it once per row; operator() is the per-element GPU form.
 template <typename scalar_t, typename acc_t>
 struct GenerateRowsKernel {
   RowsParams p;
@@ -36,21 +37,35 @@ struct GenerateRowsKernel {
   const double* alphas;       // [S]; nullptr without a path
   scalar_t* out;              // [row_count, D]
 
-  FASTATTR_HD void operator()(int64_t i) const {
-    const int64_t r = p.row_start + i / p.numel_per_row;
-    const int64_t d = i % p.numel_per_row;
-    const int64_t b = r / (p.n_samples * p.n_steps);
-    acc_t x = static_cast<acc_t>(inputs[b * p.numel_per_row + d]);
+  struct Row {
+    int64_t local;  // index of the row in out
+    int64_t b;      // example
+    int64_t n;      // noise sample
+    int64_t s;      // path step
+  };
+
+  FASTATTR_HD Row row(int64_t local) const {
+    const int64_t r = p.row_start + local;
+    return Row{local, r / (p.n_samples * p.n_steps), (r / p.n_steps) % p.n_samples,
+               r % p.n_steps};
+  }
+
+  FASTATTR_HD void element(const Row& w, int64_t d) const {
+    acc_t x = static_cast<acc_t>(inputs[w.b * p.numel_per_row + d]);
     if (p.noise != Noise::none) {
-      const int64_t n = (r / p.n_steps) % p.n_samples;
-      const double z = keyed_noise(p.noise, NoiseKey{p.seed, p.stream, p.example_offset + b, n, d});
+      const double z =
+          keyed_noise(p.noise, NoiseKey{p.seed, p.stream, p.example_offset + w.b, w.n, d});
       x = x + static_cast<acc_t>(p.scale) * static_cast<acc_t>(z);
     }
     if (alphas != nullptr) {
-      const acc_t base = static_cast<acc_t>(baselines[b * p.baseline_stride + d]);
-      x = base + static_cast<acc_t>(alphas[r % p.n_steps]) * (x - base);
+      const acc_t base = static_cast<acc_t>(baselines[w.b * p.baseline_stride + d]);
+      x = base + static_cast<acc_t>(alphas[w.s]) * (x - base);
     }
-    out[i] = static_cast<scalar_t>(x);
+    out[w.local * p.numel_per_row + d] = static_cast<scalar_t>(x);
+  }
+
+  FASTATTR_HD void operator()(int64_t i) const {
+    element(row(i / p.numel_per_row), i % p.numel_per_row);
   }
 };
 

@@ -86,6 +86,9 @@ class _Loop:
         self.n_steps = plan.n_steps
         self.per_example = plan.points_per_example
         self.acc_dtypes = [accumulator_dtype(x.dtype) for x in req.inputs]
+        device = req.inputs[0].device
+        self.alphas = None if plan.alphas is None else plan.alphas.to(device)
+        self.step_weights = plan.step_weights.to(device)
         self.target = req.target
         if isinstance(self.target, Tensor) and self.batch == 1:
             self.target = int(self.target[0])
@@ -117,7 +120,7 @@ class _Loop:
             return x[r0 : r0 + n].detach().requires_grad_()
         base = self.req.baselines[i] if plan.alphas is not None else None
         rows = ops.generate_rows(
-            x, base, plan.alphas, plan.n_samples, plan.noise,
+            x, base, self.alphas, plan.n_samples, plan.noise,
             plan.noise_scales[i] if plan.noise != "none" else 0.0,
             plan.seed, plan.stream(i), r0, n, 0,
         )
@@ -183,7 +186,7 @@ class _Loop:
             return
         g_first, g_last, g_done = r0 // s, (r1 - 1) // s, r1 // s
         inner = []
-        weights = self.req.plan.step_weights
+        weights = self.step_weights
         for i, g in enumerate(grads):
             acc = torch.zeros(
                 (g_last - g_first + 1, *g.shape[1:]), dtype=self.acc_dtypes[i], device=g.device
