@@ -14,6 +14,27 @@ namespace {
 // at::internal::GRAIN_SIZE, which lives in the heavy TensorIterator.h).
 constexpr int64_t kGrainWork = 32768;
 
+// Noise values made per call of cpu_noise_run: a 2 KiB buffer, kept in L1
+// between the draws and their use. Even, so runs start at even elements.
+constexpr int64_t kNoiseRun = 256;
+
+// keyed_noise_run (csrc/fastattr/keyed_random.h) for the CPU. Its loops
+// vectorize, the Gaussian one only with AVX2 (its selects need 64-bit vector
+// compares and blends, which SSE2 lacks), so it is compiled twice, for AVX2
+// and for baseline x86-64, and the loader picks the clone this CPU runs;
+// flatten inlines the whole body into each clone, so that the AVX2 one runs
+// no baseline code. AVX2 brings no FMA and -ffp-contract=off forbids
+// contraction anyway: both clones do the same correctly rounded operations in
+// the same order and give the same bits.
+#if defined(__x86_64__)
+__attribute__((target_clones("avx2", "default"), flatten))
+#else
+__attribute__((flatten))
+#endif
+void cpu_noise_run(Noise kind, const NoiseKey& key, int64_t first, int64_t count, double* z) {
+  keyed_noise_run(kind, key, first, count, z);
+}
+
 // at::parallel_for over output elements; a call whose total work is below one
 // grain runs inline on the calling thread, so tiny chunks pay no thread hop.
 struct CpuLaunch {
@@ -30,16 +51,27 @@ struct CpuLaunch {
 
   // rows x cols elements, walked row by row: the kernel's per-row index
   // arithmetic (64-bit divisions, the bulk of a cheap element's cost) is
-  // done once per row instead of once per element.
+  // done once per row instead of once per element, and the row's noise is
+  // made kNoiseRun elements at a time by cpu_noise_run (vectorized; each
+  // Gaussian pair made once). Kernel: row(r), noise_key(row), p.noise and
+  // element(row, d, z), as GenerateRowsKernel (csrc/fastattr/rows.h).
   template <typename Kernel>
   static void for_each_row(c10::Device /*device*/, int64_t rows, int64_t cols,
                            int64_t work_per_element, const Kernel& kernel) {
     const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_element * cols));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      double z[kNoiseRun] = {};  // stays 0 without noise
       for (int64_t r = begin; r < end; ++r) {
         const auto row = kernel.row(r);
-        for (int64_t d = 0; d < cols; ++d) {
-          kernel.element(row, d);
+        // Runs start at even d, as keyed_noise_run needs.
+        for (int64_t d0 = 0; d0 < cols; d0 += kNoiseRun) {
+          const int64_t n = std::min(kNoiseRun, cols - d0);
+          if (kernel.p.noise != Noise::none) {
+            cpu_noise_run(kernel.p.noise, kernel.noise_key(row), d0, n, z);
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            kernel.element(row, d0 + i, z[i]);
+          }
         }
       }
     });

@@ -44,19 +44,20 @@ _PHILOX_ROUNDS = 10
 _TWO_POW_M53 = 2.0 ** -53  # exact
 _SQRT_HALF = 0.70710678118654752440
 _HALF_PI = 1.57079632679489661923
+_HALF_PI_SCALED = _HALF_PI * 2.0 ** -51  # exact: a power-of-two scaling
 _LN2_HI = 0.693147180369123816490  # 0x3fe62e42fee00000
 _LN2_LO = 1.90821492927058770002e-10  # 0x3dea39ef35793c76
-# C_LOG[k] = nearest double to 1 / (2k + 3), k = 0..11
-_C_LOG = tuple(1.0 / float(2 * k + 3) for k in range(12))
-# C_COS[k] = (-1)^(k+1) / (2k+2)!, k = 0..8; C_SIN[k] = (-1)^(k+1) / (2k+3)!, k = 0..7.
+# C_LOG[k] = nearest double to 1 / (2k + 3), k = 0..5
+_C_LOG = tuple(1.0 / float(2 * k + 3) for k in range(6))
+# C_COS[k] = (-1)^(k+1) / (2k+2)!, C_SIN[k] = (-1)^(k+1) / (2k+3)!, k = 0..5.
 # n! < 2**53 for every n here, so float(n!) is exact and 1.0 / n! is one rounding.
 _C_COS = tuple(
     (1.0 / float(math.factorial(2 * k + 2))) * (1.0 if (k + 1) % 2 == 0 else -1.0)
-    for k in range(9)
+    for k in range(6)
 )
 _C_SIN = tuple(
     (1.0 / float(math.factorial(2 * k + 3))) * (1.0 if (k + 1) % 2 == 0 else -1.0)
-    for k in range(8)
+    for k in range(6)
 )
 
 NOISE_KINDS = ("none", "gaussian", "uniform")
@@ -158,9 +159,9 @@ def _fa_log(u: Tensor) -> Tensor:
     e = torch.where(small, e - 1, e)
     f = (m - 1.0) / (m + 1.0)
     f2 = f * f
-    s = f2 * _C_LOG[11]
-    s = s + _C_LOG[10]
-    for k in range(9, -1, -1):  # s = C_LOG[k] + f2 * s
+    s = f2 * _C_LOG[5]
+    s = s + _C_LOG[4]
+    for k in range(3, -1, -1):  # s = C_LOG[k] + f2 * s
         s = f2 * s
         s = s + _C_LOG[k]
     two_f = 2.0 * f
@@ -170,46 +171,48 @@ def _fa_log(u: Tensor) -> Tensor:
 
 
 def _poly_cos(x: Tensor) -> Tensor:
-    """cos(x), |x| <= pi/4. Mirrors ``poly_cos`` in csrc/fastattr/keyed_random.h."""
+    """cos(x), 0 <= x <= pi/4. Mirrors ``poly_cos`` in csrc/fastattr/keyed_random.h."""
     x2 = x * x
-    p = x2 * _C_COS[8]
-    p = p + _C_COS[7]
-    for k in range(6, -1, -1):  # p = C_COS[k] + x2 * p
+    p = x2 * _C_COS[5]
+    p = p + _C_COS[4]
+    for k in range(3, -1, -1):  # p = C_COS[k] + x2 * p
         p = x2 * p
         p = p + _C_COS[k]
     return 1.0 + x2 * p
 
 
 def _poly_sin(x: Tensor) -> Tensor:
-    """sin(x), |x| <= pi/4. Mirrors ``poly_sin`` in csrc/fastattr/keyed_random.h."""
+    """sin(x), 0 <= x <= pi/4. Mirrors ``poly_sin`` in csrc/fastattr/keyed_random.h."""
     x2 = x * x
-    p = x2 * _C_SIN[7]
-    p = p + _C_SIN[6]
-    for k in range(5, -1, -1):  # p = C_SIN[k] + x2 * p
+    p = x2 * _C_SIN[5]
+    p = p + _C_SIN[4]
+    for k in range(3, -1, -1):  # p = C_SIN[k] + x2 * p
         p = x2 * p
         p = p + _C_SIN[k]
     return x + x * (x2 * p)
 
 
-def _fa_cos_2pi(t: Tensor) -> Tensor:
-    """cos(2 pi t) for float64 ``t`` in [0, 1). Mirrors ``fa_cos_2pi`` in
-    csrc/fastattr/keyed_random.h.
+def _fa_cossin_2pi(n: Tensor) -> Tuple[Tensor, Tensor]:
+    """cos and sin of 2 pi t for ``t = n * 2**-53``, int64 ``n`` in [0, 2**53).
+    Mirrors ``fa_cossin_2pi`` in csrc/fastattr/keyed_random.h.
 
-    Both branches of ``r <= 0.5`` are computed for every element and the right
-    one selected, which gives the same bits as the branching C++.
+    The quadrant ``q = n >> 51`` and the remainder ``k = n mod 2**51`` are
+    integers; both polynomials are computed for every element and the
+    contract's choices made with ``where``, which gives the same bits as the
+    C++'s selects. Negation flips the sign bit, zeros included, as in C++.
     """
-    t4 = 4.0 * t  # exact
-    q = torch.floor(t4)  # 0..3
-    r = t4 - q  # in [0, 1), exact
-    lower = r <= 0.5
-    x = torch.where(lower, r, 1.0 - r) * _HALF_PI
+    q = n >> 51  # floor(4 t), 0..3
+    k = n & (2**51 - 1)  # 4 t - q = k * 2**-51
+    first_half = k <= 2**50
+    a = torch.where(first_half, k, 2**51 - k)  # integer <= 2**50
+    x = a.to(torch.float64) * _HALF_PI_SCALED  # exact conversion, one rounding
     pc = _poly_cos(x)
     ps = _poly_sin(x)
-    c = torch.where(lower, pc, ps)  # cos(pi/2 r)
-    s = torch.where(lower, ps, pc)  # sin(pi/2 r)
-    return torch.where(
-        q == 0.0, c, torch.where(q == 1.0, -s, torch.where(q == 2.0, -c, s))
-    )
+    c = torch.where(first_half, pc, ps)  # cos(pi/2 r)
+    s = torch.where(first_half, ps, pc)  # sin(pi/2 r)
+    cos = torch.where(q == 0, c, torch.where(q == 1, -s, torch.where(q == 2, -c, s)))
+    sin = torch.where(q == 0, s, torch.where(q == 1, c, torch.where(q == 2, -s, -c)))
+    return cos, sin
 
 
 _VELTKAMP = 134217729.0  # 2**27 + 1: splits a double into two 26-bit halves
@@ -266,10 +269,15 @@ def _sqrt_rn(a: Tensor) -> Tensor:
     return torch.where(a > 0.0, out, c)
 
 
+def _bits53(x0: Tensor, x1: Tensor) -> Tensor:
+    """The 53-bit integer ``x0 * 2**21 + (x1 >> 11)`` of two Philox words (int64)."""
+    return (x0 << 21) + (x1 >> 11)
+
+
 def _uniforms(x0: Tensor, x1: Tensor) -> Tensor:
     """53-bit uniform in [0, 1) from two Philox words: (x0 * 2**21 + (x1 >> 11)) * 2**-53.
     Mirrors ``uniform53`` in csrc/fastattr/keyed_random.h."""
-    return ((x0 << 21) + (x1 >> 11)).to(torch.float64) * _TWO_POW_M53
+    return _bits53(x0, x1).to(torch.float64) * _TWO_POW_M53
 
 
 def _keyed_noise(
@@ -283,11 +291,16 @@ def _keyed_noise(
     """Noise ``z`` (float64 ``[J, D]``) keyed by (seed, stream, example, sample, element).
 
     Mirrors ``keyed_noise`` (``keyed_uniform`` / ``keyed_gaussian``) in
-    csrc/fastattr/keyed_random.h; every id is taken mod 2**32.
+    csrc/fastattr/keyed_random.h; every id is taken mod 2**32. Uniform noise
+    takes one Philox draw per element (counter word 0 = element), Gaussian
+    noise one per pair of elements ``2p, 2p + 1`` (counter word 0 = p), whose
+    cosine and sine branches are the two elements.
     """
-    element = torch.arange(n_elements, dtype=torch.int64, device=example.device) & _MASK32
+    device = example.device
+    words = n_elements if noise == "uniform" else (n_elements + 1) // 2
+    word = torch.arange(words, dtype=torch.int64, device=device) & _MASK32
     x0, x1, x2, x3 = _philox(
-        element.unsqueeze(0),  # [1, D]
+        word.unsqueeze(0),  # [1, W]
         sample & _MASK32,
         example & _MASK32,
         stream & _MASK32,
@@ -297,9 +310,11 @@ def _keyed_noise(
     ua = _uniforms(x0, x1)
     if noise == "uniform":
         return 2.0 * ua - 1.0
-    ub = _uniforms(x2, x3)
-    u1 = 1.0 - ua  # in (0, 1]
-    return _sqrt_rn(-2.0 * _fa_log(u1)) * _fa_cos_2pi(ub)
+    u1 = 1.0 - ua  # in (0, 1], exact
+    radius = _sqrt_rn(-2.0 * _fa_log(u1))
+    cos, sin = _fa_cossin_2pi(_bits53(x2, x3))
+    pairs = torch.stack([radius * cos, radius * sin], dim=-1)  # [J, W, 2]
+    return pairs.reshape(pairs.shape[0], 2 * words)[:, :n_elements]
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from typing import Dict, List, Tuple
 
@@ -78,8 +79,8 @@ def scalar_log(u: float) -> float:
         m, e = m * 2, e - 1
     f = (m - 1) / (m + 1)
     f2 = f * f
-    s = 1.0 / 25
-    for k in range(10, -1, -1):
+    s = 1.0 / 13
+    for k in range(4, -1, -1):
         s = 1.0 / (2 * k + 3) + f2 * s
     logm = 2 * f + (2 * f) * (f2 * s)
     return e * 0.693147180369123816490 + (e * 1.90821492927058770002e-10 + logm)
@@ -93,9 +94,10 @@ def _poly(x: float, coeffs: List[float]) -> Tuple[float, float]:
     return p, x2
 
 
-def scalar_cos_2pi(t: float) -> float:
-    cos_c = [(-1) ** (k + 1) / float(math.factorial(2 * k + 2)) for k in range(9)]
-    sin_c = [(-1) ** (k + 1) / float(math.factorial(2 * k + 3)) for k in range(8)]
+def scalar_cossin_2pi(n: int) -> Tuple[float, float]:
+    """(cos, sin) of 2 pi n 2**-53 by the contract, for an integer n < 2**53."""
+    cos_c = [(-1) ** (k + 1) / float(math.factorial(2 * k + 2)) for k in range(6)]
+    sin_c = [(-1) ** (k + 1) / float(math.factorial(2 * k + 3)) for k in range(6)]
 
     def pcos(x):
         p, x2 = _poly(x, cos_c)
@@ -105,26 +107,24 @@ def scalar_cos_2pi(t: float) -> float:
         p, x2 = _poly(x, sin_c)
         return x + x * (x2 * p)
 
-    q = math.floor(4 * t)
-    r = 4 * t - q
-    hp = 1.57079632679489661923
-    if r <= 0.5:
-        c, s = pcos(r * hp), psin(r * hp)
-    else:
-        c, s = psin((1 - r) * hp), pcos((1 - r) * hp)
-    return (c, -s, -c, s)[int(q)]
+    q, k = n >> 51, n % 2**51
+    x = float(k if k <= 2**50 else 2**51 - k) * (1.57079632679489661923 * 2.0**-51)
+    c, s = (pcos(x), psin(x)) if k <= 2**50 else (psin(x), pcos(x))
+    return [(c, s), (-s, c), (-c, -s), (s, -c)][q]
 
 
 def scalar_noise(noise: str, seed: int, stream: int, example: int, sample: int, element: int) -> float:
+    word = element if noise == "uniform" else element >> 1  # Gaussian: one draw per pair
     x = scalar_philox(
-        (element & _M32, sample & _M32, example & _M32, stream & _M32),
+        (word & _M32, sample & _M32, example & _M32, stream & _M32),
         (seed & _M32, (seed >> 32) & _M32),
     )
-    ua = float(x[0] * 2**21 + (x[1] >> 11)) * 2.0**-53
-    ub = float(x[2] * 2**21 + (x[3] >> 11)) * 2.0**-53
+    n1, n2 = x[0] * 2**21 + (x[1] >> 11), x[2] * 2**21 + (x[3] >> 11)
+    ua = float(n1) * 2.0**-53
     if noise == "uniform":
         return 2 * ua - 1
-    return math.sqrt(-2 * scalar_log(1 - ua)) * scalar_cos_2pi(ub)
+    rad = math.sqrt(-2 * scalar_log(1 - ua))
+    return rad * scalar_cossin_2pi(n2)[element & 1]
 
 
 def scalar_generate_row_element(
@@ -264,26 +264,32 @@ def test_philox_random_counters_match_scalar(backend_name):
 
 
 def _log_and_cos_points() -> Tuple[torch.Tensor, torch.Tensor]:
+    """Arguments of fa_log (float64 u) and of fa_cossin_2pi (int64 n < 2**53)."""
     g = torch.Generator().manual_seed(1)
     u = torch.rand(20000, generator=g, dtype=torch.float64).clamp_min(2.0**-53)
     # edges: the smallest u1, the SQRT_HALF switch (either side), 1/2, and 1 (log = 0)
     u_edges = [2.0**-53, 0.5, 0.70710678118654746, 0.70710678118654752440, 0.7071067811865476,
                1.0 - 2.0**-53, 1.0]
-    t = torch.rand(20000, generator=g, dtype=torch.float64)
-    # edges: octant and quadrant boundaries (the r <= 0.5 switch and q), and t -> 1
-    t_edges = [0.0, 0.125, 0.125 + 2.0**-55, 0.25 - 2.0**-54, 0.25, 0.375, 0.5, 0.625, 0.75,
-               0.875, 1.0 - 2.0**-53]
+    n = torch.randint(0, 2**53, (20000,), generator=g, dtype=torch.int64)
+    # edges: quadrant starts q * 2**51 (x = 0: signed zeros), the r = 1/2 switch
+    # (k = 2**50, either side), the ends of each quadrant, and t -> 1
+    n_edges = [q * 2**51 + k for q in range(4)
+               for k in (0, 1, 2**50 - 1, 2**50, 2**50 + 1, 2**51 - 1)]
     return (torch.cat([u, torch.tensor(u_edges, dtype=torch.float64)]),
-            torch.cat([t, torch.tensor(t_edges, dtype=torch.float64)]))
+            torch.cat([n, torch.tensor(n_edges, dtype=torch.int64)]))
 
 
 def test_reference_log_and_cos_match_scalar_contract():
     # Bit for bit: the reference performs the contract's steps in its order.
-    u, t = _log_and_cos_points()
+    u, n = _log_and_cos_points()
     want_log = torch.tensor([scalar_log(v) for v in u.tolist()], dtype=torch.float64)
     assert_bitwise_equal(_reference._fa_log(u), want_log, msg="fa_log:")
-    want_cos = torch.tensor([scalar_cos_2pi(v) for v in t.tolist()], dtype=torch.float64)
-    assert_bitwise_equal(_reference._fa_cos_2pi(t), want_cos, msg="fa_cos_2pi:")
+    want = torch.tensor([scalar_cossin_2pi(v) for v in n.tolist()], dtype=torch.float64)  # [N, 2]
+    cos, sin = _reference._fa_cossin_2pi(n)
+    assert_bitwise_equal(cos, want[:, 0], msg="fa_cossin_2pi cos:")
+    assert_bitwise_equal(sin, want[:, 1], msg="fa_cossin_2pi sin:")
+    # HALF_PI_SCALED as the README gives it.
+    assert struct.unpack("<Q", struct.pack("<d", _reference._HALF_PI_SCALED))[0] == 0x3CC921FB54442D18
 
 
 def test_reference_sqrt_is_correctly_rounded():
@@ -324,6 +330,61 @@ def test_reference_noise_matches_scalar_contract(noise):
         dtype=torch.float64,
     )
     assert_bitwise_equal(z, want)
+
+
+# The known answers of csrc/README.md section 2: float64 bits of z for one
+# key, per element (gaussian, uniform). csrc/tests/test_kernels.cpp checks the
+# same values and the same checksums below on the baseline x86-64 build of the
+# CPU noise loop; the extension here runs its AVX2 clone on AVX2 machines, so
+# together they show that both clones give the same bits.
+NOISE_KAT_KEY = dict(seed=0x0123456789ABCDEF, stream=3, example=5, sample=2)
+NOISE_KATS = {
+    0: (0xBFEFAE3130780E60, 0xBFC851D33E6C07B8),
+    1: (0x3FCEE59F0F2FAD0E, 0xBFE37743BE2854BA),
+    2: (0xBFC57D859F63D333, 0xBFEA5CDC8F925A1E),
+    3: (0x3FE46EF673276D44, 0xBFD6D6103F674178),
+    12344: (0xBFE5C9C2647F2766, 0x3FEEDD52CD3CE44A),
+    12345: (0x3FEA507A5B535995, 0xBFE7269FAAA40786),
+}
+# sum over d < 100001 of bits(z_d) * (2d + 1) mod 2**64, for the same key.
+NOISE_CHECKSUM_D = 100_001
+NOISE_CHECKSUMS = {"gaussian": 0x224E4044A1D4D8ED, "uniform": 0xB40F96BF4DDA6D52}
+
+
+def _kat_key_noise(backend_name: str, noise: str, D: int) -> torch.Tensor:
+    """z[d], d < D, float64, of NOISE_KAT_KEY: row 2 (sample 2) of example 0 at offset 5."""
+    k = NOISE_KAT_KEY
+    x = torch.zeros(1, D, dtype=torch.float64)
+    return _run(backend_name, ops.generate_rows, x, None, None, 3, noise, 1.0, k["seed"], k["stream"],
+                k["sample"], 1, k["example"])[0]
+
+
+def _bits(v: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", v))[0]
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform"])
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_noise_known_answers(backend_name, noise):
+    col = 0 if noise == "gaussian" else 1
+    z = _kat_key_noise(backend_name, noise, max(NOISE_KATS) + 1)
+    k = NOISE_KAT_KEY
+    for d, want in NOISE_KATS.items():
+        assert _bits(z[d].item()) == want[col], f"element {d}: {z[d].item()!r}"
+        arbiter = scalar_noise(noise, k["seed"], k["stream"], k["example"], k["sample"], d)
+        assert _bits(arbiter) == want[col], f"arbiter, element {d}"
+    # An odd row length ends in a lone even element: same value.
+    odd = _kat_key_noise(backend_name, noise, 12345)
+    assert _bits(odd[12344].item()) == NOISE_KATS[12344][col]
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform"])
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_noise_checksum(backend_name, noise):
+    z = _kat_key_noise(backend_name, noise, NOISE_CHECKSUM_D)
+    bits = z.view(torch.int64).numpy().view(np.uint64)
+    weights = np.arange(NOISE_CHECKSUM_D, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    assert int((bits * weights).sum(dtype=np.uint64)) == NOISE_CHECKSUMS[noise]
 
 
 @pytest.mark.parametrize("noise", NOISES)
@@ -606,30 +667,57 @@ def test_noise_is_added_to_the_input(backend_name, dtype, noise):
 
 
 def test_reference_log_and_cos_match_libm():
-    u, t = _log_and_cos_points()
+    # The error bounds of csrc/README.md section 2: fa_log < 1.4e-12 relative,
+    # cos and sin of 2 pi t < 4e-13 absolute (the series' truncation).
+    u, n = _log_and_cos_points()
     log_ref = torch.log(u)
-    rel = (_reference._fa_log(u) - log_ref).abs() / log_ref.abs().clamp_min(1.0)
-    assert rel.max().item() <= 1e-15, rel.max().item()  # measured 2.2e-16
+    rel = (_reference._fa_log(u) - log_ref).abs() / log_ref.abs().clamp_min(2.0**-1074)
+    assert rel.max().item() <= 1.4e-12, rel.max().item()  # measured 1.3e-12
     assert _reference._fa_log(torch.tensor([1.0], dtype=torch.float64)).item() == 0.0
-    err = (_reference._fa_cos_2pi(t) - torch.cos(2 * math.pi * t)).abs()
-    # measured 6.4e-16: torch.cos's own argument 2*pi*t is rounded (error up
-    # to ~2pi * 2**-53), which dominates.
-    assert err.max().item() <= 1e-15, err.max().item()
-    assert _reference._fa_cos_2pi(torch.tensor([0.0, 0.5], dtype=torch.float64)).tolist() == [1.0, -1.0]
+    cos, sin = _reference._fa_cossin_2pi(n)
+    angle = 2 * math.pi * (n.to(torch.float64) * 2.0**-53)
+    # torch.cos's own argument 2*pi*t is rounded (error up to ~2pi * 2**-53)
+    err = torch.maximum((cos - torch.cos(angle)).abs(), (sin - torch.sin(angle)).abs())
+    assert err.max().item() <= 4e-13 + 2e-15, err.max().item()  # measured 3.9e-13
+    edges = torch.tensor([0, 2**51, 2**52, 3 * 2**51], dtype=torch.int64)  # t = 0, 1/4, 1/2, 3/4
+    cos, sin = _reference._fa_cossin_2pi(edges)
+    assert cos.tolist() == [1.0, 0.0, -1.0, 0.0] and sin.tolist() == [0.0, 1.0, 0.0, -1.0]
+    # exact zeros, signed by the contract's negations
+    assert [math.copysign(1, v) for v in cos.tolist()] == [1, -1, -1, 1]
+    assert [math.copysign(1, v) for v in sin.tolist()] == [1, 1, -1, -1]
 
-    # Against 120-bit mpmath, free of that argument rounding: fa_log within
-    # 2 ulps (measured 2) and fa_cos_2pi within 2**-52 absolute (measured 2**-53).
+    # Against 120-bit mpmath, free of that argument rounding.
     mpmath = pytest.importorskip("mpmath")
     with mpmath.workprec(120):
-        uu, tt = u[-2007:], t[-2011:]
+        uu, nn = u[-2007:], n[-2024:]
         log_mp = torch.tensor([float(mpmath.log(mpmath.mpf(v))) for v in uu.tolist()], dtype=torch.float64)
-        cos_mp = torch.tensor([float(mpmath.cos(2 * mpmath.pi * mpmath.mpf(v))) for v in tt.tolist()],
-                              dtype=torch.float64)
-    ulp = torch.nextafter(log_mp.abs(), torch.tensor(math.inf, dtype=torch.float64)) - log_mp.abs()
-    ulp_err = ((_reference._fa_log(uu) - log_mp).abs() / ulp).max().item()
-    assert ulp_err <= 2.0, ulp_err
-    cos_err = (_reference._fa_cos_2pi(tt) - cos_mp).abs().max().item()
-    assert cos_err <= 2.0**-52, cos_err
+        angles = [2 * mpmath.pi * mpmath.mpf(v) / 2**53 for v in nn.tolist()]
+        cos_mp = torch.tensor([float(mpmath.cos(a)) for a in angles], dtype=torch.float64)
+        sin_mp = torch.tensor([float(mpmath.sin(a)) for a in angles], dtype=torch.float64)
+    rel = ((_reference._fa_log(uu) - log_mp).abs() / log_mp.abs().clamp_min(2.0**-1074)).max().item()
+    assert rel <= 1.4e-12, rel
+    cos, sin = _reference._fa_cossin_2pi(nn)
+    err = max((cos - cos_mp).abs().max().item(), (sin - sin_mp).abs().max().item())
+    assert err <= 4e-13, err
+
+
+def test_gaussian_noise_is_accurate():
+    # |z - z_exact| < 1.1e-12 * rad (csrc/README.md section 2), z_exact from
+    # the pair's own uniforms in 120-bit mpmath.
+    mpmath = pytest.importorskip("mpmath")
+    seed, stream, example, sample, D = 2**35 + 11, 4, 9, 1, 2000
+    z = _reference._keyed_noise("gaussian", seed, stream, torch.tensor([[example]]),
+                                torch.tensor([[sample]]), D)[0]
+    worst = 0.0
+    with mpmath.workprec(120):
+        for p in range(D // 2):
+            x = scalar_philox((p, sample, example, stream), (seed & _M32, seed >> 32))
+            n1, n2 = x[0] * 2**21 + (x[1] >> 11), x[2] * 2**21 + (x[3] >> 11)
+            rad = mpmath.sqrt(-2 * mpmath.log(1 - mpmath.mpf(n1) / 2**53))
+            angle = 2 * mpmath.pi * mpmath.mpf(n2) / 2**53
+            for d, exact in ((2 * p, rad * mpmath.cos(angle)), (2 * p + 1, rad * mpmath.sin(angle))):
+                worst = max(worst, float(abs(z[d].item() - exact) / rad))
+    assert worst < 1.1e-12, worst
 
 
 N_DRAWS = 100_000
@@ -658,6 +746,14 @@ def test_gaussian_noise_statistics(backend_name):
     assert abs(corr(z[0], z[1])) < 5 * se, "correlated across samples"
     assert abs(corr(z[0], z[2])) < 5 * se, "correlated across examples"
     assert abs(corr(z[0, :-1], z[0, 1:])) < 5 * se, "correlated across neighbouring elements"
+    # The two halves of a Box-Muller pair share the radius but are independent:
+    # their squares are uncorrelated too (they would not be if the angle were off).
+    even, odd = z[:, 0::2].flatten(), z[:, 1::2].flatten()
+    pair_se = 1 / math.sqrt(even.numel())
+    assert abs(corr(even, odd)) < 5 * pair_se, "correlated within pairs"
+    assert abs(corr(even**2, odd**2)) < 5 * pair_se, "squares correlated within pairs"
+    for half in (even, odd):
+        assert abs(half.mean().item()) < 5 * pair_se and abs(half.std().item() - 1) < 5 * pair_se
     for kw in ({"stream": 2}, {"seed": 124}, {"seed": 123 + 2**32}):
         other = _noise(backend_name, "gaussian", D, seed=kw.get("seed", 123), stream=kw.get("stream", 1))
         assert abs(corr(z[0], other[0])) < 5 * se, f"correlated across {kw}"

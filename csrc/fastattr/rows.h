@@ -27,8 +27,10 @@ struct RowsParams {
 // Row r is example b = r / P, sample n = (r / S) % N, path step s = r % S
 // (P = N * S); output element i is element d = i % D of row row_start + i / D.
 // Arithmetic is in acc_t (float for half types, else scalar_t), rounded to
-// scalar_t once at the end. row() does the per-row index arithmetic so that
-// a CPU loop can do it once per row; operator() is the per-element GPU form.
+// scalar_t once at the end. row() does the per-row index arithmetic and
+// noise_key() names the row's draws, so that a CPU loop does both once per
+// row and makes the row's noise in runs (keyed_noise_run); operator() is the
+// per-element GPU form, which draws each element's noise itself.
 template <typename scalar_t, typename acc_t>
 struct GenerateRowsKernel {
   RowsParams p;
@@ -50,11 +52,14 @@ struct GenerateRowsKernel {
                r % p.n_steps};
   }
 
-  FASTATTR_HD void element(const Row& w, int64_t d) const {
+  FASTATTR_HD NoiseKey noise_key(const Row& w) const {
+    return NoiseKey{p.seed, p.stream, p.example_offset + w.b, w.n};
+  }
+
+  // Element d of row w, given its noise draw z (unused with Noise::none).
+  FASTATTR_HD void element(const Row& w, int64_t d, double z) const {
     acc_t x = static_cast<acc_t>(inputs[w.b * p.numel_per_row + d]);
     if (p.noise != Noise::none) {
-      const double z =
-          keyed_noise(p.noise, NoiseKey{p.seed, p.stream, p.example_offset + w.b, w.n, d});
       x = x + static_cast<acc_t>(p.scale) * static_cast<acc_t>(z);
     }
     if (alphas != nullptr) {
@@ -65,7 +70,9 @@ struct GenerateRowsKernel {
   }
 
   FASTATTR_HD void operator()(int64_t i) const {
-    element(row(i / p.numel_per_row), i % p.numel_per_row);
+    const Row w = row(i / p.numel_per_row);
+    const int64_t d = i % p.numel_per_row;
+    element(w, d, p.noise == Noise::none ? 0.0 : keyed_noise(p.noise, noise_key(w), d));
   }
 };
 

@@ -57,7 +57,8 @@ void test_philox_kat() {
   expect(out[0] == 0xd16cfe09 && out[3] == 0x24126ea1, "Philox4x32Kernel row");
 }
 
-// fa_log against std::log over (0, 1]: dense near 1, log-spaced to 2^-53.
+// fa_log against std::log over [2^-53, 1]: dense near 1, log-spaced to 2^-53.
+// The README's bound: relative error < 1.4e-12 (the series through f^13).
 void test_fa_log() {
   double max_rel = 0.0;
   const int n = 200000;
@@ -72,47 +73,66 @@ void test_fa_log() {
     }
   }
   std::printf("fa_log: max relative error %.3g\n", max_rel);
-  expect(max_rel <= 1e-15, "fa_log relative error <= 1e-15");
+  expect(max_rel <= 1.4e-12, "fa_log relative error <= 1.4e-12");
   expect(fa_log(1.0) == 0.0, "fa_log(1) == 0");
+  expect(fa_log(0x1p-53) == -53.0 * 0.693147180369123816490 + -53.0 * 1.90821492927058770002e-10,
+         "fa_log(2^-53) is e * LN2 exactly (m = 1)");
 }
 
-// fa_cos_2pi against a long double cos over [0, 1), every quadrant edge included.
-void test_fa_cos_2pi() {
+// fa_cossin_2pi against long double cos and sin over [0, 1), every quadrant
+// edge and r = 1/2 switch included; the README's bound is 4e-13 absolute.
+void test_fa_cossin_2pi() {
   const long double two_pi = 6.283185307179586476925286766559L;
   double max_abs = 0.0;
-  const int n = 400000;
-  for (int i = 0; i < n; ++i) {
-    const double t = static_cast<double>(i) / n;
-    const double want = static_cast<double>(std::cos(two_pi * static_cast<long double>(t)));
-    const double err = std::fabs(fa_cos_2pi(t) - want);
-    if (err > max_abs) max_abs = err;
+  const uint64_t n_points = 400000;
+  const uint64_t step = (uint64_t{1} << 53) / n_points;
+  for (uint64_t i = 0; i < n_points; ++i) {
+    for (uint64_t n : {i * step, i * step + (uint64_t{1} << 50) % step, (i + 1) * step - 1}) {
+      const long double angle = two_pi * static_cast<long double>(n) * 0x1p-53L;
+      const CosSin got = fa_cossin_2pi(n);
+      max_abs = std::fmax(max_abs, std::fabs(got.cos - static_cast<double>(std::cos(angle))));
+      max_abs = std::fmax(max_abs, std::fabs(got.sin - static_cast<double>(std::sin(angle))));
+    }
   }
-  std::printf("fa_cos_2pi: max absolute error %.3g\n", max_abs);
-  expect(max_abs <= 1e-15, "fa_cos_2pi absolute error <= 1e-15");
-  expect(fa_cos_2pi(0.0) == 1.0 && fa_cos_2pi(0.5) == -1.0, "fa_cos_2pi exact at 0 and 1/2");
-  // poly_sin / poly_cos directly, on their whole domain [-pi/4, pi/4].
-  double poly_err = 0.0;
-  for (int i = -1000; i <= 1000; ++i) {
-    const double x = 0.78539816339744830962 * i / 1000.0;
-    poly_err = std::fmax(poly_err, std::fabs(poly_sin(x) - std::sin(x)));
-    poly_err = std::fmax(poly_err, std::fabs(poly_cos(x) - std::cos(x)));
+  std::printf("fa_cossin_2pi: max absolute error %.3g\n", max_abs);
+  expect(max_abs <= 4e-13, "fa_cossin_2pi absolute error <= 4e-13");
+  // Quarter turns are exact, zeros signed by the README's negations.
+  const uint64_t quarter = uint64_t{1} << 51;
+  const double want[4][2] = {{1.0, 0.0}, {-0.0, 1.0}, {-1.0, -0.0}, {0.0, -1.0}};
+  for (uint64_t q = 0; q < 4; ++q) {
+    const CosSin got = fa_cossin_2pi(q * quarter);
+    expect(std::memcmp(&got.cos, &want[q][0], sizeof(double)) == 0 &&
+               std::memcmp(&got.sin, &want[q][1], sizeof(double)) == 0,
+           "fa_cossin_2pi exact (signed zeros too) at quarter turns");
   }
-  expect(poly_err <= 1e-15, "poly_sin / poly_cos absolute error <= 1e-15");
+  // poly_sin / poly_cos directly, on their whole domain [0, pi/4].
+  double cos_err = 0.0, sin_err = 0.0;
+  for (int i = 0; i <= 2000; ++i) {
+    const double x = 0.78539816339744830962 * i / 2000.0;
+    cos_err = std::fmax(cos_err, std::fabs(poly_cos(x) - std::cos(x)));
+    sin_err = std::fmax(sin_err, std::fabs(poly_sin(x) - std::sin(x)));
+  }
+  expect(cos_err <= 4e-13, "poly_cos absolute error <= 4e-13");
+  expect(sin_err <= 3e-14, "poly_sin absolute error <= 3e-14");
+  // exact_double is exact up to 2^52 - 1.
+  expect(exact_double(0) == 0.0 && exact_double((uint64_t{1} << 52) - 1) == 0x1p52 - 1.0,
+         "exact_double at its ends");
 }
 
 // Moments of the keyed draws over 200k keys: within 5 standard errors.
 void test_noise_moments() {
   const int n = 200000;
-  double gs = 0, gs2 = 0, us = 0, us2 = 0;
+  double gs = 0, gs2 = 0, us = 0, us2 = 0, pair_prod = 0;
   bool in_range = true;
   for (int i = 0; i < n; ++i) {
-    const NoiseKey key{12345, 7, i / 1000, i % 10, i};
-    const double g = keyed_gaussian(key);
-    const double u = keyed_uniform(key);
+    const NoiseKey key{12345, 7, i / 1000, i % 10};
+    const double g = keyed_gaussian(key, i);
+    const double u = keyed_uniform(key, i);
     gs += g;
     gs2 += g * g;
     us += u;
     us2 += u * u;
+    pair_prod += keyed_gaussian(key, i ^ 1) * g;  // with the other half of its pair
     in_range = in_range && u >= -1.0 && u < 1.0 && std::isfinite(g);
   }
   const double g_mean = gs / n, g_var = gs2 / n - g_mean * g_mean;
@@ -122,12 +142,80 @@ void test_noise_moments() {
   expect(in_range, "uniform in [-1, 1), gaussian finite");
   expect_near(g_mean, 0.0, 5.0 / std::sqrt(n), "gaussian mean");
   expect_near(g_var, 1.0, 5.0 * std::sqrt(2.0 / n), "gaussian variance");
+  expect_near(pair_prod / n, 0.0, 5.0 / std::sqrt(n / 2), "halves of a pair uncorrelated");
   expect_near(u_mean, 0.0, 5.0 * std::sqrt(1.0 / 3.0 / n), "uniform mean");
   expect_near(u_var, 1.0 / 3.0, 5.0 * std::sqrt(4.0 / 45.0 / n), "uniform variance");
   // Keys differing in one id give different draws.
-  expect(keyed_gaussian({1, 0, 0, 0, 0}) != keyed_gaussian({1, 0, 0, 1, 0}), "sample id matters");
-  expect(keyed_gaussian({1, 0, 0, 0, 0}) != keyed_gaussian({1ull << 32, 0, 0, 0, 0}),
+  expect(keyed_gaussian({1, 0, 0, 0}, 0) != keyed_gaussian({1, 0, 0, 1}, 0), "sample id matters");
+  expect(keyed_gaussian({1, 0, 0, 0}, 0) != keyed_gaussian({1ull << 32, 0, 0, 0}, 0),
          "high seed word matters");
+  expect(keyed_gaussian({1, 0, 0, 0}, 0) != keyed_gaussian({1, 0, 0, 0}, 2), "pair matters");
+}
+
+// The known answers of csrc/README.md section 2 (also in tests/test_ops.py,
+// which checks them and the checksums below on the extension, i.e. on the
+// AVX2 clone of the CPU noise loop where the CPU has AVX2). This binary is
+// built without AVX2: here they check the baseline x86-64 build of the same
+// loop, keyed_noise_run, and the per-element form the GPU runs.
+const NoiseKey kKatKey{0x0123456789abcdefull, 3, 5, 2};
+struct NoiseKat {
+  int64_t element;
+  uint64_t gaussian, uniform;
+};
+const NoiseKat kNoiseKats[] = {
+    {0, 0xbfefae3130780e60, 0xbfc851d33e6c07b8},     {1, 0x3fcee59f0f2fad0e, 0xbfe37743be2854ba},
+    {2, 0xbfc57d859f63d333, 0xbfea5cdc8f925a1e},     {3, 0x3fe46ef673276d44, 0xbfd6d6103f674178},
+    {12344, 0xbfe5c9c2647f2766, 0x3feedd52cd3ce44a}, {12345, 0x3fea507a5b535995, 0xbfe7269faaa40786},
+};
+// sum over d < 100001 of bits(z_d) * (2d + 1) mod 2^64, for kKatKey.
+constexpr int64_t kChecksumD = 100001;
+constexpr uint64_t kGaussianChecksum = 0x224e4044a1d4d8edull;
+constexpr uint64_t kUniformChecksum = 0xb40f96bf4dda6d52ull;
+
+uint64_t bits_of(double x) {
+  uint64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+// keyed_noise_run, the CPU's loop, equals the per-element draws (pairs whole
+// or, at the end of an odd run, a lone even element) and the known answers.
+void test_noise_run() {
+  for (Noise kind : {Noise::gaussian, Noise::uniform}) {
+    const bool gaussian = kind == Noise::gaussian;
+    for (const NoiseKat& k : kNoiseKats) {
+      const uint64_t want = gaussian ? k.gaussian : k.uniform;
+      expect(bits_of(keyed_noise(kind, kKatKey, k.element)) == want, "known answer, per element");
+      double z[2];
+      keyed_noise_run(kind, kKatKey, k.element & ~int64_t{1}, 2, z);
+      expect(bits_of(z[k.element & 1]) == want, "known answer, run of a pair");
+      if ((k.element & 1) == 0) {
+        keyed_noise_run(kind, kKatKey, k.element, 1, z);  // a lone even element
+        expect(bits_of(z[0]) == want, "known answer, lone even element");
+      }
+    }
+    // Runs of every length up to 67 from several even starts, against the
+    // per-element form.
+    std::vector<double> z(kChecksumD);
+    bool same = true;
+    for (int64_t first : {int64_t{0}, int64_t{2}, int64_t{1000}, int64_t{4294967294}}) {
+      for (int64_t count = 0; count <= 67; ++count) {
+        keyed_noise_run(kind, kKatKey, first, count, z.data());
+        for (int64_t i = 0; i < count; ++i) {
+          same = same && bits_of(z[i]) == bits_of(keyed_noise(kind, kKatKey, first + i));
+        }
+      }
+    }
+    expect(same, "keyed_noise_run == keyed_noise per element");
+    keyed_noise_run(kind, kKatKey, 0, kChecksumD, z.data());
+    uint64_t sum = 0;
+    for (int64_t d = 0; d < kChecksumD; ++d) {
+      sum += bits_of(z[d]) * static_cast<uint64_t>(2 * d + 1);
+    }
+    std::printf("%s checksum %016llx\n", gaussian ? "gaussian" : "uniform",
+                static_cast<unsigned long long>(sum));
+    expect(sum == (gaussian ? kGaussianChecksum : kUniformChecksum), "noise checksum");
+  }
 }
 
 // One element of generate_rows: B = 2, D = 3, N = 2 samples, S = 4 steps.
@@ -148,10 +236,15 @@ void test_generate_rows_element() {
   p.example_offset = 100;
   // Row 14 = example 1, sample 1, step 2; element 2 is out[2] of a 1-row call.
   p.row_start = 14;
-  GenerateRowsKernel<double, double>{p, inputs, baselines, alphas, out}(2);
-  const double z = keyed_gaussian({42, 3, 101, 1, 2});
+  const GenerateRowsKernel<double, double> kernel{p, inputs, baselines, alphas, out};
+  kernel(2);
+  const double z = keyed_gaussian({42, 3, 101, 1}, 2);
   const double x_n = -3.0 + 0.1 * z;
   expect(out[2] == 0.0 + 0.5 * (x_n - 0.0), "noisy path point (float64)");
+  // The CPU's form: the row, then the element given its draw.
+  out[2] = 0.0;
+  kernel.element(kernel.row(0), 2, z);
+  expect(out[2] == 0.0 + 0.5 * (x_n - 0.0), "noisy path point, row-wise");
 
   // Without noise and path the row is the input, rounded once to float.
   const float inputs_f[6] = {1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f};
@@ -194,8 +287,9 @@ struct Case {
 const Case kCases[] = {
     {"philox_kat", test_philox_kat},
     {"fa_log", test_fa_log},
-    {"fa_cos_2pi", test_fa_cos_2pi},
+    {"fa_cossin_2pi", test_fa_cossin_2pi},
     {"noise_moments", test_noise_moments},
+    {"noise_run", test_noise_run},
     {"generate_rows_element", test_generate_rows_element},
     {"accumulate_step", test_accumulate_step},
 };
