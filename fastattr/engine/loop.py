@@ -267,7 +267,10 @@ class _Loop:
         if self.outer is None:
             mean = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in self.pieces)
             return Result(mean, None, deltas)
-        n = self.n_samples
+        # A 0-d tensor on the accumulators' device, not a Python number: CUDA
+        # divides by a CPU scalar as a multiply by its reciprocal, which is
+        # not the CPU's correctly rounded division.
+        n = torch.full((), self.n_samples, dtype=self.outer[0].dtype, device=self.outer[0].device)
         mean = tuple(a / n for a in self.outer)
         mean_sq = tuple(a / n for a in self.outer_sq) if self.outer_sq is not None else None
         return Result(mean, mean_sq, deltas)

@@ -1,0 +1,381 @@
+"""The benchmark workloads: one definition of each model, input and timed
+callable, shared by ``benchmarks/run.py`` (plain table) and
+``benchmarks/test_bench.py`` (pytest-benchmark).
+
+A workload is (model, batch, method). For each there are three callables that
+must compute over exactly the same rows:
+
+* ``fastattr``: the functional call (``fastattr.integrated_gradients`` /
+  ``fastattr.smoothgrad``).
+* ``captum``: Captum with its defaults (``IntegratedGradients(model).attribute``
+  / ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad")``), one batch.
+* ``floor``: one bare forward + backward over the ``B * 50`` rows the method
+  evaluates (rows and one-hot grad_outputs made once, outside the timing).
+
+:func:`check` verifies before any timing that the three really evaluate the
+same rows and that fastattr's attributions equal Captum's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+try:  # run from a checkout without an install: the repo root holds fastattr/
+    import fastattr  # noqa: F401
+except ImportError:  # pragma: no cover - depends on how it is run
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    import fastattr  # noqa: F401
+
+try:  # optional, so that the GPU check still times fastattr and the floor without it
+    import captum
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+except ImportError:  # pragma: no cover
+    captum = None
+
+from fastattr.attr.quadrature import path_rule
+
+SEED = 0
+N_STEPS = 50  # IG points per example
+N_SAMPLES = 50  # SmoothGrad noisy copies per example
+STDEV = 0.15  # SmoothGrad noise: 0.15 of the data range (inputs are in [0, 1])
+N_CLASSES = 10
+IMPLEMENTATIONS = ("fastattr", "captum", "floor")
+HAVE_CAPTUM = captum is not None
+METHODS = ("ig", "smoothgrad")
+BATCHES = (1, 8)
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+
+
+def small_conv() -> nn.Module:
+    """Conv(3,16,3)-ReLU-MaxPool-Conv(16,32,3)-ReLU-AdaptiveAvgPool-Linear(32,10), on 3x32x32."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, N_CLASSES),
+    )
+
+
+def small_mlp() -> nn.Module:
+    """64 -> 128 -> 128 -> 10 with ReLU."""
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, N_CLASSES),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18-shaped (torchvision layout): 7x7/2 stem, max pool, BasicBlocks
+    [2, 2, 2, 2] at 64-128-256-512 channels, global average pool, Linear(512, 1000)."""
+
+    def __init__(self, n_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        blocks, cin = [], 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            for j in range(2):
+                blocks.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_classes))
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+# name -> (constructor, input shape of one example, number of classes)
+MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...], int]] = {
+    "conv": (small_conv, (3, 32, 32), N_CLASSES),
+    "mlp": (small_mlp, (64,), N_CLASSES),
+}
+
+
+def resnet_spec(size: int) -> Tuple[Callable[[], nn.Module], Tuple[int, ...], int]:
+    return (ResNet18, (3, size, size), 1000)
+
+
+# ---------------------------------------------------------------------------
+# Workloads
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: str  # a key of MODELS, or "resnet18"
+    batch: int
+    method: str  # "ig" | "smoothgrad"
+    resnet_size: int = 224
+
+    @property
+    def name(self) -> str:
+        model = self.model if self.model != "resnet18" else f"resnet18@{self.resnet_size}"
+        method = f"ig{N_STEPS}" if self.method == "ig" else f"sg{N_SAMPLES}"
+        return f"{model}-b{self.batch}-{method}"
+
+    @property
+    def rows(self) -> int:
+        return self.batch * (N_STEPS if self.method == "ig" else N_SAMPLES)
+
+
+def standard_specs() -> List[Spec]:
+    """The 8 workloads of the issue: {conv, mlp} x {B=1, B=8} x {IG, SmoothGrad}."""
+    return [Spec(m, b, meth) for m in ("conv", "mlp") for b in BATCHES for meth in METHODS]
+
+
+def resnet_specs(size: int) -> List[Spec]:
+    return [Spec("resnet18", b, meth, size) for b in BATCHES for meth in METHODS]
+
+
+@dataclass
+class Bench:
+    """A ready workload: model and inputs on the device and the three callables."""
+
+    spec: Spec
+    device: torch.device
+    model: nn.Module
+    x: Tensor  # [B, *F]
+    target: Tensor  # int64 [B]
+    floor_rows: Tensor  # [rows, *F], requires_grad leaf
+    floor_onehot: Tensor  # [rows, C]
+    calls: Dict[str, Callable[[], Tensor]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+_MODEL_CACHE: Dict[Tuple[str, int, str], nn.Module] = {}
+
+
+def _model(spec: Spec, device: torch.device) -> Tuple[nn.Module, Tuple[int, ...], int]:
+    ctor, shape, n_classes = (
+        resnet_spec(spec.resnet_size) if spec.model == "resnet18" else MODELS[spec.model]
+    )
+    key = (spec.model, spec.resnet_size if spec.model == "resnet18" else 0, str(device))
+    if key not in _MODEL_CACHE:
+        torch.manual_seed(SEED)
+        _MODEL_CACHE[key] = ctor().to(device).eval()
+    return _MODEL_CACHE[key], shape, n_classes
+
+
+def ig_rows(x: Tensor, n_steps: int = N_STEPS) -> Tensor:
+    """The IG points (zero baseline, Gauss-Legendre rule), example-major: ``[B*S, *F]``."""
+    alphas, _ = path_rule("gausslegendre", n_steps)
+    a = alphas.to(device=x.device, dtype=x.dtype).view(1, n_steps, *([1] * (x.dim() - 1)))
+    return (a * x.unsqueeze(1)).reshape(-1, *x.shape[1:])
+
+
+def smoothgrad_rows(x: Tensor, stdev: float, n_samples: int = N_SAMPLES) -> Tensor:
+    """Noisy copies ``x_b + stdev * z``, example-major: ``[B*N, *F]``."""
+    g = torch.Generator(device=x.device).manual_seed(SEED + 1)
+    rows = x.repeat_interleave(n_samples, dim=0)
+    return rows + stdev * torch.randn(rows.shape, generator=g, device=x.device, dtype=x.dtype)
+
+
+def build(spec: Spec, device="cpu") -> Bench:
+    """Model, inputs and the three callables of ``spec`` on ``device``."""
+    device = torch.device(device)
+    model, shape, n_classes = _model(spec, device)
+    g = torch.Generator().manual_seed(SEED + spec.batch)
+    x = torch.rand((spec.batch, *shape), generator=g).to(device)  # data in [0, 1]
+    target = (torch.arange(spec.batch) * 3 + 1).remainder(n_classes).to(device)
+    per_example = N_STEPS if spec.method == "ig" else N_SAMPLES
+    rows = ig_rows(x) if spec.method == "ig" else smoothgrad_rows(x, STDEV)
+    rows = rows.detach().requires_grad_()
+    onehot = torch.zeros(rows.shape[0], n_classes, device=device)
+    onehot.scatter_(1, target.repeat_interleave(per_example).unsqueeze(1), 1.0)
+    bench = Bench(spec, device, model, x, target, rows, onehot)
+
+    ca = None
+    if spec.method == "ig":
+
+        def fa() -> Tensor:
+            return fastattr.integrated_gradients(model, x, target=target, n_steps=N_STEPS)
+
+        if HAVE_CAPTUM:
+            ig = IntegratedGradients(model)
+
+            def ca() -> Tensor:
+                return ig.attribute(x, target=target, n_steps=N_STEPS)
+    else:
+
+        def fa() -> Tensor:
+            return fastattr.smoothgrad(model, x, target=target, n_samples=N_SAMPLES, stdev=STDEV)
+
+        if HAVE_CAPTUM:
+            nt = NoiseTunnel(Saliency(model))
+
+            def ca() -> Tensor:
+                return nt.attribute(x, nt_type="smoothgrad", nt_samples=N_SAMPLES, stdevs=STDEV, target=target)
+
+    def floor() -> Tensor:
+        out = model(rows)
+        return torch.autograd.grad(out, rows, grad_outputs=onehot)[0]
+
+    bench.calls = {"fastattr": fa, "captum": ca, "floor": floor}
+    if ca is None:
+        del bench.calls["captum"]
+    return bench
+
+
+def synced(fn: Callable[[], Tensor], device: torch.device) -> Callable[[], Tensor]:
+    """``fn`` followed by a device synchronisation (CUDA), for wall-clock timing."""
+    if device.type != "cuda":
+        return fn
+
+    def call() -> Tensor:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+# ---------------------------------------------------------------------------
+# Checks: a wrong benchmark is worse than none
+# ---------------------------------------------------------------------------
+
+
+def tolerance(device: torch.device) -> float:
+    """Max |fastattr - captum| / max |captum|. CUDA convolutions use TF32 by default."""
+    return 2e-2 if device.type == "cuda" else 1e-4
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def _captured_rows(bench: Bench, fn: Callable[[], Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(result, every row the model was called on)`` of one call of ``fn``."""
+    seen: List[Tensor] = []
+    handle = bench.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return out, torch.cat(seen)
+
+
+def plain_reference(bench: Bench, fa_rows: Tensor) -> Tensor:
+    """IG by hand from the gradients at fastattr's own rows: ``x * sum_s w_s grad_s``."""
+    _, weights = path_rule("gausslegendre", N_STEPS)
+    rows = fa_rows.detach().requires_grad_()
+    grads = torch.autograd.grad(bench.model(rows), rows, grad_outputs=bench.floor_onehot)[0]
+    w = weights.to(device=rows.device, dtype=rows.dtype).view(1, N_STEPS, *([1] * (rows.dim() - 1)))
+    return bench.x * (w * grads.reshape(bench.spec.batch, N_STEPS, *rows.shape[1:])).sum(1)
+
+
+def check(bench: Bench) -> List[str]:
+    """:func:`_check` with TF32 off on the GPU: with TF32, cuDNN picks
+    batch-size-dependent algorithms whose ~1e-3 rounding grows through a
+    ResNet, so a 1-row by-hand gradient would not match a 50-row one."""
+    if bench.device.type != "cuda":
+        return _check(bench)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _check(bench)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _check(bench: Bench) -> List[str]:
+    """Problems found (empty: fine), before any timing. Checks that fastattr,
+    Captum and the floor run the model on the same number of rows, at the same
+    points (IG) or with the same noise scale (SmoothGrad), and that fastattr's
+    attributions equal Captum's and a by-hand computation (IG: from the
+    gradients at the rows; SmoothGrad with the noise off: |gradient at x|)."""
+    problems = []
+    spec, x, tol = bench.spec, bench.x, tolerance(bench.device)
+    want_rows = spec.rows
+    results, rows = {}, {}
+    for who, fn in bench.calls.items():
+        results[who], rows[who] = _captured_rows(bench, fn)
+        if rows[who].shape[0] != want_rows:
+            problems.append(f"{who} ran the model on {rows[who].shape[0]} rows, expected {want_rows}")
+    for who in ("fastattr", "captum"):
+        if who in results and results[who].shape != x.shape:
+            problems.append(f"{who}'s result has shape {tuple(results[who].shape)}, expected {tuple(x.shape)}")
+    if problems:
+        return problems
+    fa = results["fastattr"]
+    if spec.method == "ig":
+        if "captum" in rows:  # Captum builds its rows step-major, fastattr and the floor example-major
+            rows["captum"] = rows["captum"].reshape(N_STEPS, spec.batch, -1).transpose(0, 1).reshape(rows["fastattr"].shape)
+        for who in rows:
+            e = _rel_err(rows[who], rows["floor"])
+            if e > 1e-6:
+                problems.append(f"{who}'s IG points differ from the floor's (rel err {e:.2e})")
+        refs = {"by hand": plain_reference(bench, rows["fastattr"])}
+        if "captum" in results:
+            refs["Captum"] = results["captum"]
+        for who, ref in refs.items():
+            e = _rel_err(fa, ref)
+            if e > tol:
+                problems.append(f"fastattr IG != {who} (rel err {e:.2e} > {tol:.0e})")
+    else:
+        rep = x.repeat_interleave(N_SAMPLES, dim=0).reshape(want_rows, -1)
+        for who, r in rows.items():
+            sd = (r.reshape(want_rows, -1) - rep).std().item()
+            if abs(sd / STDEV - 1) > 0.1:
+                problems.append(f"{who}'s noise stdev is {sd:.4f}, expected {STDEV}")
+        fa0 = fastattr.smoothgrad(bench.model, x, target=bench.target, n_samples=N_SAMPLES, stdev=0.0)
+        x0 = x.detach().requires_grad_()
+        onehot = torch.nn.functional.one_hot(bench.target, bench.floor_onehot.shape[1]).to(x.dtype)
+        refs = {"by hand": torch.autograd.grad(bench.model(x0), x0, grad_outputs=onehot)[0].abs()}
+        if HAVE_CAPTUM:
+            refs["Captum"] = NoiseTunnel(Saliency(bench.model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=N_SAMPLES, stdevs=0.0, target=bench.target
+            )
+        for who, ref in refs.items():
+            e = _rel_err(fa0, ref)
+            if e > tol:
+                problems.append(f"fastattr SmoothGrad(stdev=0) != {who} (rel err {e:.2e} > {tol:.0e})")
+    return problems
+
+
+def environment(device: torch.device) -> str:
+    """One line saying what the numbers were measured on."""
+    dev = str(device)
+    if device.type == "cuda":
+        dev += f" ({torch.cuda.get_device_name(device)})"
+    return (
+        f"device {dev} | torch {torch.__version__} | "
+        f"captum {captum.__version__ if HAVE_CAPTUM else 'NOT INSTALLED'} | "
+        f"fastattr {fastattr.__version__} backend={fastattr.backend()} | "
+        f"threads {torch.get_num_threads()} | cpus {os.cpu_count()}"
+    )
