@@ -5,6 +5,7 @@ names the argument and says what was expected.
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Integral, Real
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -54,6 +55,13 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
     return tuple(tensors), was_tuple
 
 
+@functools.lru_cache(maxsize=32)
+def _constant_baseline(value: float, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A ``[1, *F]`` constant baseline, made once per (value, shape, dtype,
+    device): the engine only reads baselines, and most calls use the same one."""
+    return torch.full((1, *shape), value, dtype=dtype, device=device)
+
+
 def format_baselines(
     baselines: BaselineType, inputs: Tuple[Tensor, ...], was_tuple: bool
 ) -> Tuple[Tensor, ...]:
@@ -78,7 +86,7 @@ def format_baselines(
         if not isinstance(b, Tensor):
             if not math.isfinite(b):
                 raise ValueError(f"{name}: must be finite, got {b}")
-            out.append(torch.full((1, *x.shape[1:]), float(b), dtype=x.dtype, device=x.device))
+            out.append(_constant_baseline(float(b), tuple(x.shape[1:]), x.dtype, x.device))
             continue
         if b.device != x.device:
             raise ValueError(f"{name}: on {b.device}, expected {x.device} like the input")

@@ -11,6 +11,7 @@ model's own batch-size sensitivity).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -72,6 +73,16 @@ def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
         return base[g0:g1]
     examples = torch.arange(g0, g1, device=base.device) // n
     return base.index_select(0, examples)
+
+
+@functools.lru_cache(maxsize=16)
+def _one_hot_columns(shape: torch.Size, column: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[n, C]`` zeros with ones in ``column``: the backward seed that selects
+    one class for every row. Cached: autograd only reads it, and every chunk
+    of a call (and repeated calls) has the same one."""
+    seed = torch.zeros(shape, dtype=dtype, device=device)
+    seed[:, column] = 1
+    return seed
 
 
 class _Loop:
@@ -156,13 +167,11 @@ class _Loop:
     def grad_outputs(self, out: Tensor, examples: Optional[Tensor]) -> Tensor:
         if self.target is None:
             return torch.ones_like(out)
-        go = torch.zeros_like(out)
         if isinstance(self.target, int):
-            go[:, self.target] = 1
-        else:
-            rows_target = self.target.index_select(0, examples).remainder_(self.n_outputs)
-            go.scatter_(1, rows_target.unsqueeze(1), 1)
-        return go
+            return _one_hot_columns(out.shape, self.target, out.dtype, out.device)
+        go = torch.zeros_like(out)
+        rows_target = self.target.index_select(0, examples).remainder_(self.n_outputs)
+        return go.scatter_(1, rows_target.unsqueeze(1), 1)
 
     def gradients(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
         n = r1 - r0
