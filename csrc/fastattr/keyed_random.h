@@ -51,6 +51,17 @@ FASTATTR_HD double exact_double(uint64_t x) {
   return from_bits(x | 0x4330000000000000ull) - 0x1p52;
 }
 
+// c[0] + y (c[1] + y (... + y c[N-1])), evaluated from the inside out
+// (Horner), as the README writes each series.
+template <int N>
+FASTATTR_HD double horner(const double (&c)[N], double y) {
+  double acc = c[N - 1];
+  for (int k = N - 2; k >= 0; --k) {
+    acc = c[k] + y * acc;
+  }
+  return acc;
+}
+
 // log(u) for u in [2^-53, 1]: u = m * 2^e with m in [SQRT_HALF, 2 SQRT_HALF),
 // then log(m) = 2 atanh(f) with f = (m - 1) / (m + 1), |f| <= 0.1716, as an
 // odd series in f through f^13 (relative error < 1.4e-12, csrc/README.md).
@@ -73,10 +84,7 @@ FASTATTR_HD double fa_log(double u) {
   const double e = exact_double((bits >> 52) - below) - 1022.0;
   const double f = (m - 1.0) / (m + 1.0);
   const double f2 = f * f;
-  double s = kLog[5];
-  for (int k = 4; k >= 0; --k) {
-    s = kLog[k] + f2 * s;
-  }
+  const double s = horner(kLog, f2);
   const double logm = 2.0 * f + (2.0 * f) * (f2 * s);
   return e * kLn2Hi + (e * kLn2Lo + logm);
 }
@@ -87,10 +95,7 @@ FASTATTR_HD double poly_cos(double x) {
   constexpr double kCos[6] = {-1.0 / 2.0,     1.0 / 24.0,       -1.0 / 720.0,
                               1.0 / 40320.0, -1.0 / 3628800.0, 1.0 / 479001600.0};
   const double x2 = x * x;
-  double p = kCos[5];
-  for (int k = 4; k >= 0; --k) {
-    p = kCos[k] + x2 * p;
-  }
+  const double p = horner(kCos, x2);
   return 1.0 + x2 * p;
 }
 
@@ -100,10 +105,7 @@ FASTATTR_HD double poly_sin(double x) {
   constexpr double kSin[6] = {-1.0 / 6.0,      1.0 / 120.0,        -1.0 / 5040.0,
                               1.0 / 362880.0, -1.0 / 39916800.0, 1.0 / 6227020800.0};
   const double x2 = x * x;
-  double p = kSin[5];
-  for (int k = 4; k >= 0; --k) {
-    p = kSin[k] + x2 * p;
-  }
+  const double p = horner(kSin, x2);
   return x + x * (x2 * p);
 }
 
