@@ -84,11 +84,11 @@ void accumulate_op(const at::Tensor& acc, const std::optional<at::Tensor>& acc_s
   const int64_t rows_per_group = p.group_size < p.row_count ? p.group_size : p.row_count;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "accumulate_", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    Launch::for_each(v.device(), touched_groups(p) * p.numel_per_row, rows_per_group,
-                     AccumulateKernel<scalar_t, acc_t>{
-                         p, acc.mutable_data_ptr<acc_t>(),
-                         acc_sq.has_value() ? acc_sq->mutable_data_ptr<acc_t>() : nullptr,
-                         v.const_data_ptr<scalar_t>(), w.const_data_ptr<double>()});
+    Launch::for_each_group_block(v.device(), touched_groups(p), p.numel_per_row, rows_per_group,
+                                 AccumulateKernel<scalar_t, acc_t>{
+                                     p, acc.mutable_data_ptr<acc_t>(),
+                                     acc_sq.has_value() ? acc_sq->mutable_data_ptr<acc_t>() : nullptr,
+                                     v.const_data_ptr<scalar_t>(), w.const_data_ptr<double>()});
   });
 }
 

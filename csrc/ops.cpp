@@ -1,6 +1,7 @@
 // Schemas of the fastattr ops and their CPU implementations.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +18,10 @@ constexpr int64_t kGrainWork = 32768;
 // Noise values made per call of cpu_noise_run: a 2 KiB buffer, kept in L1
 // between the draws and their use. Even, so runs start at even elements.
 constexpr int64_t kNoiseRun = 256;
+
+// Accumulator elements per CPU task of accumulate_: two 2 KiB running-sum
+// arrays (float64), kept in L1 while the group's rows stream past.
+constexpr int64_t kAccumulateBlock = 256;
 
 // keyed_noise_run (csrc/fastattr/keyed_random.h) for the CPU. Its loops
 // vectorize, the Gaussian one only with AVX2 (its selects need 64-bit vector
@@ -49,6 +54,45 @@ struct CpuLaunch {
     });
   }
 
+  // groups x cols accumulators: each task takes one group and a block of
+  // kAccumulateBlock contiguous elements, and walks the group's rows in order,
+  // updating the block's running sums (kept in a local array) row by row:
+  // contiguous, vectorizable reads of each row, and per element the same
+  // serial row order as the GPU's thread-per-element fold.
+  template <typename Kernel>
+  static void for_each_group_block(c10::Device /*device*/, int64_t groups, int64_t cols,
+                                   int64_t work_per_element, const Kernel& kernel) {
+    using acc_t = std::remove_pointer_t<decltype(kernel.acc)>;
+    const int64_t blocks_per_group = (cols + kAccumulateBlock - 1) / kAccumulateBlock;
+    const int64_t grain = std::max<int64_t>(
+        1, kGrainWork / std::max<int64_t>(1, work_per_element * kAccumulateBlock));
+    at::parallel_for(0, groups * blocks_per_group, grain, [&](int64_t begin, int64_t end) {
+      const Kernel k = kernel;  // a local copy: stores to acc cannot alias its fields
+      acc_t sum[kAccumulateBlock];
+      acc_t sum_sq[kAccumulateBlock];
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = k.p.first_group + task / blocks_per_group;
+        const int64_t d0 = (task % blocks_per_group) * kAccumulateBlock;
+        const int64_t n = std::min(kAccumulateBlock, cols - d0);
+        for (int64_t i = 0; i < n; ++i) {
+          sum[i] = k.acc[k.offset(g, d0 + i)];
+          sum_sq[i] = k.acc_sq != nullptr ? k.acc_sq[k.offset(g, d0 + i)] : acc_t(0);
+        }
+        for (int64_t r = k.rows_begin(g), r_end = k.rows_end(g); r < r_end; ++r) {
+          for (int64_t i = 0; i < n; ++i) {
+            k.step(g, r, d0 + i, sum[i], sum_sq[i]);
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          k.acc[k.offset(g, d0 + i)] = sum[i];
+          if (k.acc_sq != nullptr) {
+            k.acc_sq[k.offset(g, d0 + i)] = sum_sq[i];
+          }
+        }
+      }
+    });
+  }
+
   // rows x cols elements, walked row by row: the kernel's per-row index
   // arithmetic (64-bit divisions, the bulk of a cheap element's cost) is
   // done once per row instead of once per element, and the row's noise is
@@ -60,17 +104,22 @@ struct CpuLaunch {
                            int64_t work_per_element, const Kernel& kernel) {
     const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_element * cols));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      double z[kNoiseRun] = {};  // stays 0 without noise
+      const Kernel k = kernel;  // a local copy: stores to out cannot alias its fields
+      double z[kNoiseRun];
       for (int64_t r = begin; r < end; ++r) {
-        const auto row = kernel.row(r);
+        const auto row = k.row(r);
         // Runs start at even d, as keyed_noise_run needs.
         for (int64_t d0 = 0; d0 < cols; d0 += kNoiseRun) {
           const int64_t n = std::min(kNoiseRun, cols - d0);
-          if (kernel.p.noise != Noise::none) {
-            cpu_noise_run(kernel.p.noise, kernel.noise_key(row), d0, n, z);
+          if (k.p.noise == Noise::none) {
+            for (int64_t i = 0; i < n; ++i) {
+              k.element(row, d0 + i, 0.0);
+            }
+            continue;
           }
+          cpu_noise_run(k.p.noise, k.noise_key(row), d0, n, z);
           for (int64_t i = 0; i < n; ++i) {
-            kernel.element(row, d0 + i, z[i]);
+            k.element(row, d0 + i, z[i]);
           }
         }
       }

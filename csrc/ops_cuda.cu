@@ -41,6 +41,13 @@ struct CudaLaunch {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
+  // One thread per (group, element) on the GPU, each folding its group's rows.
+  template <typename Kernel>
+  static void for_each_group_block(c10::Device device, int64_t groups, int64_t cols,
+                                   int64_t work_per_element, const Kernel& kernel) {
+    for_each(device, groups * cols, work_per_element, kernel);
+  }
+
   // Still one thread per element on the GPU (kernel(i) does the row's index
   // arithmetic itself): the CPU's row-wise walk buys nothing here.
   template <typename Kernel>
