@@ -2,6 +2,7 @@
 integration rules."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
@@ -17,6 +18,11 @@ def path_plan(n_steps: int, method: str, multiply_by_inputs: bool) -> PointPlan:
     """The IG plan: ``n_steps`` points on the path, weighted by the rule's step sizes."""
     v.check_choice(method, "method", METHODS)
     v.check_positive_int(n_steps, "n_steps")
+    return _path_plan(int(n_steps), method, bool(multiply_by_inputs))
+
+
+@functools.lru_cache(maxsize=64)
+def _path_plan(n_steps: int, method: str, multiply_by_inputs: bool) -> PointPlan:
     alphas, step_sizes = path_rule(method, n_steps)
     return PointPlan(
         alphas=alphas,

@@ -75,6 +75,10 @@ def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
     return base.index_select(0, examples)
 
 
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    return t if t.device == device else t.to(device)
+
+
 @functools.lru_cache(maxsize=16)
 def _one_hot_columns(shape: torch.Size, column: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``[n, C]`` zeros with ones in ``column``: the backward seed that selects
@@ -98,8 +102,8 @@ class _Loop:
         self.per_example = plan.points_per_example
         self.acc_dtypes = [accumulator_dtype(x.dtype) for x in req.inputs]
         device = req.inputs[0].device
-        self.alphas = None if plan.alphas is None else plan.alphas.to(device)
-        self.step_weights = plan.step_weights.to(device)
+        self.alphas = None if plan.alphas is None else _on(plan.alphas, device)
+        self.step_weights = _on(plan.step_weights, device)
         self.target = req.target
         if isinstance(self.target, Tensor) and self.batch == 1:
             self.target = int(self.target[0])

@@ -13,6 +13,7 @@ mean of squares when ``keep_square``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -58,8 +59,10 @@ class PointPlan:
         return self.purpose * 65536 + input_index
 
 
+@functools.lru_cache(maxsize=None)
 def single_point_plan(sample_transform: str) -> PointPlan:
-    """The plan of a method that takes the gradient at the input itself."""
+    """The plan of a method that takes the gradient at the input itself
+    (cached: plans are immutable)."""
     return PointPlan(
         alphas=None,
         step_weights=torch.ones(1, dtype=torch.float64),
