@@ -163,7 +163,7 @@ def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int
     else:
         if target.numel() == 0:
             return
-        lo, hi = int(target.min()), int(target.max())
+        lo, hi = torch.stack((target.min(), target.max())).tolist()  # one device sync
     if lo < -n_outputs or hi >= n_outputs:
         raise ValueError(
             f"target: class index out of range for a model with {n_outputs} outputs "
