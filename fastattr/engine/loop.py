@@ -271,12 +271,13 @@ class _Loop:
             self.fold(grads, r0, r1)
             del grads
             r0 = r1
-        self.chunk = chunk
-        return self.result()
+        return self.result(chunk)
 
-    def result(self) -> Result:
+    def result(self, chunk: int) -> Result:
+        """The folded sums as a :class:`Result`; ``chunk``: rows per forward
+        for the convergence-delta endpoints."""
         req = self.req
-        deltas = torch.cat(self.group_sums) - self.endpoint_gap() if req.want_deltas else None
+        deltas = torch.cat(self.group_sums) - self.endpoint_gap(chunk) if req.want_deltas else None
         if self.outer is None:
             mean = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in self.pieces)
             return Result(mean, None, deltas)
@@ -302,11 +303,11 @@ class _Loop:
             picked = out.gather(1, t.unsqueeze(1)).squeeze(1)
         return picked.to(torch.float64)
 
-    def endpoint_gap(self) -> Tensor:
-        """float64 ``[B * N]``: ``f(x_n)[t] - f(baseline)[t]`` per (example, sample)."""
+    def endpoint_gap(self, step: int) -> Tensor:
+        """float64 ``[B * N]``: ``f(x_n)[t] - f(baseline)[t]`` per (example,
+        sample), evaluated ``step`` rows per forward."""
         req, b, n = self.req, self.batch, self.n_samples
         device = req.inputs[0].device
-        step = self.chunk
         with torch.no_grad():
             start = []
             for e0 in range(0, b, step):
