@@ -794,3 +794,77 @@ def test_convergence_delta_shrinks_with_n_steps(backend, method, steps):
     assert errors[0] > 1e-6, f"the model is curved enough to have a gap at {steps[0]} steps: {errors}"
     for a, b in zip(errors, errors[1:]):
         assert b < a / 2, f"{method}: |delta| at n_steps {steps} = {errors}"
+
+
+# ---------------------------------------------------------------------------
+# Backward rules and whole-example chunks (the hooks of issue 3's methods)
+# ---------------------------------------------------------------------------
+
+
+def _engine_request(model, x, **kw):
+    from fastattr.attr._call import build_request
+    from fastattr.attr.integrated_gradients import path_plan
+
+    req, _ = build_request(
+        model, x, 0, None, lambda xs: path_plan(5, "riemann_left", True), None,
+        kw.pop("chunk_rows", None), baselines=None, needs_baselines=True, **kw,
+    )
+    return req
+
+
+def test_rules_are_installed_for_every_chunk_and_removed_after(backend):
+    from fastattr.engine import run
+
+    rec = Recorder(_mlp())
+    events: List[str] = []
+
+    class Rules:
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+
+    def forward_hook(module, inp, out):
+        events.append(f"forward {out.shape[0]}")
+
+    rec.register_forward_hook(forward_hook)
+    run(_engine_request(rec, _inputs(False), rules=Rules, chunk_rows=7, want_deltas=True))
+    # Gradient chunks run inside the rules; the delta endpoints (plain forwards) after them.
+    assert events[:6] == ["enter", "forward 7", "forward 7", "forward 6", "exit", "forward 4"]
+
+
+def test_rules_are_removed_when_the_model_raises(backend):
+    from fastattr.engine import run
+
+    events: List[str] = []
+
+    class Rules:
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+
+    def failing(x):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        run(_engine_request(failing, _inputs(False), rules=Rules))
+    assert events == ["enter", "exit"]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 5, 7, 11])
+def test_whole_example_chunks(backend, chunk_rows):
+    from fastattr.engine import run
+
+    rec = Recorder(_mlp())
+    x = _inputs(False)
+    whole = run(_engine_request(rec, x, chunk_rows=chunk_rows, whole_examples=True))
+    # 5 points per example: chunks are the largest multiple of 5 within the cap, at least one example.
+    per_chunk = max(5, chunk_rows - chunk_rows % 5)
+    assert all(n % 5 == 0 and n <= max(5, chunk_rows) for n in rec.sizes)
+    assert rec.sizes[0] == per_chunk
+    split = run(_engine_request(_mlp(), x, chunk_rows=chunk_rows))
+    for a, b in zip(whole.mean, split.mean):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ result back the way the caller passed the inputs (tensor in, tensor out;
 tuple in, tuple out)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -24,10 +24,14 @@ def build_request(
     baselines: v.BaselineType = None,
     needs_baselines: bool = False,
     want_deltas: bool = False,
+    rules: Optional[Callable[[], ContextManager[Any]]] = None,
+    whole_examples: bool = False,
 ) -> Tuple[Request, bool]:
     """Validate everything and return ``(request, inputs_was_tuple)``.
 
-    ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are known.
+    ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are
+    known; ``rules`` and ``whole_examples`` pass through to the
+    :class:`~fastattr.engine.Request`.
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
@@ -58,6 +62,8 @@ def build_request(
         memory_budget=v.check_optional_positive_int(memory_budget, "memory_budget"),
         chunk_rows=v.check_optional_positive_int(chunk_rows, "chunk_rows"),
         want_deltas=want_deltas,
+        rules=rules,
+        whole_examples=whole_examples,
     )
     return req, was_tuple
 

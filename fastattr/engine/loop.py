@@ -11,9 +11,10 @@ model's own batch-size sensitivity).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -37,6 +38,14 @@ class Request:
     memory_budget: Optional[int] = None  # bytes per chunk; None: budget.default_budget
     chunk_rows: Optional[int] = None  # extra cap on rows per chunk
     want_deltas: bool = False  # convergence delta per (example, sample)
+    # Backward rules (guided backprop, LRP, DeepLIFT...): a factory of a
+    # context that installs them on the model; entered once around all
+    # gradient chunks and exited (hooks removed) even when a chunk raises.
+    # The convergence-delta endpoints are plain forwards, outside it.
+    rules: Optional[Callable[[], ContextManager[Any]]] = None
+    # Chunks hold whole examples (a multiple of plan.points_per_example rows),
+    # for rules that pair an example's rows inside one forward.
+    whole_examples: bool = False
 
 
 @dataclass
@@ -255,23 +264,31 @@ class _Loop:
         sig = _budget.signature(req.inputs)
         row_bytes = sum(x[0].numel() * x.element_size() for x in req.inputs)
         measured = _budget.cached_activation_bytes(self.model, sig)
-        chunk = _budget.rows_per_chunk(budget, row_bytes, measured, total, req.chunk_rows)
+        chunk = self.chunk_rows(budget, row_bytes, measured, total)
         r0 = 0
-        while r0 < total:
-            r1 = min(total, r0 + chunk)
-            if measured is None:
-                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
-                with meter.measuring():
+        with req.rules() if req.rules is not None else contextlib.nullcontext():
+            while r0 < total:
+                r1 = min(total, r0 + chunk)
+                if measured is None:
+                    meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
+                    with meter.measuring():
+                        grads = self.gradients(r0, r1)
+                    measured = -(-meter.total // (r1 - r0))
+                    _budget.store_activation_bytes(self.model, sig, measured)
+                    chunk = self.chunk_rows(budget, row_bytes, measured, total)
+                else:
                     grads = self.gradients(r0, r1)
-                measured = -(-meter.total // (r1 - r0))
-                _budget.store_activation_bytes(self.model, sig, measured)
-                chunk = _budget.rows_per_chunk(budget, row_bytes, measured, total, req.chunk_rows)
-            else:
-                grads = self.gradients(r0, r1)
-            self.fold(grads, r0, r1)
-            del grads
-            r0 = r1
+                self.fold(grads, r0, r1)
+                del grads
+                r0 = r1
         return self.result(chunk)
+
+    def chunk_rows(self, budget: int, row_bytes: int, measured: Optional[int], total: int) -> int:
+        """Rows per chunk within ``budget``; whole examples when the request asks."""
+        rows = _budget.rows_per_chunk(budget, row_bytes, measured, total, self.req.chunk_rows)
+        if self.req.whole_examples:
+            rows = max(self.per_example, rows - rows % self.per_example)
+        return rows
 
     def result(self, chunk: int) -> Result:
         """The folded sums as a :class:`Result`; ``chunk``: rows per forward
