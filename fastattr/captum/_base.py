@@ -1,0 +1,49 @@
+"""What every Captum drop-in class shares: Captum's ``forward_func`` attribute,
+its ``get_name`` / ``has_convergence_delta`` / ``multiplies_by_inputs``
+queries, and the one way an unsupported argument is refused."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from torch import Tensor
+
+
+class Attribution:
+    """Base of the drop-in classes (Captum's ``captum.attr.Attribution``).
+
+    Subclasses implement ``attribute`` with their Captum class's signature.
+    """
+
+    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+        if not callable(forward_func):
+            raise TypeError(
+                f"forward_func: expected a callable (an nn.Module or a function), "
+                f"got {type(forward_func).__name__}"
+            )
+        self.forward_func = forward_func
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The class name with spaces, as Captum's (``"Integrated Gradients"``)."""
+        return "".join(c if c.islower() or i == 0 else " " + c for i, c in enumerate(cls.__name__))
+
+    def has_convergence_delta(self) -> bool:
+        """Whether ``attribute`` accepts ``return_convergence_delta=True``."""
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Whether attributions are multiplied by ``inputs - baselines`` (global)."""
+        return False
+
+
+def reject(name: str, value: Any, supported: Any = None, why: Optional[str] = None) -> None:
+    """Raise when the caller set Captum argument ``name`` to a value fastattr
+    does not implement (anything but ``supported``), naming it: nothing is
+    silently ignored."""
+    if value is not supported and value != supported:
+        reason = f": {why}" if why else ""
+        raise NotImplementedError(
+            f"{name}={value!r} is not supported by fastattr (only {supported!r}){reason}"
+        )
+
