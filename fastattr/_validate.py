@@ -6,6 +6,7 @@ names the argument and says what was expected.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from numbers import Integral, Real
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -112,6 +113,51 @@ def format_baselines(
         rows = x.shape[0] if per_example else 1
         out.append(b.detach().to(x.dtype).expand(rows, *x.shape[1:]).contiguous())
     return tuple(out)
+
+
+def format_baseline_distribution(
+    baselines: Any, inputs: Tuple[Tensor, ...], was_tuple: bool
+) -> Tuple[Tensor, ...]:
+    """Reference distributions: one contiguous ``[M, *F]`` tensor per input,
+    the same ``M`` for every input (a draw picks one reference example for
+    all inputs).
+
+    Accepts, per input, a tensor ``[M, *F]`` or ``[*F]`` (``M = 1``) or a
+    number; a tuple of those; or, as Captum does, a callable returning them
+    (called with the inputs, or with no argument if it takes none).
+    """
+    if callable(baselines) and not isinstance(baselines, Tensor):
+        takes_inputs = len(inspect.signature(baselines).parameters) > 0
+        given = inputs if was_tuple else inputs[0]
+        baselines = baselines(given) if takes_inputs else baselines()
+    if baselines is None:
+        raise ValueError("baselines: required: a reference distribution [M, *F] per input")
+    items = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
+    if len(items) != len(inputs):
+        raise ValueError(
+            f"baselines: expected {len(inputs)} baselines (one per input), got {len(items)}"
+        )
+    items = tuple(
+        b.unsqueeze(0) if isinstance(b, Tensor) and b.dim() == x.dim() - 1 else b
+        for b, x in zip(items, inputs)
+    )
+    for i, (b, x) in enumerate(zip(items, inputs)):
+        if isinstance(b, Tensor) and (b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] == 0):
+            name = f"baselines[{i}]" if was_tuple else "baselines"
+            raise ValueError(
+                f"{name}: expected a reference distribution of shape [M, "
+                f"{', '.join(map(str, x.shape[1:]))}] (M >= 1), got {tuple(b.shape)}"
+            )
+    sizes = [b.shape[0] if isinstance(b, Tensor) else 1 for b in items]
+    m = max(sizes)
+    if any(size not in (1, m) for size in sizes):
+        raise ValueError(
+            f"baselines: every input needs the same number of reference examples M, got {sizes}"
+        )
+    # Dtype, device and finiteness checks are format_baselines's, against M-row inputs.
+    likes = tuple(x[:1].expand(m, *x.shape[1:]) for x in inputs)
+    formatted = format_baselines(items, likes, was_tuple)
+    return tuple(t.expand(m, *t.shape[1:]) for t in formatted)
 
 
 def format_target(target: TargetType, batch: int, device: torch.device) -> Union[None, int, Tensor]:

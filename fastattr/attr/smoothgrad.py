@@ -17,6 +17,12 @@ KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 EXPLAINERS = ("saliency", "input_x_gradient", "integrated_gradients")
 
 
+def check_seed(seed: Any) -> None:
+    """A noise key: an int in ``[0, 2**63)``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
+
+
 def _explainer_plan(explainer: str, kwargs: Dict[str, Any]) -> Tuple[PointPlan, bool, Any]:
     """``(plan, needs_baselines, baselines)`` of the wrapped explainer."""
     if not isinstance(kwargs, Mapping):
@@ -86,8 +92,7 @@ def smoothgrad(
     v.check_choice(kind, "kind", KINDS)
     v.check_choice(explainer, "explainer", EXPLAINERS)
     n_samples = v.check_positive_int(n_samples, "n_samples")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
+    check_seed(seed)
     if return_convergence_delta and explainer != "integrated_gradients":
         raise ValueError(
             f"return_convergence_delta: only integrated_gradients has a convergence "

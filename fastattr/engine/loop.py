@@ -43,6 +43,12 @@ class Request:
     # gradient chunks and exited (hooks removed) even when a chunk raises.
     # The convergence-delta endpoints are plain forwards, outside it.
     rules: Optional[Callable[[], ContextManager[Any]]] = None
+    # Drawn references (GradientSHAP / expected gradients): group g (example
+    # g // N, sample g % N) starts its path at row reference_rows[g] of the
+    # baselines (then a distribution [M, *F]) and takes its one point at
+    # group_alphas[g]; None: the example's own baseline and the plan's alphas.
+    reference_rows: Optional[Tensor] = None  # int64 [B * N]
+    group_alphas: Optional[Tensor] = None  # [B * N], the inputs' dtype
     # Chunks hold whole examples (a multiple of plan.points_per_example rows),
     # for rules that pair an example's rows inside one forward.
     whole_examples: bool = False
@@ -66,7 +72,9 @@ def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
     """``x_n`` of input ``i`` for (example, sample) groups ``g0 .. g1-1``: ``[g1-g0, *F]``."""
     plan, x = req.plan, req.inputs[i]
     if plan.noise == "none":
-        return x[g0:g1]
+        if plan.n_samples == 1:
+            return x[g0:g1]
+        return x.index_select(0, torch.arange(g0, g1, device=x.device) // plan.n_samples)
     return ops.generate_rows(
         x, None, None, plan.n_samples, plan.noise, plan.noise_scales[i], plan.seed,
         plan.stream(i), g0, g1 - g0, 0,
@@ -74,7 +82,10 @@ def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
 
 
 def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
+    """The baseline each of groups ``g0 .. g1-1`` starts from: ``[g1-g0 or 1, *F]``."""
     base = req.baselines[i]
+    if req.reference_rows is not None:
+        return base.index_select(0, req.reference_rows[g0:g1])
     if base.shape[0] == 1:
         return base
     n = req.plan.n_samples
@@ -138,7 +149,13 @@ class _Loop:
 
     # -- one chunk ---------------------------------------------------------
     def points(self, i: int, r0: int, n: int) -> Tensor:
-        plan, x = self.req.plan, self.req.inputs[i]
+        req = self.req
+        plan, x = req.plan, req.inputs[i]
+        if req.group_alphas is not None:
+            # One point per group (S = 1): alpha x_n + (1 - alpha) reference, as Captum's GradientShap.
+            alpha = req.group_alphas[r0 : r0 + n].view(-1, *([1] * (x.dim() - 1)))
+            rows = alpha * sample_inputs(req, i, r0, r0 + n) + (1 - alpha) * _group_baselines(req, i, r0, r0 + n)
+            return rows.requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
             return x[r0 : r0 + n].detach().requires_grad_()
@@ -320,19 +337,31 @@ class _Loop:
             picked = out.gather(1, t.unsqueeze(1)).squeeze(1)
         return picked.to(torch.float64)
 
+    def reference_outputs(self, step: int) -> Tensor:
+        """float64 ``[B * N]``: ``f(baseline)[t]`` of every (example, sample) group."""
+        req, b, n = self.req, self.batch, self.n_samples
+        device = req.inputs[0].device
+        if req.reference_rows is not None:
+            per_group = []
+            for g0 in range(0, b * n, step):
+                g1 = min(b * n, g0 + step)
+                rows = tuple(_group_baselines(req, i, g0, g1) for i in range(len(req.inputs)))
+                per_group.append(self.selected_outputs(rows, torch.arange(g0, g1, device=device) // n))
+            return torch.cat(per_group)
+        per_example = []
+        for e0 in range(0, b, step):
+            e1 = min(b, e0 + step)
+            rows = tuple(base.expand(b, *base.shape[1:])[e0:e1] for base in req.baselines)
+            per_example.append(self.selected_outputs(rows, torch.arange(e0, e1, device=device)))
+        return torch.cat(per_example).repeat_interleave(n)
+
     def endpoint_gap(self, step: int) -> Tensor:
         """float64 ``[B * N]``: ``f(x_n)[t] - f(baseline)[t]`` per (example,
         sample), evaluated ``step`` rows per forward."""
         req, b, n = self.req, self.batch, self.n_samples
         device = req.inputs[0].device
         with torch.no_grad():
-            start = []
-            for e0 in range(0, b, step):
-                e1 = min(b, e0 + step)
-                ex = torch.arange(e0, e1, device=device)
-                rows = tuple(base.expand(b, *base.shape[1:])[e0:e1] for base in req.baselines)
-                start.append(self.selected_outputs(rows, ex))
-            f_start = torch.cat(start).repeat_interleave(n)
+            f_start = self.reference_outputs(step)
             end = []
             for g0 in range(0, b * n, step):
                 g1 = min(b * n, g0 + step)

@@ -30,6 +30,8 @@ SAMPLE_TRANSFORMS = (
 
 # Purpose tags keep the random streams of different uses apart (csrc/README.md §2).
 PURPOSE_SMOOTHGRAD = 1
+PURPOSE_GRADIENT_SHAP = 2  # GradientSHAP's input noise
+PURPOSE_REFERENCE_DRAW = 3  # GradientSHAP's reference index and path position
 
 
 @dataclass(frozen=True)

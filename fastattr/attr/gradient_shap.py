@@ -1,0 +1,120 @@
+"""GradientSHAP and expected gradients (Lundberg & Lee 2017; Erion et al. 2021):
+the gradient at a random point between each input and a reference drawn from
+a distribution, times their difference, averaged over draws; as Captum's
+``GradientShap``, with every draw keyed by the seed.
+
+Per (example ``b``, sample ``n``), keyed by ``(seed, b, n)``:
+reference ``k`` uniform over the ``M`` rows of the distribution, position
+``alpha ~ U[0, 1)``, and (with ``stdev > 0``) Gaussian noise on the input:
+``x_n = x_b + stdev * eps``. The point is ``alpha x_n + (1 - alpha) ref_k``
+and its attribution ``grad * (x_n - ref_k)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import _validate as v
+from ..engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW, PointPlan, run
+from ..engine.draws import group_uniforms
+from ._call import build_request, shape_output
+from .integrated_gradients import delta_dtype
+from .smoothgrad import check_seed
+
+
+def gradient_shap(
+    model: Callable[..., Tensor],
+    inputs: v.TensorOrTuple,
+    baselines: Any,
+    target: v.TargetType = None,
+    n_samples: int = 5,
+    stdev: Union[float, Tuple[float, ...]] = 0.0,
+    seed: int = 0,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    multiply_by_inputs: bool = True,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    """GradientSHAP attributions of ``model(inputs)[:, target]``.
+
+    Args:
+        model, inputs, target, additional_forward_args, memory_budget,
+            chunk_rows: as :func:`fastattr.saliency` (inputs ``[B, *F]`` or a tuple).
+        baselines: the reference distribution: ``[M, *F]`` (or ``[*F]``, or a
+            number) per input, the same ``M`` for all inputs, or a callable
+            returning it (Captum's forms).
+        n_samples: draws per example.
+        stdev: standard deviation of the Gaussian noise added to the inputs
+            (0: none, expected gradients), or one per input.
+        seed: key of every draw (int >= 0).
+        return_convergence_delta: also return ``[B * n_samples]`` deltas,
+            row ``b * n_samples + n``: ``sum(attribution of the draw) -
+            (f(x_n)[t] - f(ref_k)[t])``, as Captum's.
+        multiply_by_inputs: multiply the gradients by ``x_n - ref_k`` (global)
+            or not (local).
+
+    Returns:
+        Attributions shaped and typed like ``inputs``; with
+        ``return_convergence_delta`` a pair ``(attributions, delta)``.
+    """
+    n_samples = v.check_positive_int(n_samples, "n_samples")
+    check_seed(seed)
+
+    def plan_for(xs: Tuple[Tensor, ...]) -> PointPlan:
+        scales = v.check_scales(stdev, "stdev", len(xs))
+        return PointPlan(
+            alphas=None,
+            step_weights=torch.ones(1, dtype=torch.float64),
+            n_samples=n_samples,
+            noise="gaussian" if any(scales) else "none",
+            noise_scales=scales,
+            seed=seed,
+            purpose=PURPOSE_GRADIENT_SHAP,
+            sample_transform="times_input_minus_baseline" if multiply_by_inputs else "grad",
+        )
+
+    req, was_tuple = build_request(
+        model, inputs, target, additional_forward_args, plan_for,
+        memory_budget, chunk_rows, want_deltas=bool(return_convergence_delta),
+    )
+    references = v.format_baseline_distribution(baselines, req.inputs, was_tuple)
+    x = req.inputs[0]
+    position, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, x.shape[0], n_samples, x.device)
+    req = dataclasses.replace(
+        req,
+        baselines=references,
+        reference_rows=(which * references[0].shape[0]).to(torch.int64),
+        # In the inputs' dtype, as Captum's coefficient (float64 for half inputs would not be).
+        group_alphas=position.to(torch.promote_types(x.dtype, torch.float32)),
+    )
+    result = run(req)
+    attributions = shape_output(result.mean, req.inputs, was_tuple)
+    if return_convergence_delta:
+        return attributions, result.deltas.to(delta_dtype(x))
+    return attributions
+
+
+def expected_gradients(
+    model: Callable[..., Tensor],
+    inputs: v.TensorOrTuple,
+    baselines: Any,
+    target: v.TargetType = None,
+    n_samples: int = 5,
+    seed: int = 0,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    """Expected gradients: :func:`gradient_shap` without input noise
+    (``baselines`` is the background data set ``[M, *F]``)."""
+    return gradient_shap(
+        model, inputs, baselines, target=target, n_samples=n_samples, stdev=0.0, seed=seed,
+        additional_forward_args=additional_forward_args,
+        return_convergence_delta=return_convergence_delta,
+        memory_budget=memory_budget, chunk_rows=chunk_rows,
+    )
