@@ -1,0 +1,299 @@
+"""Running a model with one of its layers observed or replaced.
+
+Layer methods explain a layer's output (or input) instead of the model's
+inputs. They need two things, both done with hooks that are removed again
+when the call ends, also when the model raises:
+
+* :func:`capture_layers`: one plain forward that records what the chosen
+  layers produced (the activations to explain);
+* :class:`LayerSubstitution`: the model as the engine sees it, a callable
+  whose first arguments are rows that replace the layers' outputs (or
+  inputs), followed by the model's own inputs and extra arguments, which the
+  engine index-selects per row like any per-example argument.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validate as v
+
+LayerType = Union[nn.Module, Sequence[nn.Module]]
+
+# Dtypes a layer method accepts as model inputs: floats, and integers for
+# token ids (the gradient is taken at the layer, never at the inputs).
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def format_layers(model: Callable[..., Tensor], layer: Any, allow_list: bool) -> Tuple[List[nn.Module], bool]:
+    """``(layers, was_list)``: ``layer`` (an ``nn.Module`` of ``model``, or a
+    non-empty list of them when ``allow_list``) as a list."""
+    expected = "an nn.Module inside model" + (" or a list of them" if allow_list else "")
+    was_list = isinstance(layer, list)
+    if was_list and not allow_list:
+        raise TypeError(f"layer: expected {expected}, got a list")
+    layers = list(layer) if was_list else [layer]
+    if not layers:
+        raise ValueError(f"layer: expected {expected}, got an empty list")
+    for i, m in enumerate(layers):
+        name = f"layer[{i}]" if was_list else "layer"
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{name}: expected {expected}, got {type(m).__name__}")
+        # A plain-function model cannot be searched; capture_layers then
+        # reports a layer that never ran.
+        if isinstance(model, nn.Module) and not any(m is s for s in model.modules()):
+            raise ValueError(f"{name}: this {type(m).__name__} is not a submodule of model")
+    if len({id(m) for m in layers}) != len(layers):
+        raise ValueError("layer: the same module is listed more than once")
+    return layers, was_list
+
+
+def format_model_inputs(inputs: Any) -> Tuple[Tuple[Tensor, ...], bool]:
+    """``(tuple_of_tensors, was_tuple)``: the model's inputs ``[B, *F_i]``,
+    checked as :func:`fastattr._validate.format_inputs` does, except that
+    integer tensors (token ids) are accepted too. Returned detached."""
+    was_tuple = isinstance(inputs, tuple)
+    tensors = inputs if was_tuple else (inputs,)
+    if len(tensors) == 0:
+        raise ValueError("inputs: expected a tensor or a non-empty tuple of tensors, got ()")
+    for i, t in enumerate(tensors):
+        name = f"inputs[{i}]" if was_tuple else "inputs"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in v.FLOAT_DTYPES and t.dtype not in _INTEGER_DTYPES:
+            raise TypeError(f"{name}: expected a floating or integer dtype, got {t.dtype}")
+        if t.dim() < 1:
+            raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
+        if t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(
+                f"{name}: batch size {t.shape[0]} differs from inputs[0]'s {tensors[0].shape[0]}"
+            )
+        if t.device != tensors[0].device:
+            raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
+    for i, t in enumerate(tensors):
+        if t.is_floating_point() and not v._all_finite(t):
+            raise ValueError(f"{'inputs[%d]' % i if was_tuple else 'inputs'}: contains NaN or Inf")
+    return tuple(t.clone() if t.is_inference() else t.detach() for t in tensors), was_tuple
+
+
+def check_model_device(model: Callable[..., Tensor], device: torch.device) -> None:
+    """A module's parameters must be on the inputs' device."""
+    if isinstance(model, nn.Module):
+        name, first = next(model.named_parameters(), (None, None))
+        if first is not None and first.device != device:
+            raise ValueError(
+                f"model: parameter {name!r} is on {first.device} but inputs are on {device}"
+            )
+
+
+def check_model_output(out: Any, batch: int, target: Union[None, int, Tensor]) -> None:
+    """The model's output must be ``[B, C]`` or ``[B]`` floats and ``target``
+    must index it (checked on the capture forward, before any gradient)."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
+    if out.dim() not in (1, 2) or out.shape[0] != batch:
+        raise ValueError(
+            f"model output: expected shape [{batch}, C] or [{batch}] for {batch} input rows, "
+            f"got {tuple(out.shape)}"
+        )
+    if not out.is_floating_point():
+        raise TypeError(f"model output: expected a floating dtype, got {out.dtype}")
+    v.check_target_range(target, None if out.dim() == 1 else out.shape[1])
+
+
+def selected_outputs(out: Tensor, target: Union[None, int, Tensor], batch: int) -> Tensor:
+    """float64 ``[B]``: ``out[b, target_b]`` (``out`` ``[B or 1, C]`` or ``[B or 1]``,
+    already checked by :func:`check_model_output`)."""
+    out = out.expand(batch, *out.shape[1:])
+    if target is None:
+        picked = out.reshape(batch)
+    elif isinstance(target, int):
+        picked = out[:, target]
+    else:
+        picked = out.gather(1, target.remainder(out.shape[1]).unsqueeze(1)).squeeze(1)
+    return picked.to(torch.float64)
+
+
+@dataclass
+class LayerValues:
+    """What the chosen layers produced in one forward."""
+
+    values: List[Tuple[Tensor, ...]]  # per layer: its tensors, each [B, *L]
+    containers: List[Optional[type]]  # per layer: tuple/list if it gave several, None for one tensor
+    output: Any  # the model's output
+
+    @property
+    def flat(self) -> Tuple[Tensor, ...]:
+        """Every layer's tensors, layer after layer."""
+        return tuple(t for vals in self.values for t in vals)
+
+
+def _split(produced: Any, container_name: str) -> Tuple[Tuple[Tensor, ...], Optional[type]]:
+    """A layer's output (or input tuple) as its tensors and their container."""
+    if isinstance(produced, Tensor):
+        return (produced,), None
+    if isinstance(produced, (tuple, list)) and produced and all(isinstance(t, Tensor) for t in produced):
+        return tuple(produced), type(produced)
+    got = type(produced).__name__
+    if isinstance(produced, (tuple, list)):
+        got += " of (" + ", ".join(type(t).__name__ for t in produced) + ")"
+    raise TypeError(f"{container_name}: expected a tensor or a tuple of tensors, got {got}")
+
+
+@contextlib.contextmanager
+def _hooks(layers: Sequence[nn.Module], to_layer_input: bool, make_hook: Callable[[int], Callable]) -> Iterator[None]:
+    """Forward hooks (pre-hooks for layer inputs) ``make_hook(i)`` on every
+    layer ``i``, removed on exit, also when the body raises."""
+    handles = []
+    try:
+        for i, layer in enumerate(layers):
+            register = layer.register_forward_pre_hook if to_layer_input else layer.register_forward_hook
+            handles.append(register(make_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _copied(produced: Any) -> Any:
+    """A copy of a layer's tensor(s); anything else as it is (rejected later)."""
+    if isinstance(produced, Tensor):
+        return produced.clone()
+    if isinstance(produced, (tuple, list)):
+        return type(produced)(t.clone() if isinstance(t, Tensor) else t for t in produced)
+    return produced
+
+
+def _check_ran_once(calls: List[int], names: List[str]) -> None:
+    for n, name in zip(calls, names):
+        if n == 0:
+            raise ValueError(f"{name}: did not run during the model's forward (is it used by model?)")
+        if n > 1:
+            raise ValueError(
+                f"{name}: ran {n} times in one forward; layer attribution needs a module that runs once"
+            )
+
+
+def layer_names(layers: Sequence[nn.Module], was_list: bool) -> List[str]:
+    """How error messages name each layer: ``layer`` or ``layer[i]``."""
+    return [f"layer[{i}]" if was_list else "layer" for i in range(len(layers))]
+
+
+def capture_layers(
+    model: Callable[..., Any],
+    layers: Sequence[nn.Module],
+    names: List[str],
+    to_layer_input: bool,
+    model_args: Tuple[Any, ...],
+) -> LayerValues:
+    """Run ``model(*model_args)`` without autograd and return what each layer
+    produced (its output, or its positional inputs when ``to_layer_input``).
+
+    The values are copies: an in-place op after the layer must not change them.
+    Each layer must run exactly once and produce floating tensors.
+    """
+    produced: List[Any] = [None] * len(layers)
+    calls = [0] * len(layers)
+
+    def make_hook(i: int) -> Callable:
+        def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> None:
+            calls[i] += 1
+            produced[i] = _copied(args if to_layer_input else out)
+        return hook
+
+    with torch.no_grad(), _hooks(layers, to_layer_input, make_hook):
+        output = model(*model_args)
+    _check_ran_once(calls, names)
+    values, containers = [], []
+    what = "input" if to_layer_input else "output"
+    for name, p in zip(names, produced):
+        tensors, container = _split(p, f"{name} {what}")
+        for t in tensors:
+            if not t.is_floating_point():
+                hint = " (attribute_to_layer_input=True on an embedding sees token ids)" if to_layer_input else ""
+                raise TypeError(
+                    f"{name} {what}: expected floating tensors to take gradients at, got {t.dtype}{hint}"
+                )
+        values.append(tensors)
+        containers.append(container)
+    return LayerValues(values, containers, output)
+
+
+class LayerSubstitution(nn.Module):
+    """``model`` with the chosen layers' outputs (or inputs) replaced.
+
+    Called as ``substitution(*rows, *model_args)``: ``rows`` are the layers'
+    replacement tensors, layer after layer (each ``[n, *L]``), and
+    ``model_args`` the model's inputs and extra arguments for the same ``n``
+    rows. The hooks that do the replacing are active only inside
+    :meth:`installed`.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        layers: Sequence[nn.Module],
+        names: List[str],
+        like: LayerValues,
+        to_layer_input: bool,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self._layers = list(layers)  # a plain list: not registered twice as submodules
+        self._names = names
+        self._containers = like.containers
+        counts = [len(vals) for vals in like.values]
+        self._offsets = [sum(counts[:i]) for i in range(len(counts) + 1)]
+        self._to_layer_input = to_layer_input
+        self._rows: Optional[Tuple[Tensor, ...]] = None
+        self._calls = [0] * len(layers)
+
+    def _replacement(self, i: int) -> Any:
+        # A copy, so that an in-place op after the layer (ReLU(inplace=True))
+        # writes into it rather than into the engine's leaf rows.
+        rows = tuple(r.clone() for r in self._rows[self._offsets[i] : self._offsets[i + 1]])
+        if self._to_layer_input:
+            return rows  # a pre-hook's tuple replaces the positional inputs
+        container = self._containers[i]
+        return rows[0] if container is None else container(rows)
+
+    def forward(self, *args: Any) -> Any:
+        k = self._offsets[-1]
+        self._rows = args[:k]
+        self._calls = [0] * len(self._layers)
+        try:
+            out = self.model(*args[k:])
+        finally:
+            self._rows = None
+        _check_ran_once(self._calls, self._names)
+        return out
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["LayerSubstitution"]:
+        """Hooks on the layers for the duration of the block (removed on exit,
+        also when the model raises)."""
+
+        def make_hook(i: int) -> Callable:
+            def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
+                self._calls[i] += 1
+                return self._replacement(i)
+            return hook
+
+        with _hooks(self._layers, self._to_layer_input, make_hook):
+            yield self
+
+
+def per_layer(flat: Tuple[Tensor, ...], like: LayerValues, was_list: bool) -> Any:
+    """Split per-tensor results back by layer, as Captum returns them: per
+    layer a tensor (one tensor) or a tuple; a list of those when ``layer``
+    was a list."""
+    out, i = [], 0
+    for vals in like.values:
+        part = flat[i : i + len(vals)]
+        i += len(vals)
+        out.append(part[0] if len(part) == 1 else tuple(part))
+    return out if was_list else out[0]

@@ -1,0 +1,146 @@
+"""Grad-CAM (Selvaraju et al. 2017): a layer's activations weighted by the
+spatially averaged gradient of the target, as Captum's ``LayerGradCam``.
+
+The gradient comes from the engine: a single-point plan whose inputs are the
+layer's activations, run on the model with that layer's output replaced by
+the rows (:class:`~fastattr.attr._layer.LayerSubstitution`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _validate as v
+from ..engine import run, single_point_plan
+from ._call import build_request
+from ._layer import (
+    LayerSubstitution, LayerType, LayerValues, capture_layers, check_model_device,
+    check_model_output, format_layers, format_model_inputs, layer_names, per_layer,
+)
+
+# F.interpolate's modes (Captum's interpolate_mode is passed to it).
+INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
+
+
+def grad_cam_map(grad: Tensor, act: Tensor, attr_dim_summation: bool, relu_attributions: bool) -> Tensor:
+    """Grad-CAM of one layer tensor.
+
+    Args:
+        grad: ``[B, C, *S]`` gradient of the target w.r.t. the activations
+            (``[B, C]`` when the layer has no spatial dims ``S``).
+        act: ``[B, C, *S]`` activations.
+        attr_dim_summation: sum over channels (dim 1, kept as size 1).
+        relu_attributions: keep only the positive part.
+
+    Returns:
+        ``[B, 1, *S]`` (``[B, C, *S]`` without summation).
+    """
+    weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True) if grad.dim() > 2 else grad
+    scaled = weights * act
+    if attr_dim_summation:
+        scaled = scaled.sum(dim=1, keepdim=True)
+    return F.relu(scaled) if relu_attributions else scaled
+
+
+def layer_gradients(
+    model: Callable[..., Any],
+    layers: list,
+    names: list,
+    acts: LayerValues,
+    model_args: Tuple[Any, ...],
+    target: v.TargetType,
+    to_layer_input: bool,
+    memory_budget: Optional[int],
+    chunk_rows: Optional[int],
+) -> Tuple[Tensor, ...]:
+    """Gradient of the target w.r.t. every captured layer tensor, ``[B, *L]``
+    each in the accumulator dtype, from the engine on the substituted model."""
+    substitution = LayerSubstitution(model, layers, names, acts, to_layer_input)
+    req, _ = build_request(
+        substitution, acts.flat, target, model_args,
+        lambda xs: single_point_plan("grad"), memory_budget, chunk_rows,
+    )
+    with substitution.installed():
+        return run(req).mean
+
+
+def check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...]) -> None:
+    """Each map ``[B, C, *S]`` needs as many spatial dims as the input's ``[B, C, *size]``."""
+    for dims in maps_dims:
+        if dims - 2 != len(size) or not size:
+            raise ValueError(
+                f"upsample_to_input: the Grad-CAM map has {max(dims - 2, 0)} spatial dims but "
+                f"inputs[0] has {len(size)} ({tuple(size)}); upsampling needs the same number, at least 1"
+            )
+
+
+def grad_cam(
+    model: Callable[..., Tensor],
+    inputs: v.TensorOrTuple,
+    layer: torch.nn.Module,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    attribute_to_layer_input: bool = False,
+    relu_attributions: bool = False,
+    attr_dim_summation: bool = True,
+    upsample_to_input: bool = False,
+    interpolate_mode: str = "nearest",
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> v.TensorOrTuple:
+    """Grad-CAM of ``layer`` for ``model(inputs)[:, target]``, as Captum's
+    ``LayerGradCam.attribute``.
+
+    Args:
+        model: callable taking the inputs (and ``additional_forward_args``)
+            and returning ``[B, C]`` (or ``[B]`` with ``target=None``).
+        inputs: ``[B, *F]`` or a tuple of such tensors; integer tensors
+            (token ids) are allowed.
+        layer: the ``nn.Module`` inside ``model`` to explain; it must run once
+            per forward.
+        target, additional_forward_args, memory_budget, chunk_rows: as
+            :func:`fastattr.saliency`.
+        attribute_to_layer_input: explain the layer's positional inputs
+            instead of its output.
+        relu_attributions: keep only the positive part (the original Grad-CAM).
+        attr_dim_summation: sum over dim 1 (channels).
+        upsample_to_input: resize the map to ``inputs[0]``'s spatial size
+            (``inputs[0].shape[2:]``), as ``LayerAttribution.interpolate``.
+        interpolate_mode: ``F.interpolate`` mode for ``upsample_to_input``.
+
+    Returns:
+        Per layer tensor ``[B, C, *S]``: ``[B, 1, *S]`` (``[B, C, *S]``
+        without summation; ``[B, 1]`` / ``[B, C]`` for a layer without spatial
+        dims), or ``[B, 1, *F_spatial]`` upsampled; a tuple when the layer
+        output (or input) has several tensors. In the layer's dtype.
+    """
+    layers, _ = format_layers(model, layer, allow_list=False)
+    names = layer_names(layers, False)
+    xs, _ = format_model_inputs(inputs)
+    batch, device = xs[0].shape[0], xs[0].device
+    target_ = v.format_target(target, batch, device)
+    afa = v.format_additional_args(additional_forward_args, batch)
+    v.check_choice(interpolate_mode, "interpolate_mode", INTERPOLATE_MODES)
+    v.check_optional_positive_int(memory_budget, "memory_budget")
+    v.check_optional_positive_int(chunk_rows, "chunk_rows")
+    check_model_device(model, device)
+
+    acts = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa))
+    check_model_output(acts.output, batch, target_)
+    size = tuple(xs[0].shape[2:])
+    if upsample_to_input:
+        check_upsample(tuple(a.dim() for a in acts.flat), size)
+    grads = layer_gradients(
+        model, layers, names, acts, (*xs, *afa), target, attribute_to_layer_input,
+        memory_budget, chunk_rows,
+    )
+    maps = []
+    for g, a in zip(grads, acts.flat):
+        m = grad_cam_map(g, a.to(g.dtype), attr_dim_summation, relu_attributions)
+        if upsample_to_input:
+            m = F.interpolate(m, size, mode=interpolate_mode)
+        maps.append(m.to(a.dtype))
+    return per_layer(tuple(maps), acts, was_list=False)
