@@ -1,0 +1,360 @@
+"""DeepLIFT with the rescale rule (Shrikumar et al. 2017), as Captum 0.9's ``DeepLift``.
+
+Each example ``x`` is compared with its reference (baseline) ``r``: both go
+through one forward, and the backward of every supported nonlinearity
+module is replaced by its multiplier ``delta_out / delta_in`` (Captum's
+``SUPPORTED_NON_LINEAR``; modules are matched by exact type, as Captum):
+
+* ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
+  ``nn.Softplus``: ``grad_out * (f(x) - f(r)) / (x - r)``, the ordinary
+  gradient where ``|x - r| < eps``;
+* ``nn.MaxPool1d/2d/3d``: the output differences (against the elementwise
+  max of the two pooled outputs) unpooled to the argmax positions of input
+  and reference, summed, divided by ``x - r``;
+* ``nn.Softmax``: the rescale multiplier minus its mean over the whole batch
+  (Captum normalizes over every row of the call, so a model with an
+  ``nn.Softmax`` is explained in one chunk).
+
+Functional nonlinearities (``torch.relu``...) and other modules keep their
+ordinary gradient, as in Captum.
+
+Layout: the engine's rows are the examples (a single-point plan); the model
+handed to the engine is a closure that interleaves each row with its
+reference, ``[x_0, r_0, x_1, r_1, ...]``, runs the real model on the ``2n``
+rows and seeds the target output of both (Captum's forward over
+``cat(inputs, baselines)`` does the same). The references reach the closure
+through ``additional_args``, which the engine index-selects per row. A
+``[input, reference]`` two-point path plan would need ``whole_examples`` and
+would generate the input row as ``r + 1 * (x - r)``, which is not ``x`` in
+floating point: DeepLIFT divides by ``x - r``, so that rounding would show.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import sys
+from numbers import Real
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _validate as v
+from ..engine import Request, run, single_point_plan
+from ._call import build_request, shape_output
+from .integrated_gradients import delta_dtype
+from .relu_rules import BackwardRule, ModuleCall, backward_rules, require_module
+
+CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
+
+
+# ---------------------------------------------------------------------------
+# Rules on interleaved rows: row 2k is example k's input, row 2k+1 its reference
+# ---------------------------------------------------------------------------
+
+
+def _pairs(t: Tensor) -> Tensor:
+    """``[2n, *F]`` -> ``[n, 2, *F]`` (input, reference)."""
+    return t.unflatten(0, (-1, 2))
+
+
+def _pair_delta(t: Tensor) -> Tensor:
+    """``[n, 1, *F]``: input minus reference, broadcast over the pair."""
+    p = _pairs(t)
+    return (p[:, 0] - p[:, 1]).unsqueeze(1)
+
+
+def _rescale(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
+    """``[n, 2, *F]`` rescale gradient (Captum's ``nonlinear``), the same for both rows of a pair."""
+    delta_in, delta_out = _pair_delta(call.input), _pair_delta(call.output)
+    return torch.where(
+        delta_in.abs() < eps, _pairs(grad_input), _pairs(call.grad_output) * delta_out / delta_in
+    )
+
+
+def rescale_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
+    """Elementwise nonlinearities: ``grad_out * delta_out / delta_in``, or the
+    ordinary gradient where ``|delta_in| < eps``. Tensors ``[2n, *F]``."""
+    return _rescale(call, grad_input, eps).flatten(0, 1)
+
+
+def softmax_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
+    """The rescale gradient minus its mean over all ``2n`` rows (Captum's
+    ``softmax``: the mean is over the whole call, not per example)."""
+    unnorm = _rescale(call, grad_input, eps).flatten(0, 1)
+    return unnorm - unnorm.sum() * 1 / grad_input.numel()
+
+
+_POOLS: Dict[Type[nn.Module], Tuple[Callable[..., Any], Callable[..., Tensor]]] = {
+    nn.MaxPool1d: (F.max_pool1d, F.max_unpool1d),
+    nn.MaxPool2d: (F.max_pool2d, F.max_unpool2d),
+    nn.MaxPool3d: (F.max_pool3d, F.max_unpool3d),
+}
+
+
+def maxpool_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
+    """Captum's ``maxpool`` rule on pairs, tensors ``[2n, C, *S]``.
+
+    Where ``|delta_in| < eps`` Captum takes ``grad_input[0]`` (example 0's
+    ordinary gradient, broadcast to every row); here each row takes its own.
+    """
+    mod = call.module
+    pool, unpool = _POOLS[type(mod)]
+    with torch.no_grad():
+        out = _pairs(call.output)
+        cross_max = torch.max(out[:, 0], out[:, 1])
+        delta_out = torch.stack((cross_max - out[:, 1], out[:, 0] - cross_max), 1).flatten(0, 1)
+        _, indices = pool(call.input, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                          mod.ceil_mode, True)
+        unpooled = _pairs(unpool(call.grad_output * delta_out, indices, mod.kernel_size,
+                                 mod.stride, mod.padding, list(call.input.shape)))
+        summed = (unpooled[:, 0] + unpooled[:, 1]).unsqueeze(1)
+    delta_in = _pair_delta(call.input)
+    return torch.where(delta_in.abs() < eps, _pairs(grad_input), summed / delta_in).flatten(0, 1)
+
+
+RULES: Dict[Type[nn.Module], Callable[[ModuleCall, Tensor, float], Tensor]] = {
+    nn.ReLU: rescale_rule,
+    nn.ELU: rescale_rule,
+    nn.LeakyReLU: rescale_rule,
+    nn.Sigmoid: rescale_rule,
+    nn.Tanh: rescale_rule,
+    nn.Softplus: rescale_rule,
+    nn.MaxPool1d: maxpool_rule,
+    nn.MaxPool2d: maxpool_rule,
+    nn.MaxPool3d: maxpool_rule,
+    nn.Softmax: softmax_rule,
+}
+
+
+def hooked_modules(model: nn.Module) -> List[nn.Module]:
+    """The modules DeepLIFT replaces the backward of: those whose exact type
+    has a rule and that carry no backward hook already (Captum skips those)."""
+    found = []
+    for name, mod in model.named_modules():
+        if type(mod) not in RULES or len(mod._backward_hooks) > 0:
+            continue
+        if getattr(mod, "return_indices", False):
+            raise ValueError(
+                f"model: module {name or '<root>'!r} ({type(mod).__name__}) has "
+                "return_indices=True; DeepLIFT's max-pool rule needs it to return one tensor"
+            )
+        found.append(mod)
+    return found
+
+
+def deeplift_rules(modules: Sequence[nn.Module], eps: float) -> Callable[[], ContextManager[None]]:
+    """A ``Request.rules`` factory installing the rescale rules on ``modules``."""
+    rules: List[Tuple[nn.Module, BackwardRule]] = [
+        (m, functools.partial(RULES[type(m)], eps=eps)) for m in modules
+    ]
+    return functools.partial(backward_rules, rules, keep_values=True)
+
+
+# ---------------------------------------------------------------------------
+# The model the engine sees: each row explained beside its reference
+# ---------------------------------------------------------------------------
+
+
+class _InputRowsOutput(torch.autograd.Function):
+    """``[n, 2, *O]`` paired outputs -> ``[n, *O]`` the input rows' outputs.
+    The backward gives both rows of a pair the same gradient: Captum selects
+    the target on input and reference rows alike, and the max-pool rule mixes
+    the two."""
+
+    @staticmethod
+    def forward(ctx: Any, paired: Tensor) -> Tensor:
+        return paired[:, 0].clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.unsqueeze(1).expand(-1, 2, *grad.shape[1:])
+
+
+def beside_references(model: nn.Module, n_inputs: int) -> Callable[..., Tensor]:
+    """``f(*rows, *reference_rows, *args)`` for the engine: the model's output
+    at ``rows`` (``[n, C]`` or ``[n]``). With autograd on, the model runs on
+    the ``2n`` interleaved input and reference rows, so the rules pair them;
+    without (the convergence-delta endpoints), on ``rows`` alone."""
+
+    def forward(*args: Any) -> Tensor:
+        rows, refs, rest = args[:n_inputs], args[n_inputs:2 * n_inputs], args[2 * n_inputs:]
+        if not torch.is_grad_enabled():
+            return model(*rows, *rest)
+        n = rows[0].shape[0]
+        paired = tuple(torch.stack((x, r), 1).flatten(0, 1) for x, r in zip(rows, refs))
+        paired_args = tuple(
+            a.repeat_interleave(2, 0) if isinstance(a, Tensor) and a.dim() > 0 else a for a in rest
+        )
+        out = model(*paired, *paired_args)
+        if not isinstance(out, Tensor) or out.dim() not in (1, 2) or out.shape[0] != 2 * n:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"model output: expected shape [{2 * n}, C] or [{2 * n}] for {2 * n} rows "
+                f"({n} inputs and their baselines), got {got}"
+            )
+        return _InputRowsOutput.apply(_pairs(out))
+
+    return forward
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _check_eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_custom_func(func: Any) -> Optional[CustomAttributionFunc]:
+    if func is None:
+        return None
+    if not callable(func):
+        raise TypeError(f"custom_attribution_func: expected a callable, got {type(func).__name__}")
+    n = len(inspect.signature(func).parameters)
+    if not 1 <= n <= 3:
+        raise ValueError(
+            "custom_attribution_func: must take 1 to 3 arguments (multipliers, inputs, "
+            f"baselines), takes {n}"
+        )
+    return func
+
+
+def _one_chunk(req: Request, memory_budget: Optional[int]) -> Request:
+    """``req`` evaluated in one chunk (a model with ``nn.Softmax``, whose rule
+    normalizes over the whole batch); refuses chunking the caller asked for."""
+    batch = req.inputs[0].shape[0]
+    if req.chunk_rows is not None and req.chunk_rows < batch:
+        raise ValueError(
+            f"chunk_rows: must be None or >= the batch size {batch} for a model with "
+            "nn.Softmax (DeepLIFT's Softmax rule normalizes over the whole batch), "
+            f"got {req.chunk_rows}"
+        )
+    if memory_budget is not None:
+        raise ValueError(
+            "memory_budget: must be None for a model with nn.Softmax (DeepLIFT's Softmax "
+            "rule normalizes over the whole batch, so the batch is one chunk)"
+        )
+    return dataclasses.replace(req, memory_budget=sys.maxsize, chunk_rows=None)
+
+
+def _row_sums(tensors: Sequence[Tensor]) -> Tensor:
+    """float64 ``[B]``: per-example sum over every element of every tensor."""
+    return sum(t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64) for t in tensors)
+
+
+# ---------------------------------------------------------------------------
+# The explainer
+# ---------------------------------------------------------------------------
+
+
+def deeplift(
+    model: nn.Module,
+    inputs: v.TensorOrTuple,
+    baselines: v.BaselineType = None,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    custom_attribution_func: Optional[CustomAttributionFunc] = None,
+    multiply_by_inputs: bool = True,
+    eps: float = 1e-10,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    """DeepLIFT (rescale rule) of ``model(inputs)[:, target]`` against
+    ``baselines``, as Captum's ``DeepLift.attribute``.
+
+    Args:
+        model: an ``nn.Module`` taking the inputs (and
+            ``additional_forward_args``) and returning ``[N, C]`` (or ``[N]``
+            with ``target=None``) for ``N`` rows; each supported nonlinearity
+            module may be called once per forward.
+        inputs: ``[B, *F]`` or a tuple of such tensors.
+        baselines: None (zeros), a number, a tensor broadcastable to the input
+            (``[*F]``, ``[1, *F]``, ``[B, *F]``), or a tuple of those per input.
+        target: class index (int), one per example (list / int tensor ``[B]``),
+            or None for a single-output model.
+        additional_forward_args: extra model arguments; tensors with a batch
+            dimension are given per row.
+        return_convergence_delta: also return ``[B]`` deltas
+            ``sum(attributions) - (f(x)[t] - f(baseline)[t])``.
+        custom_attribution_func: ``f(multipliers)``, ``f(multipliers, inputs)``
+            or ``f(multipliers, inputs, baselines)`` (tuples of ``[B, *F]``
+            tensors) returning the attributions as a tuple; replaces
+            ``multipliers * (inputs - baselines)``.
+        multiply_by_inputs: multiply the multipliers by ``inputs - baselines``
+            (global attribution) or return them as they are (local); ignored
+            with ``custom_attribution_func``, as in Captum.
+        eps: below this ``|x - r|`` a nonlinearity keeps its ordinary gradient.
+        memory_budget: bytes one chunk may use (must be None for a model with
+            ``nn.Softmax``).
+        chunk_rows: optional cap on the examples per chunk (one chunk holds
+            each example and its reference: ``2 * chunk_rows`` model rows).
+
+    Returns:
+        Attributions shaped and typed like ``inputs``; with
+        ``return_convergence_delta`` a pair ``(attributions, delta [B])``.
+    """
+    require_module(model, "deeplift")
+    eps = _check_eps(eps)
+    custom = _check_custom_func(custom_attribution_func)
+    modules = hooked_modules(model)
+    transform = "times_input_minus_baseline" if multiply_by_inputs and custom is None else "grad"
+    req, was_tuple = build_request(
+        model, inputs, target, additional_forward_args,
+        lambda xs: single_point_plan(transform),
+        memory_budget, chunk_rows,
+        baselines=baselines, needs_baselines=True,
+        want_deltas=bool(return_convergence_delta),
+        rules=deeplift_rules(modules, eps),
+    )
+    if any(type(m) is nn.Softmax for m in modules):
+        req = _one_chunk(req, memory_budget)
+    batch = req.inputs[0].shape[0]
+    references = tuple(b.expand(batch, *b.shape[1:]) for b in req.baselines)
+    req = dataclasses.replace(
+        req,
+        model=beside_references(model, len(req.inputs)),
+        additional_args=(*references, *req.additional_args),
+    )
+    result = run(req)
+    if custom is None:
+        attributions = shape_output(result.mean, req.inputs, was_tuple)
+        deltas = result.deltas
+    else:
+        multipliers = tuple(m.to(x.dtype) for m, x in zip(result.mean, req.inputs))
+        # Fresh tensors: the caller's function may write into them, and
+        # constant baselines are cached.
+        full_baselines = tuple(r.clone(memory_format=torch.contiguous_format) for r in references)
+        args = (multipliers, req.inputs, full_baselines)
+        n_params = len(inspect.signature(custom).parameters)
+        custom_attrs = custom(*args[:n_params])
+        attributions = _check_custom_output(custom_attrs, req.inputs, was_tuple)
+        deltas = None
+        if return_convergence_delta:
+            # The engine's deltas are sum(multipliers) - (f(x) - f(r)); swap the sums.
+            deltas = result.deltas - _row_sums(result.mean) + _row_sums(
+                attributions if was_tuple else (attributions,))
+    if return_convergence_delta:
+        return attributions, deltas.to(delta_dtype(req.inputs[0]))
+    return attributions
+
+
+def _check_custom_output(out: Any, inputs: Tuple[Tensor, ...], was_tuple: bool) -> v.TensorOrTuple:
+    """The custom function's tuple of ``[B, ...]`` tensors, one per input;
+    unwrapped when the inputs were a single tensor."""
+    if not isinstance(out, tuple) or len(out) != len(inputs) or not all(
+        isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == x.shape[0]
+        for a, x in zip(out, inputs)
+    ):
+        raise TypeError(
+            f"custom_attribution_func: expected it to return a tuple of {len(inputs)} tensors "
+            f"with {inputs[0].shape[0]} rows (one per input), got {type(out).__name__}"
+        )
+    return out if was_tuple else out[0]
