@@ -5,10 +5,12 @@ chunked engine on fused C++/CUDA kernels (or their pure-PyTorch reference
 when the compiled library is missing; see :func:`backend`).
 """
 from ._backend import backend
-from .attr import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from .attr import (
+    expected_gradients, gradient_shap, input_x_gradient, integrated_gradients, saliency, smoothgrad,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "backend", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad",
+    "backend", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad",
 ]

@@ -23,7 +23,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import fastattr
 from fastattr.attr.gradient_shap import expected_gradients, gradient_shap
 from fastattr.engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW
 from fastattr.engine.draws import group_uniforms

@@ -47,3 +47,22 @@ def reject(name: str, value: Any, supported: Any = None, why: Optional[str] = No
             f"{name}={value!r} is not supported by fastattr (only {supported!r}){reason}"
         )
 
+
+
+def captum_target(target: Any) -> Any:
+    """Captum's target forms as fastattr's: a 1-tuple ``(c,)`` is class ``c``;
+    a longer tuple or a list of tuples indexes an output with more than two
+    dims, which fastattr's engine (outputs ``[B, C]`` or ``[B]``) does not take."""
+    if isinstance(target, tuple):
+        if len(target) == 1:
+            return target[0]
+        raise NotImplementedError(
+            f"target={target!r}: tuple targets index outputs with more than 2 dims; "
+            "fastattr explains outputs of shape [B, C] or [B] (pass a class index)"
+        )
+    if isinstance(target, list) and any(isinstance(t, tuple) for t in target):
+        raise NotImplementedError(
+            "target: a list of tuples indexes outputs with more than 2 dims; fastattr "
+            "explains outputs of shape [B, C] or [B] (pass one class index per example)"
+        )
+    return target

@@ -1,0 +1,42 @@
+"""``Saliency`` and ``InputXGradient`` as Captum 0.9's."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _validate as v
+from ..attr.input_x_gradient import input_x_gradient
+from ..attr.saliency import saliency
+from ._base import Attribution, captum_target
+
+
+class Saliency(Attribution):
+    """Captum's ``Saliency(forward_func)``: the gradient (``abs`` by default)."""
+
+    def attribute(
+        self,
+        inputs: v.TensorOrTuple,
+        target: Any = None,
+        abs: bool = True,
+        additional_forward_args: Any = None,
+    ) -> v.TensorOrTuple:
+        """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.saliency`."""
+        return saliency(self.forward_func, inputs, target=captum_target(target), abs=abs,
+                        additional_forward_args=additional_forward_args)
+
+
+class InputXGradient(Attribution):
+    """Captum's ``InputXGradient(forward_func)``: the gradient times the input."""
+
+    def attribute(
+        self,
+        inputs: v.TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> v.TensorOrTuple:
+        """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.input_x_gradient`."""
+        return input_x_gradient(self.forward_func, inputs, target=captum_target(target),
+                                additional_forward_args=additional_forward_args)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
