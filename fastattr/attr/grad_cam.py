@@ -7,6 +7,7 @@ the rows (:class:`~fastattr.attr._layer.LayerSubstitution`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -17,12 +18,16 @@ from .. import _validate as v
 from ..engine import run, single_point_plan
 from ._call import build_request
 from ._layer import (
-    LayerSubstitution, LayerType, LayerValues, capture_layers, check_model_device,
+    LayerSubstitution, LayerValues, capture_layers, check_model_device,
     check_model_output, format_layers, format_model_inputs, layer_names, per_layer,
 )
+from .guided import guided_backprop
+from .relu_rules import require_module
 
-# F.interpolate's modes (Captum's interpolate_mode is passed to it).
+# F.interpolate's modes (Captum's interpolate_mode is passed to it), and the
+# number of spatial dims the ones that need a fixed number take.
 INTERPOLATE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
+_MODE_SPATIAL_DIMS = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
 
 
 def grad_cam_map(grad: Tensor, act: Tensor, attr_dim_summation: bool, relu_attributions: bool) -> Tensor:
@@ -67,14 +72,20 @@ def layer_gradients(
         return run(req).mean
 
 
-def check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...]) -> None:
-    """Each map ``[B, C, *S]`` needs as many spatial dims as the input's ``[B, C, *size]``."""
+def check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...], mode: str) -> None:
+    """Each map ``[B, C, *S]`` needs as many spatial dims as the input's
+    ``[B, C, *size]``, and as many as ``mode`` interpolates."""
     for dims in maps_dims:
         if dims - 2 != len(size) or not size:
             raise ValueError(
                 f"upsample_to_input: the Grad-CAM map has {max(dims - 2, 0)} spatial dims but "
                 f"inputs[0] has {len(size)} ({tuple(size)}); upsampling needs the same number, at least 1"
             )
+    if _MODE_SPATIAL_DIMS.get(mode, len(size)) != len(size):
+        raise ValueError(
+            f"interpolate_mode: {mode!r} interpolates {_MODE_SPATIAL_DIMS[mode]} spatial dims, "
+            f"the map has {len(size)}"
+        )
 
 
 def grad_cam(
@@ -132,7 +143,7 @@ def grad_cam(
     check_model_output(acts.output, batch, target_)
     size = tuple(xs[0].shape[2:])
     if upsample_to_input:
-        check_upsample(tuple(a.dim() for a in acts.flat), size)
+        check_upsample(tuple(a.dim() for a in acts.flat), size, interpolate_mode)
     grads = layer_gradients(
         model, layers, names, acts, (*xs, *afa), target, attribute_to_layer_input,
         memory_budget, chunk_rows,
@@ -144,3 +155,62 @@ def grad_cam(
             m = F.interpolate(m, size, mode=interpolate_mode)
         maps.append(m.to(a.dtype))
     return per_layer(tuple(maps), acts, was_list=False)
+
+
+def guided_grad_cam(
+    model: torch.nn.Module,
+    inputs: v.TensorOrTuple,
+    layer: torch.nn.Module,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    interpolate_mode: str = "nearest",
+    attribute_to_layer_input: bool = False,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> v.TensorOrTuple:
+    """Guided Grad-CAM, as Captum's ``GuidedGradCam.attribute``: guided
+    backprop attributions times the (ReLU'd) Grad-CAM map of ``layer``
+    upsampled to each input.
+
+    Args:
+        model: an ``nn.Module`` (guided backprop's rules go on its ``nn.ReLU``
+            modules) taking the inputs and ``additional_forward_args``.
+        inputs: ``[B, C_i, *S_i]`` or a tuple of such tensors.
+        layer: an ``nn.Module`` inside ``model`` with one output tensor (one
+            input tensor with ``attribute_to_layer_input``).
+        target, additional_forward_args, memory_budget, chunk_rows: as
+            :func:`fastattr.saliency`.
+        interpolate_mode: ``F.interpolate`` mode for the upsampling.
+        attribute_to_layer_input: Grad-CAM of the layer's input.
+
+    Returns:
+        Attributions shaped and typed like ``inputs`` (tensor or tuple). As in
+        Captum, an input the map cannot be upsampled to (other spatial rank,
+        e.g. a ``[B, F]`` input) gets an empty tensor ``[0]`` and a warning.
+    """
+    require_module(model, "guided_grad_cam")
+    v.check_choice(interpolate_mode, "interpolate_mode", INTERPOLATE_MODES)
+    cam = grad_cam(
+        model, inputs, layer, target, additional_forward_args,
+        attribute_to_layer_input=attribute_to_layer_input, relu_attributions=True,
+        memory_budget=memory_budget, chunk_rows=chunk_rows,
+    )
+    if isinstance(cam, tuple):
+        what = "input" if attribute_to_layer_input else "output"
+        raise ValueError(f"layer: Guided Grad-CAM needs a layer {what} of one tensor, got {len(cam)}")
+    guided = guided_backprop(model, inputs, target, additional_forward_args, memory_budget, chunk_rows)
+    was_tuple = isinstance(guided, tuple)
+    out = []
+    for x, g in zip(inputs if was_tuple else (inputs,), guided if was_tuple else (guided,)):
+        try:
+            upsampled = F.interpolate(cam, tuple(x.shape[2:]), mode=interpolate_mode)
+        except (ValueError, NotImplementedError):
+            warnings.warn(
+                f"guided_grad_cam: cannot upsample the Grad-CAM map {tuple(cam.shape)} to an input "
+                f"of shape {tuple(x.shape)}; its attributions are an empty tensor",
+                stacklevel=2,
+            )
+            out.append(torch.empty(0, dtype=g.dtype, device=g.device))
+            continue
+        out.append(g * upsampled.to(g.dtype))
+    return tuple(out) if was_tuple else out[0]
