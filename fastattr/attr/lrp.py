@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -123,9 +123,12 @@ def _forward_with(module: nn.Module, params: Mapping[str, Tensor], args: Tuple[A
         module._parameters.update(saved)
 
 
-def _rule_output(module: nn.Module, branches: Sequence[Branch], args: Tuple[Any, ...]) -> Tensor:
-    """``z' = sum_k layer_k(x_k)``, each input's gradient times its part."""
-    outs = [_forward_with(module, b.params, _branch_inputs(args, b.input_part)) for b in branches]
+def _rule_output(module: nn.Module, branches: Sequence[Branch], args: Tuple[Any, ...],
+                 base: Mapping[str, Tensor] = {}) -> Tensor:
+    """``z' = sum_k layer_k(x_k)``, each input's gradient times its part;
+    a branch's parameters override ``base`` (default: the module's own)."""
+    outs = [_forward_with(module, {**base, **b.params}, _branch_inputs(args, b.input_part))
+            for b in branches]
     return outs[0] if len(outs) == 1 else functools.reduce(torch.add, outs)
 
 
@@ -145,15 +148,13 @@ def _layer_params(module: nn.Module, where: str) -> Dict[str, Tensor]:
 
 
 def _folded_params(layer: nn.Module, bn: nn.Module) -> Dict[str, Tensor]:
-    """``weight`` and ``bias`` of ``bn(layer(x))`` as one layer (eval-mode statistics)."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = bn.weight.detach() * scale
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach()
+    """``weight`` and ``bias`` of ``bn(layer(x))`` as one layer (eval-mode
+    statistics; Zennit's ``MergeBatchNorm`` formula)."""
+    scale = torch.sqrt(bn.running_var + bn.eps)
+    scale = 1 / scale if bn.weight is None else bn.weight.detach() / scale
+    bias = (0 if layer.bias is None else layer.bias.detach()) - bn.running_mean
+    bias = bias * scale if bn.bias is None else bias * scale + bn.bias.detach()
     w = layer.weight.detach()
-    bias = shift if layer.bias is None else layer.bias.detach() * scale + shift
     return {"weight": w * scale.reshape(-1, *([1] * (w.dim() - 1))), "bias": bias}
 
 
@@ -222,7 +223,7 @@ def _hook_folded_batchnorm(bn: nn.Module, where: str, state: _CallState) -> Remo
             state.folded[key] = _folded_params(layer, mod)
         params = state.folded[key]
         branches = rule.branches(params) or (Branch("all", params),)
-        through = _rule_output(layer, branches, layer_args)
+        through = _rule_output(layer, branches, layer_args, params)
         return _Relevance.apply(out.detach(), through, _stabilized(through.detach(), rule.epsilon))
 
     return bn.register_forward_hook(forward_hook)
