@@ -147,6 +147,18 @@ class ReluConvNet(nn.Module):
         return self.fc(self.gap(self.relu2(self.upstream(x))).flatten(1))
 
 
+class FlatView(nn.Module):
+    """[B, 3, 4] -> [B, 2], viewing its input across the batch dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(12, 12)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.tanh(self.fc0(x.view(-1, 12))))
+
+
 def _text_case(batch: int = 4, dtype: torch.dtype = torch.float64) -> Tuple[nn.Module, Tensor, Tensor]:
     """The text model, token ids [B, 7] (padding 0 at the end of example 0) and its mask."""
     model = _build(TextModel, dtype)
@@ -369,6 +381,15 @@ def test_layer_ig_text_batch_1_and_float32() -> None:
     _check_lig(ours, theirs, TOL_F32, TOL_F32_DELTA, "text float32")
 
 
+def test_batch_1_model_that_views_its_input() -> None:
+    """With one example the engine expands the model's inputs to the chunk's
+    rows; the model still gets tensors it can ``view`` across the batch."""
+    model = _build(FlatView, torch.float64)
+    x = _randn((1, 3, 4), torch.float64, 6)
+    ours, theirs = _lig_both(model, x, model.fc0, 1, None, n_steps=6, chunk_rows=4)
+    _check_lig(ours, theirs, TOL_F64_CAPTUM, TOL_F64_DELTA, "batch 1 view")
+
+
 # ---------------------------------------------------------------------------
 # The drop-in classes: one script, run with Captum's and with fastattr's
 # ---------------------------------------------------------------------------
@@ -401,6 +422,8 @@ def _dropin_script(ns: types.ModuleType) -> List[Any]:
         out.append(ns.LayerIntegratedGradients(m, m.bn).attribute(
             x, target=target, n_steps=4, internal_batch_size=5))
     out.append(ns.LayerGradCam(m, m.pool).attribute(x[:1], 2, attr_dim_summation=False))
+    out.append(ns.LayerGradCam.interpolate(out[0], (8, 8), "bilinear"))
+    out.append([cls.get_name() for cls in (ns.LayerGradCam, ns.GuidedGradCam, ns.LayerIntegratedGradients)])
     out.append(ns.LayerGradCam(m, m.conv2).attribute((x,), target=1))
     two = _case("two_input")
     t = two.model

@@ -265,8 +265,11 @@ class LayerSubstitution(nn.Module):
         k = self._offsets[-1]
         self._rows = args[:k]
         self._calls = [0] * len(self._layers)
+        # With one example the engine expands per-example arguments to the
+        # chunk's rows (stride 0); the model's own inputs must take any view.
+        model_args = tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args[k:])
         try:
-            out = self.model(*args[k:])
+            out = self.model(*model_args)
         finally:
             self._rows = None
         _check_ran_once(self._calls, self._names)
