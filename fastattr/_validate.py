@@ -178,6 +178,8 @@ def format_target(target: TargetType, batch: int, device: torch.device) -> Union
                 f"target: expected a 1-D tensor of length {batch} (one class per "
                 f"example), got shape {tuple(target.shape)}"
             )
+        if target.device == device and target.dtype == torch.int64:
+            return target
         return target.to(device=device, dtype=torch.int64)
     if isinstance(target, (list, tuple)):
         if len(target) != batch:
@@ -209,7 +211,7 @@ def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int
     else:
         if target.numel() == 0:
             return
-        lo, hi = torch.stack((target.min(), target.max())).tolist()  # one device sync
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one device sync
     if lo < -n_outputs or hi >= n_outputs:
         raise ValueError(
             f"target: class index out of range for a model with {n_outputs} outputs "

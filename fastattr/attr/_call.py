@@ -70,5 +70,5 @@ def build_request(
 
 def shape_output(values: Tuple[Tensor, ...], like: Tuple[Tensor, ...], was_tuple: bool) -> Union[Tensor, Tuple[Tensor, ...]]:
     """Cast each result to its input's dtype; a tuple only if the inputs were one."""
-    out = tuple(a.to(x.dtype) for a, x in zip(values, like))
+    out = tuple(a if a.dtype == x.dtype else a.to(x.dtype) for a, x in zip(values, like))
     return out if was_tuple else out[0]

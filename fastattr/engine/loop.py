@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, List, Optional, Tuple, Union
 
@@ -68,13 +69,26 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@functools.lru_cache(maxsize=64)
+def row_examples(r0: int, r1: int, per_example: int, device: torch.device) -> Tensor:
+    """int64 ``[r1 - r0]``: the example of each row ``r0 .. r1-1``. Cached:
+    read-only, and repeated calls of one workload chunk the same way."""
+    return torch.arange(r0, r1, device=device) // per_example
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A read-only constant tensor (sample weights, the sample count), made once."""
+    return torch.full(shape, value, dtype=dtype, device=device)
+
+
 def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
     """``x_n`` of input ``i`` for (example, sample) groups ``g0 .. g1-1``: ``[g1-g0, *F]``."""
     plan, x = req.plan, req.inputs[i]
     if plan.noise == "none":
         if plan.n_samples == 1:
             return x[g0:g1]
-        return x.index_select(0, torch.arange(g0, g1, device=x.device) // plan.n_samples)
+        return x.index_select(0, row_examples(g0, g1, plan.n_samples, x.device))
     return ops.generate_rows(
         x, None, None, plan.n_samples, plan.noise, plan.noise_scales[i], plan.seed,
         plan.stream(i), g0, g1 - g0, 0,
@@ -91,7 +105,7 @@ def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
     n = req.plan.n_samples
     if n == 1:
         return base[g0:g1]
-    examples = torch.arange(g0, g1, device=base.device) // n
+    examples = row_examples(g0, g1, n, base.device)
     return base.index_select(0, examples)
 
 
@@ -126,7 +140,8 @@ class _Loop:
         self.step_weights = _on(plan.step_weights, device)
         self.target = req.target
         if isinstance(self.target, Tensor) and self.batch == 1:
-            self.target = int(self.target[0])
+            self.target = int(self.target.item())
+        self.example_seeds: Optional[Tensor] = None  # [B, C] one-hot of each example's target
         self.batch_args = [
             isinstance(a, Tensor) and a.dim() > 0 for a in req.additional_args
         ]
@@ -199,17 +214,17 @@ class _Loop:
             return torch.ones_like(out)
         if isinstance(self.target, int):
             return _one_hot_columns(out.shape, self.target, out.dtype, out.device)
-        go = torch.zeros_like(out)
-        rows_target = self.target.index_select(0, examples).remainder_(self.n_outputs)
-        return go.scatter_(1, rows_target.unsqueeze(1), 1)
+        if self.example_seeds is None:
+            columns = self.target.remainder(self.n_outputs).unsqueeze(1)
+            self.example_seeds = out.new_zeros(self.batch, out.shape[1]).scatter_(1, columns, 1)
+        return self.example_seeds.index_select(0, examples)
 
     def gradients(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
         n = r1 - r0
         pts = tuple(self.points(i, r0, n) for i in range(len(self.req.inputs)))
         examples = None
         if self.needs_rows_examples:
-            device = pts[0].device
-            examples = torch.arange(r0, r1, device=device) // self.per_example
+            examples = row_examples(r0, r1, self.per_example, pts[0].device)
         with torch.enable_grad():
             out = self.model(*pts, *self.row_args(examples, n))
             if not self.checked:
@@ -261,7 +276,7 @@ class _Loop:
             for i, a in enumerate(attrs):
                 self.pieces[i].append(a)
             return
-        ones = torch.ones(self.n_samples, dtype=torch.float64, device=attrs[0].device)
+        ones = _constant(1.0, (self.n_samples,), torch.float64, attrs[0].device)
         for i, a in enumerate(attrs):
             sq = self.outer_sq[i] if self.outer_sq is not None else None
             ops.accumulate_(self.outer[i], sq, a, ones, g0, self.n_samples, 0)
@@ -279,7 +294,7 @@ class _Loop:
         device = req.inputs[0].device
         budget = req.memory_budget or _budget.default_budget(device)
         sig = _budget.signature(req.inputs)
-        row_bytes = sum(x[0].numel() * x.element_size() for x in req.inputs)
+        row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in req.inputs)
         measured = _budget.cached_activation_bytes(self.model, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
         r0 = 0
@@ -318,7 +333,7 @@ class _Loop:
         # A 0-d tensor on the accumulators' device, not a Python number: CUDA
         # divides by a CPU scalar as a multiply by its reciprocal, which is
         # not the CPU's correctly rounded division.
-        n = torch.full((), self.n_samples, dtype=self.outer[0].dtype, device=self.outer[0].device)
+        n = _constant(float(self.n_samples), (), self.outer[0].dtype, self.outer[0].device)
         mean = tuple(a / n for a in self.outer)
         mean_sq = tuple(a / n for a in self.outer_sq) if self.outer_sq is not None else None
         return Result(mean, mean_sq, deltas)
@@ -346,13 +361,13 @@ class _Loop:
             for g0 in range(0, b * n, step):
                 g1 = min(b * n, g0 + step)
                 rows = tuple(_group_baselines(req, i, g0, g1) for i in range(len(req.inputs)))
-                per_group.append(self.selected_outputs(rows, torch.arange(g0, g1, device=device) // n))
+                per_group.append(self.selected_outputs(rows, row_examples(g0, g1, n, device)))
             return torch.cat(per_group)
         per_example = []
         for e0 in range(0, b, step):
             e1 = min(b, e0 + step)
             rows = tuple(base.expand(b, *base.shape[1:])[e0:e1] for base in req.baselines)
-            per_example.append(self.selected_outputs(rows, torch.arange(e0, e1, device=device)))
+            per_example.append(self.selected_outputs(rows, row_examples(e0, e1, 1, device)))
         return torch.cat(per_example).repeat_interleave(n)
 
     def endpoint_gap(self, step: int) -> Tensor:
@@ -365,7 +380,7 @@ class _Loop:
             end = []
             for g0 in range(0, b * n, step):
                 g1 = min(b * n, g0 + step)
-                ex = torch.arange(g0, g1, device=device) // n
+                ex = row_examples(g0, g1, n, device)
                 rows = tuple(sample_inputs(req, i, g0, g1) for i in range(len(req.inputs)))
                 end.append(self.selected_outputs(rows, ex))
             return torch.cat(end) - f_start
