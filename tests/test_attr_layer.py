@@ -148,15 +148,17 @@ class ReluConvNet(nn.Module):
 
 
 class FlatView(nn.Module):
-    """[B, 3, 4] -> [B, 2], viewing its input across the batch dim."""
+    """[B, 3, 4] -> [B, 2], viewing its input with the batch dim merged
+    (which a stride-0 expanded batch cannot do)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc0 = nn.Linear(12, 12)
+        self.mix = nn.Linear(12, 12)
         self.fc = nn.Linear(12, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.tanh(self.fc0(x.view(-1, 12))))
+        rows = torch.tanh(x.view(-1, 4)).view(-1, 12)
+        return self.fc(torch.tanh(self.mix(rows)))
 
 
 def _text_case(batch: int = 4, dtype: torch.dtype = torch.float64) -> Tuple[nn.Module, Tensor, Tensor]:
@@ -386,7 +388,7 @@ def test_batch_1_model_that_views_its_input() -> None:
     rows; the model still gets tensors it can ``view`` across the batch."""
     model = _build(FlatView, torch.float64)
     x = _randn((1, 3, 4), torch.float64, 6)
-    ours, theirs = _lig_both(model, x, model.fc0, 1, None, n_steps=6, chunk_rows=4)
+    ours, theirs = _lig_both(model, x, model.mix, 1, None, n_steps=6, chunk_rows=4)
     _check_lig(ours, theirs, TOL_F64_CAPTUM, TOL_F64_DELTA, "batch 1 view")
 
 
