@@ -124,10 +124,10 @@ def _forward_with(module: nn.Module, params: Mapping[str, Tensor], args: Tuple[A
 
 
 def _rule_output(module: nn.Module, branches: Sequence[Branch], args: Tuple[Any, ...],
-                 base: Mapping[str, Tensor] = {}) -> Tensor:
+                 base: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """``z' = sum_k layer_k(x_k)``, each input's gradient times its part;
     a branch's parameters override ``base`` (default: the module's own)."""
-    outs = [_forward_with(module, {**base, **b.params}, _branch_inputs(args, b.input_part))
+    outs = [_forward_with(module, {**(base or {}), **b.params}, _branch_inputs(args, b.input_part))
             for b in branches]
     return outs[0] if len(outs) == 1 else functools.reduce(torch.add, outs)
 
