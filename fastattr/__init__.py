@@ -6,11 +6,11 @@ when the compiled library is missing; see :func:`backend`).
 """
 from ._backend import backend
 from .attr import (
-    expected_gradients, gradient_shap, input_x_gradient, integrated_gradients, saliency, smoothgrad,
+    expected_gradients, gradient_shap, input_x_gradient, integrated_gradients, lrp, saliency, smoothgrad,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "backend", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients", "saliency", "smoothgrad",
+    "backend", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients", "lrp", "saliency", "smoothgrad",
 ]

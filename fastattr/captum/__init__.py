@@ -4,6 +4,7 @@ signature, defaults and return shapes, computed on fastattr's engine."""
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
+from .lrp import LRP
 from .noise_tunnel import NoiseTunnel
 
-__all__ = ["GradientShap", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = ["GradientShap", "InputXGradient", "IntegratedGradients", "LRP", "NoiseTunnel", "Saliency"]

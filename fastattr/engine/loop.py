@@ -293,7 +293,9 @@ class _Loop:
                           deltas if req.want_deltas else None)
         device = req.inputs[0].device
         budget = req.memory_budget or _budget.default_budget(device)
-        sig = _budget.signature(req.inputs)
+        # Backward rules change what autograd saves per row: measured per rule set.
+        rules = getattr(req.rules, "func", req.rules)
+        sig = (_budget.signature(req.inputs), getattr(rules, "__qualname__", None))
         row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in req.inputs)
         measured = _budget.cached_activation_bytes(self.model, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
