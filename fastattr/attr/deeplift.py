@@ -18,6 +18,14 @@ module is replaced by its multiplier ``delta_out / delta_in`` (Captum's
 Functional nonlinearities (``torch.relu``...) and other modules keep their
 ordinary gradient, as in Captum.
 
+The rules go in through Captum's tensor-hook mechanism
+(:mod:`fastattr.attr.relu_rules`), with its consequence: when a hooked
+module feeds another directly (ReLU -> MaxPool), the first one's output
+hook runs before the second's input hook on the same tensor, so its
+rescale branch sees the second's *ordinary* gradient while autograd goes on
+with the rescaled one. Captum's numbers keep that (and their convergence
+deltas on such nets are not ~0); fastattr gives the same numbers.
+
 Layout: the engine's rows are the examples (a single-point plan); the model
 handed to the engine is a closure that interleaves each row with its
 reference, ``[x_0, r_0, x_1, r_1, ...]``, runs the real model on the ``2n``
