@@ -226,6 +226,36 @@ def test_grad_cam_with_in_place_relu_after_the_layer() -> None:
     assert_same_attr(lig, reference_layer_ig(model.head, act, base, 1, 6), TOL_F64_REF, "in-place layer IG")
 
 
+class GradModeLog(ReluConvNet):
+    """Records the autograd mode before and after ``conv2`` in every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: List[Tuple[bool, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        before = torch.is_grad_enabled()
+        a = self.relu2(self.upstream(x))
+        self.modes.append((before, torch.is_grad_enabled()))
+        return self.fc(self.gap(a).flatten(1))
+
+
+@pytest.mark.parametrize("caller_mode", [True, False], ids=["grad", "no_grad"])
+def test_what_precedes_the_layer_runs_without_autograd(caller_mode: bool) -> None:
+    """Only the layer's rows need a graph: upstream runs without autograd
+    (no saved activations), downstream with it, and the caller's mode
+    (also under torch.no_grad()) is back afterwards."""
+    model = _build(GradModeLog, torch.float64)
+    x = _randn((2, 3, 8, 8), torch.float64, 1)
+    with torch.set_grad_enabled(caller_mode):
+        lig = layer_integrated_gradients(model, x, model.conv2, target=1, n_steps=3, chunk_rows=2)
+        assert torch.is_grad_enabled() == caller_mode
+    # capture at the inputs and at the baselines, then 3 chunks of the path
+    assert model.modes == [(False, False)] * 2 + [(False, True)] * 3
+    assert_same_attr(lig, reference_layer_ig(model.head, model.upstream(x), model.upstream(0 * x), 1, 3),
+                     TOL_F64_REF, "layer IG under no_grad")
+
+
 def test_layer_ig_embedding_matches_float64_reference(backend: str) -> None:
     model, ids, mask = _text_case()
     target = torch.tensor([0, 2, 1, 2])
@@ -506,18 +536,20 @@ def _assert_same_state(now: Any, before: Any) -> None:
 
 
 class RaisesInGradientChunk(ReluConvNet):
-    """Raises on the k-th forward with autograd on (inside the engine, hooks installed)."""
+    """Raises on the k-th forward that reaches its head with autograd on
+    (a gradient chunk inside the engine, with the hooks installed)."""
 
     def __init__(self, k: int) -> None:
         super().__init__()
         self.k, self.calls = k, 0
 
     def forward(self, x: Tensor) -> Tensor:
+        a = self.relu2(self.upstream(x))
         if torch.is_grad_enabled():
             self.calls += 1
             if self.calls == self.k:
                 raise RuntimeError("model failed mid-call")
-        return super().forward(x)
+        return self.fc(self.gap(a).flatten(1))
 
 
 @pytest.mark.parametrize("method", ["grad_cam", "guided_grad_cam", "layer_ig"])
@@ -545,6 +577,7 @@ def test_model_and_inputs_unchanged(method: str) -> None:
         run(raising, 1)
     assert raising.calls == 2
     _assert_same_state(_model_state(raising), state)
+    assert torch.is_grad_enabled()  # the caller's autograd mode is back
 
 
 # ---------------------------------------------------------------------------
@@ -553,15 +586,17 @@ def test_model_and_inputs_unchanged(method: str) -> None:
 
 
 class CountingNet(ReluConvNet):
-    """Counts forwards: ``calls[0]`` without autograd, ``calls[1]`` with."""
+    """Counts forwards: ``calls[0]`` without autograd at the output, ``calls[1]``
+    with (the layer methods run what precedes the layer without autograd)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = [0, 0]
 
     def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
         self.calls[int(torch.is_grad_enabled())] += 1
-        return super().forward(x)
+        return out
 
 
 class ThreeDimOut(nn.Module):

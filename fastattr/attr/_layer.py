@@ -9,7 +9,9 @@ when the call ends, also when the model raises:
 * :class:`LayerSubstitution`: the model as the engine sees it, a callable
   whose first arguments are rows that replace the layers' outputs (or
   inputs), followed by the model's own inputs and extra arguments, which the
-  engine index-selects per row like any per-example argument.
+  engine index-selects per row like any per-example argument. What runs
+  before the layers runs without autograd: the gradient is taken at the
+  rows, so only the part of the model after them needs a graph.
 """
 from __future__ import annotations
 
@@ -230,7 +232,9 @@ class LayerSubstitution(nn.Module):
     replacement tensors, layer after layer (each ``[n, *L]``), and
     ``model_args`` the model's inputs and extra arguments for the same ``n``
     rows. The hooks that do the replacing are active only inside
-    :meth:`installed`.
+    :meth:`installed`. The model runs without autograd until the first
+    replacement (a model whose layer runs inside its own ``torch.no_grad()``
+    block gets no gradient, as in Captum).
     """
 
     def __init__(
@@ -251,8 +255,10 @@ class LayerSubstitution(nn.Module):
         self._to_layer_input = to_layer_input
         self._rows: Optional[Tuple[Tensor, ...]] = None
         self._calls = [0] * len(layers)
+        self._grad_mode = True
 
     def _replacement(self, i: int) -> Any:
+        torch.set_grad_enabled(self._grad_mode)  # the graph starts at the rows
         # A copy, so that an in-place op after the layer (ReLU(inplace=True))
         # writes into it rather than into the engine's leaf rows.
         rows = tuple(r.clone() for r in self._rows[self._offsets[i] : self._offsets[i + 1]])
@@ -268,10 +274,17 @@ class LayerSubstitution(nn.Module):
         # With one example the engine expands per-example arguments to the
         # chunk's rows (stride 0); the model's own inputs must take any view.
         model_args = tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args[k:])
+        # The gradient is taken at the rows only, so what runs before the
+        # layers needs no graph: it runs without autograd (saving neither
+        # time nor memory for a backward that never reaches it) until the
+        # first replacement restores the caller's mode.
+        self._grad_mode = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
         try:
             out = self.model(*model_args)
         finally:
             self._rows = None
+            torch.set_grad_enabled(self._grad_mode)
         _check_ran_once(self._calls, self._names)
         return out
 

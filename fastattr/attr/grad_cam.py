@@ -8,11 +8,11 @@ the rows (:class:`~fastattr.attr._layer.LayerSubstitution`).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import _validate as v
 from ..engine import run, single_point_plan
@@ -50,10 +50,10 @@ def grad_cam_map(grad: Tensor, act: Tensor, attr_dim_summation: bool, relu_attri
     return F.relu(scaled) if relu_attributions else scaled
 
 
-def layer_gradients(
+def _layer_gradients(
     model: Callable[..., Any],
-    layers: list,
-    names: list,
+    layers: List[nn.Module],
+    names: List[str],
     acts: LayerValues,
     model_args: Tuple[Any, ...],
     target: v.TargetType,
@@ -72,7 +72,7 @@ def layer_gradients(
         return run(req).mean
 
 
-def check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...], mode: str) -> None:
+def _check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...], mode: str) -> None:
     """Each map ``[B, C, *S]`` needs as many spatial dims as the input's
     ``[B, C, *size]``, and as many as ``mode`` interpolates."""
     for dims in maps_dims:
@@ -143,8 +143,8 @@ def grad_cam(
     check_model_output(acts.output, batch, target_)
     size = tuple(xs[0].shape[2:])
     if upsample_to_input:
-        check_upsample(tuple(a.dim() for a in acts.flat), size, interpolate_mode)
-    grads = layer_gradients(
+        _check_upsample(tuple(a.dim() for a in acts.flat), size, interpolate_mode)
+    grads = _layer_gradients(
         model, layers, names, acts, (*xs, *afa), target, attribute_to_layer_input,
         memory_budget, chunk_rows,
     )
