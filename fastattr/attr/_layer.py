@@ -233,8 +233,8 @@ class LayerSubstitution(nn.Module):
     ``model_args`` the model's inputs and extra arguments for the same ``n``
     rows. The hooks that do the replacing are active only inside
     :meth:`installed`. The model runs without autograd until the first
-    replacement (a model whose layer runs inside its own ``torch.no_grad()``
-    block gets no gradient, as in Captum).
+    replacement (so a model that runs the layer inside its own
+    ``torch.no_grad()`` block cannot be explained).
     """
 
     def __init__(

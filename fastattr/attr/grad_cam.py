@@ -91,7 +91,7 @@ def _check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...], mode: str
 def grad_cam(
     model: Callable[..., Tensor],
     inputs: v.TensorOrTuple,
-    layer: torch.nn.Module,
+    layer: nn.Module,
     target: v.TargetType = None,
     additional_forward_args: Any = None,
     attribute_to_layer_input: bool = False,
@@ -123,10 +123,11 @@ def grad_cam(
         interpolate_mode: ``F.interpolate`` mode for ``upsample_to_input``.
 
     Returns:
-        Per layer tensor ``[B, C, *S]``: ``[B, 1, *S]`` (``[B, C, *S]``
-        without summation; ``[B, 1]`` / ``[B, C]`` for a layer without spatial
-        dims), or ``[B, 1, *F_spatial]`` upsampled; a tuple when the layer
-        output (or input) has several tensors. In the layer's dtype.
+        For a layer tensor ``[B, C, *S]``: ``[B, 1, *S]`` (``[B, C, *S]``
+        without summation; ``[B, 1]`` or ``[B, C]`` for a layer without
+        spatial dims; ``S`` replaced by ``inputs[0].shape[2:]`` when
+        upsampled), in the layer's dtype; a tuple when the layer's output (or
+        input) has several tensors.
     """
     layers, _ = format_layers(model, layer, allow_list=False)
     names = layer_names(layers, False)
@@ -158,9 +159,9 @@ def grad_cam(
 
 
 def guided_grad_cam(
-    model: torch.nn.Module,
+    model: nn.Module,
     inputs: v.TensorOrTuple,
-    layer: torch.nn.Module,
+    layer: nn.Module,
     target: v.TargetType = None,
     additional_forward_args: Any = None,
     interpolate_mode: str = "nearest",
