@@ -220,7 +220,10 @@ def _check_eps(eps: Any) -> float:
     return float(eps)
 
 
-def _check_custom_func(func: Any) -> Optional[CustomAttributionFunc]:
+def _check_custom_func(func: Any) -> Optional[Callable[..., Any]]:
+    """None, or ``call(multipliers, inputs, baselines)`` passing ``func`` the
+    first 1-3 of those, as many as it takes (Captum's
+    ``_call_custom_attribution_func``)."""
     if func is None:
         return None
     if not callable(func):
@@ -231,7 +234,7 @@ def _check_custom_func(func: Any) -> Optional[CustomAttributionFunc]:
             "custom_attribution_func: must take 1 to 3 arguments (multipliers, inputs, "
             f"baselines), takes {n}"
         )
-    return func
+    return lambda *args: func(*args[:n])
 
 
 def _one_chunk(req: Request, memory_budget: Optional[int]) -> Request:
@@ -340,9 +343,7 @@ def deeplift(
         # Fresh tensors: the caller's function may write into them, and
         # constant baselines are cached.
         full_baselines = tuple(r.clone(memory_format=torch.contiguous_format) for r in references)
-        args = (multipliers, req.inputs, full_baselines)
-        n_params = len(inspect.signature(custom).parameters)
-        custom_attrs = custom(*args[:n_params])
+        custom_attrs = custom(multipliers, req.inputs, full_baselines)
         attributions = _check_custom_output(custom_attrs, req.inputs, was_tuple)
         deltas = None
         if return_convergence_delta:
