@@ -80,15 +80,17 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
+        # Two ReLU modules, one per use: Captum's DeepLift and guided backprop
+        # hook modules and need each nonlinearity to run once per forward.
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.down = None
         if stride != 1 or cin != cout:
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu1(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.relu(y + (x if self.down is None else self.down(x)))
+        return self.relu2(y + (x if self.down is None else self.down(x)))
 
 
 class ResNet18(nn.Module):

@@ -6,11 +6,15 @@ when the compiled library is missing; see :func:`backend`).
 """
 from ._backend import backend
 from .attr import (
-    expected_gradients, gradient_shap, input_x_gradient, integrated_gradients, lrp, saliency, smoothgrad,
+    deconvolution, deeplift, expected_gradients, grad_cam, gradient_shap, guided_backprop,
+    guided_grad_cam, input_x_gradient, integrated_gradients, layer_integrated_gradients, lrp,
+    saliency, smoothgrad,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "backend", "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients", "lrp", "saliency", "smoothgrad",
+    "backend", "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap",
+    "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients",
+    "layer_integrated_gradients", "lrp", "saliency", "smoothgrad",
 ]

@@ -1,7 +1,11 @@
 """Gradient explainers, one module each, all on the one engine."""
+from .deeplift import deeplift
+from .grad_cam import grad_cam, guided_grad_cam
 from .gradient_shap import expected_gradients, gradient_shap
+from .guided import deconvolution, guided_backprop
 from .input_x_gradient import input_x_gradient
 from .integrated_gradients import integrated_gradients
+from .layer_integrated_gradients import layer_integrated_gradients
 from .lrp import lrp
 from .lrp_rules import (
     Alpha1_Beta0_Rule, Composite, EpsilonRule, GammaRule, IdentityRule, PropagationRule, ZPlusRule,
@@ -11,7 +15,9 @@ from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 __all__ = [
-    "expected_gradients", "gradient_shap", "input_x_gradient", "integrated_gradients", "saliency",
-    "smoothgrad", "lrp", "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule",
-    "PropagationRule", "ZPlusRule", "default_composite",
+    "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
+    "guided_grad_cam", "input_x_gradient", "integrated_gradients", "layer_integrated_gradients", "lrp",
+    "saliency", "smoothgrad",
+    "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule", "PropagationRule",
+    "ZPlusRule", "default_composite",
 ]

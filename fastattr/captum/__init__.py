@@ -1,10 +1,17 @@
 """Captum drop-in: ``from captum.attr import X`` becomes
 ``from fastattr.captum import X`` with the same constructor, ``attribute``
 signature, defaults and return shapes, computed on fastattr's engine."""
+from .deeplift import DeepLift
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
+from .guided import Deconvolution, GuidedBackprop
 from .integrated_gradients import IntegratedGradients
+from .layer import GuidedGradCam, LayerAttribution, LayerGradCam, LayerIntegratedGradients
 from .lrp import LRP
 from .noise_tunnel import NoiseTunnel
 
-__all__ = ["GradientShap", "InputXGradient", "IntegratedGradients", "LRP", "NoiseTunnel", "Saliency"]
+__all__ = [
+    "Deconvolution", "DeepLift", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
+    "IntegratedGradients", "LRP", "LayerAttribution", "LayerGradCam", "LayerIntegratedGradients",
+    "NoiseTunnel", "Saliency",
+]

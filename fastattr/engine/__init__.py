@@ -1,10 +1,15 @@
-"""The chunked gradient engine: plans, chunk sizing and the fwd/bwd loop."""
+"""The chunked gradient engine: plans, chunk sizing, the fwd/bwd loop, and
+forward-only evaluation of generated rows."""
+from .forward import forward_rows
+from .loop import Request, Result, accumulator_dtype, row_examples, run, sample_inputs
 from .plan import (
-    PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW, PURPOSE_SMOOTHGRAD, PointPlan, single_point_plan,
+    PURPOSE_ATTACK, PURPOSE_GRADIENT_SHAP, PURPOSE_INFIDELITY, PURPOSE_PERTURBATION,
+    PURPOSE_RANDOMIZATION, PURPOSE_REFERENCE_DRAW, PURPOSE_SMOOTHGRAD, PointPlan, single_point_plan,
 )
-from .loop import Request, Result, accumulator_dtype, run, sample_inputs
 
 __all__ = [
-    "PURPOSE_GRADIENT_SHAP", "PURPOSE_REFERENCE_DRAW", "PURPOSE_SMOOTHGRAD", "PointPlan", "Request", "Result", "accumulator_dtype", "run",
-    "sample_inputs", "single_point_plan",
+    "PURPOSE_ATTACK", "PURPOSE_GRADIENT_SHAP", "PURPOSE_INFIDELITY", "PURPOSE_PERTURBATION",
+    "PURPOSE_RANDOMIZATION", "PURPOSE_REFERENCE_DRAW", "PURPOSE_SMOOTHGRAD", "PointPlan", "Request",
+    "Result", "accumulator_dtype", "forward_rows", "row_examples", "run", "sample_inputs",
+    "single_point_plan",
 ]

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._validate import check_target_range
 from . import budget as _budget
+from .outputs import check_model_output, per_example_flags, rows_args, target_outputs
 from .plan import PointPlan
 
 
@@ -50,6 +50,11 @@ class Request:
     # group_alphas[g]; None: the example's own baseline and the plan's alphas.
     reference_rows: Optional[Tensor] = None  # int64 [B * N]
     group_alphas: Optional[Tensor] = None  # [B * N], the inputs' dtype
+    # Per-sample attributions go to this sink instead of the mean over
+    # samples: sink(attrs, g0, g1) gets groups g0 .. g1-1 (example g // N,
+    # sample g % N), one [g1 - g0, *F_i] tensor per input, in order; metrics
+    # reduce them (e.g. to a norm per sample) without keeping them all.
+    sample_sink: Optional[Callable[[Tuple[Tensor, ...], int, int], None]] = None
     # Chunks hold whole examples (a multiple of plan.points_per_example rows),
     # for rules that pair an example's rows inside one forward.
     whole_examples: bool = False
@@ -57,7 +62,7 @@ class Request:
 
 @dataclass
 class Result:
-    mean: Tuple[Tensor, ...]  # [B, *F_i]: mean over samples of the per-sample attributions
+    mean: Tuple[Tensor, ...]  # [B, *F_i]: mean over samples of the per-sample attributions (() with a sample_sink)
     mean_sq: Optional[Tuple[Tensor, ...]]  # [B, *F_i] mean of squares (plan.keep_square)
     # [B * n_samples], row b * n_samples + n: sum of sample n's attribution
     # minus f(x_n)[target] - f(baseline)[target] (path methods' completeness gap)
@@ -142,9 +147,7 @@ class _Loop:
         if isinstance(self.target, Tensor) and self.batch == 1:
             self.target = int(self.target.item())
         self.example_seeds: Optional[Tensor] = None  # [B, C] one-hot of each example's target
-        self.batch_args = [
-            isinstance(a, Tensor) and a.dim() > 0 for a in req.additional_args
-        ]
+        self.batch_args = per_example_flags(req.additional_args)
         self.needs_rows_examples = isinstance(self.target, Tensor) or (
             self.batch > 1 and any(self.batch_args)
         )
@@ -152,7 +155,7 @@ class _Loop:
         self.pieces: List[List[Tensor]] = [[] for _ in req.inputs]
         self.group_sums: List[Tensor] = []
         self.outer = self.outer_sq = None
-        if self.n_samples > 1 or plan.keep_square:
+        if (self.n_samples > 1 or plan.keep_square) and req.sample_sink is None:
             self.outer = [
                 torch.zeros(x.shape, dtype=d, device=x.device)
                 for x, d in zip(req.inputs, self.acc_dtypes)
@@ -183,30 +186,10 @@ class _Loop:
         return rows.requires_grad_()
 
     def row_args(self, examples: Optional[Tensor], n: int) -> Tuple[Any, ...]:
-        out = []
-        for a, per_example in zip(self.req.additional_args, self.batch_args):
-            if not per_example:
-                out.append(a)
-            elif examples is None:  # a single example: every row sees row 0
-                out.append(a.expand(n, *a.shape[1:]))
-            else:
-                out.append(a.index_select(0, examples))
-        return tuple(out)
+        return rows_args(self.req.additional_args, self.batch_args, examples, n)
 
     def check_output(self, out: Any, n: int) -> None:
-        if not isinstance(out, Tensor):
-            raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
-        if out.dim() not in (1, 2) or out.shape[0] != n:
-            raise ValueError(
-                f"model output: expected shape [{n}, C] or [{n}] for {n} input rows, "
-                f"got {tuple(out.shape)}"
-            )
-        if not out.is_floating_point():
-            raise TypeError(f"model output: expected a floating dtype, got {out.dtype}")
-        self.n_outputs = None if out.dim() == 1 else out.shape[1]
-        check_target_range(self.target, self.n_outputs)
-        if isinstance(self.target, int) and self.target < 0:
-            self.target += self.n_outputs
+        self.n_outputs, self.target = check_model_output(out, n, self.target)
         self.checked = True
 
     def grad_outputs(self, out: Tensor, examples: Optional[Tensor]) -> Tensor:
@@ -268,10 +251,14 @@ class _Loop:
             else:  # times_input_minus_baseline
                 a = g * (sample_inputs(req, i, g0, g1) - _group_baselines(req, i, g0, g1))
             attrs.append(a)
+        if req.sample_sink is not None:
+            req.sample_sink(tuple(attrs), g0, g1)
         if req.want_deltas:
             self.group_sums.append(
                 sum(a.reshape(a.shape[0], -1).sum(1, dtype=torch.float64) for a in attrs)
             )
+        if req.sample_sink is not None:
+            return
         if self.outer is None:
             for i, a in enumerate(attrs):
                 self.pieces[i].append(a)
@@ -329,6 +316,8 @@ class _Loop:
         for the convergence-delta endpoints."""
         req = self.req
         deltas = torch.cat(self.group_sums) - self.endpoint_gap(chunk) if req.want_deltas else None
+        if req.sample_sink is not None:
+            return Result((), None, deltas)
         if self.outer is None:
             mean = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in self.pieces)
             return Result(mean, None, deltas)
@@ -345,14 +334,7 @@ class _Loop:
         """float64 ``[n]``: the target output of the model at ``rows``."""
         n = rows[0].shape[0]
         out = self.model(*rows, *self.row_args(examples if self.batch > 1 else None, n))
-        if self.target is None:
-            picked = out.reshape(n)
-        elif isinstance(self.target, int):
-            picked = out[:, self.target]
-        else:
-            t = self.target.index_select(0, examples).remainder(self.n_outputs)
-            picked = out.gather(1, t.unsqueeze(1)).squeeze(1)
-        return picked.to(torch.float64)
+        return target_outputs(out, self.target, examples, self.n_outputs)
 
     def reference_outputs(self, step: int) -> Tensor:
         """float64 ``[B * N]``: ``f(baseline)[t]`` of every (example, sample) group."""

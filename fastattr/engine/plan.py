@@ -32,6 +32,10 @@ SAMPLE_TRANSFORMS = (
 PURPOSE_SMOOTHGRAD = 1
 PURPOSE_GRADIENT_SHAP = 2  # GradientSHAP's input noise
 PURPOSE_REFERENCE_DRAW = 3  # GradientSHAP's reference index and path position
+PURPOSE_PERTURBATION = 4  # metrics' perturbations of the input (sensitivity, Lipschitz, stability)
+PURPOSE_INFIDELITY = 5  # infidelity's perturbations
+PURPOSE_ATTACK = 6  # random starts of attacks (PGD, fragility)
+PURPOSE_RANDOMIZATION = 7  # model-parameter randomization (sanity checks)
 
 
 @dataclass(frozen=True)

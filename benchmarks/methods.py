@@ -1,0 +1,338 @@
+"""Every explainer: fastattr vs Captum vs the floor, from one run; and peak
+memory of IG with 300 steps on the ResNet.
+
+    python benchmarks/methods.py                    # all methods x {conv, mlp, resnet18@64} x {B=1, B=16}
+    python benchmarks/methods.py --only 'mlp|conv'  # a subset (regex on the workload name)
+    python benchmarks/methods.py --quick            # smoke run
+    python benchmarks/methods.py --memory           # peak memory only
+
+The models are ``workloads.py``'s small conv net (3x32x32) and MLP (64
+features), and its ResNet-18-shaped net at 3x64x64 with random weights.
+Every call explains a different class per example. Path methods take 50
+steps, sampling methods 50 samples. The **floor** is one bare forward +
+backward over exactly the rows the method evaluates (``B``, ``2B`` for
+DeepLIFT's input and reference rows and for Guided Grad-CAM's two passes,
+``50 B`` for IG, layer IG, SmoothGrad, GradientSHAP), with the rows and
+one-hot seeds made beforehand. Times are the best of several interleaved
+repeats (``run.measure``). Before timing, each workload checks that fastattr
+evaluates the floor's number of rows and, for the deterministic methods,
+equals Captum.
+
+Targets (2-core CPU): fastattr/floor <= 1.10 where the floor takes >= 1 ms,
+<= 1.20 below; fastattr never slower than Captum. Peak memory: fastattr with
+``memory_budget=512 MiB`` stays within it; Captum's default runs all 300
+rows at once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as R  # noqa: E402
+import workloads as W  # noqa: E402
+
+import fastattr  # noqa: E402
+import fastattr.captum as fc  # noqa: E402
+
+try:
+    import captum.attr as ca
+except ImportError:  # pragma: no cover
+    ca = None
+
+STEPS = 50
+SAMPLES = 50
+STDEV = 0.15
+RESNET_SIZE = 64
+BATCHES = (1, 16)
+MODEL_NAMES = ("conv", "mlp", "resnet18")
+PEAK_STEPS = 300
+PEAK_BUDGET = 512 << 20
+
+
+def _model(name: str) -> Tuple[nn.Module, Tuple[int, ...], int]:
+    spec = W.Spec(name, 1, "ig", RESNET_SIZE)
+    return W._model(spec, torch.device("cpu"))
+
+
+def _layers(name: str, model: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """(Grad-CAM layer: the last conv stage / hidden Linear, layer-IG layer: the first layer)."""
+    if name == "conv":
+        return model[3], model[0]
+    if name == "mlp":
+        return model[2], model[0]
+    return model.blocks[-1], model.stem[0]
+
+
+# method -> (rows evaluated per example, deterministic (checked against Captum))
+METHODS: Dict[str, Tuple[int, bool]] = {
+    "saliency": (1, True),
+    "input_x_gradient": (1, True),
+    "integrated_gradients": (STEPS, True),
+    "smoothgrad": (SAMPLES, False),
+    "gradient_shap": (SAMPLES, False),
+    "guided_backprop": (1, True),
+    "deconvolution": (1, True),
+    "grad_cam": (1, True),
+    "guided_grad_cam": (2, True),
+    "lrp": (1, True),
+    "deeplift": (2, True),
+    "layer_integrated_gradients": (STEPS, True),
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    model: str
+    batch: int
+    method: str
+
+    @property
+    def name(self) -> str:
+        model = f"resnet18@{RESNET_SIZE}" if self.model == "resnet18" else self.model
+        return f"{model}-b{self.batch}-{self.method}"
+
+    @property
+    def rows(self) -> int:
+        return self.batch * METHODS[self.method][0]
+
+
+def applies(spec: MethodSpec) -> bool:
+    """Guided Grad-CAM upsamples a spatial map: not defined for the MLP."""
+    return not (spec.method == "guided_grad_cam" and spec.model == "mlp")
+
+
+def all_specs() -> List[MethodSpec]:
+    return [MethodSpec(m, b, meth) for m in MODEL_NAMES for b in BATCHES for meth in METHODS
+            if applies(MethodSpec(m, b, meth))]
+
+
+@dataclass
+class Bench:
+    """What ``run.measure`` times: the three callables of one workload."""
+
+    spec: MethodSpec
+    device: torch.device
+    model: nn.Module
+    calls: Dict[str, Callable[[], Any]]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _calls(spec: MethodSpec, model: nn.Module, x: Tensor, t: Tensor, refs: Tensor) -> Tuple[Callable, Optional[Callable]]:
+    """(fastattr call, Captum call) of ``spec``, the same arguments for both."""
+    cam_layer, first_layer = _layers(spec.model, model)
+    m = spec.method
+    if m == "saliency":
+        return (lambda: fastattr.saliency(model, x, target=t),
+                lambda: ca.Saliency(model).attribute(x, target=t))
+    if m == "input_x_gradient":
+        return (lambda: fastattr.input_x_gradient(model, x, target=t),
+                lambda: ca.InputXGradient(model).attribute(x, target=t))
+    if m == "integrated_gradients":
+        return (lambda: fastattr.integrated_gradients(model, x, target=t, n_steps=STEPS),
+                lambda: ca.IntegratedGradients(model).attribute(x, target=t, n_steps=STEPS))
+    if m == "smoothgrad":
+        return (lambda: fastattr.smoothgrad(model, x, target=t, n_samples=SAMPLES, stdev=STDEV),
+                lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
+                    x, nt_type="smoothgrad", nt_samples=SAMPLES, stdevs=STDEV, target=t))
+    if m == "gradient_shap":
+        return (lambda: fastattr.gradient_shap(model, x, refs, target=t, n_samples=SAMPLES, stdev=STDEV),
+                lambda: ca.GradientShap(model).attribute(x, refs, n_samples=SAMPLES, stdevs=STDEV, target=t))
+    # The methods of issue 3 that other modules provide: through the drop-in
+    # classes, so the benchmark times exactly what a Captum user switches to.
+    if m == "guided_backprop":
+        return (lambda: fc.GuidedBackprop(model).attribute(x, target=t),
+                lambda: ca.GuidedBackprop(model).attribute(x, target=t))
+    if m == "deconvolution":
+        return (lambda: fc.Deconvolution(model).attribute(x, target=t),
+                lambda: ca.Deconvolution(model).attribute(x, target=t))
+    if m == "grad_cam":
+        return (lambda: fc.LayerGradCam(model, cam_layer).attribute(x, target=t),
+                lambda: ca.LayerGradCam(model, cam_layer).attribute(x, target=t))
+    if m == "guided_grad_cam":
+        return (lambda: fc.GuidedGradCam(model, cam_layer).attribute(x, target=t),
+                lambda: ca.GuidedGradCam(model, cam_layer).attribute(x, target=t))
+    if m == "lrp":
+        return (lambda: fc.LRP(model).attribute(x, target=t),
+                lambda: ca.LRP(model).attribute(x, target=t))
+    if m == "deeplift":
+        return (lambda: fc.DeepLift(model).attribute(x, target=t),
+                lambda: ca.DeepLift(model).attribute(x, target=t))
+    if m == "layer_integrated_gradients":
+        return (lambda: fc.LayerIntegratedGradients(model, first_layer).attribute(x, target=t, n_steps=STEPS),
+                lambda: ca.LayerIntegratedGradients(model, first_layer).attribute(x, target=t, n_steps=STEPS))
+    raise ValueError(m)
+
+
+def build(spec: MethodSpec) -> Bench:
+    model, shape, n_classes = _model(spec.model)
+    g = torch.Generator().manual_seed(W.SEED + spec.batch)
+    x = torch.rand((spec.batch, *shape), generator=g)
+    t = (torch.arange(spec.batch) * 3 + 1).remainder(n_classes)
+    refs = torch.rand((8, *shape), generator=g)
+    rows = x.repeat_interleave(METHODS[spec.method][0], dim=0).requires_grad_()
+    onehot = torch.nn.functional.one_hot(t.repeat_interleave(METHODS[spec.method][0]), n_classes).float()
+
+    def floor() -> Tensor:
+        return torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
+
+    fa, cap = _calls(spec, model, x, t, refs)
+    calls = {"fastattr": fa, "captum": cap, "floor": floor}
+    if ca is None:
+        del calls["captum"]
+    return Bench(spec, torch.device("cpu"), model, calls)
+
+
+def _grad_rows(model: nn.Module, fn: Callable[[], Any]) -> Tuple[Any, int]:
+    """``(result, rows the model ran on with autograd recording)`` of one call."""
+    rows = [0]
+
+    def count(module: nn.Module, args: Tuple[Any, ...]) -> None:
+        if torch.is_grad_enabled() and isinstance(args[0], Tensor):
+            rows[0] += args[0].shape[0]
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return out, rows[0]
+
+
+def check(bench: Bench) -> List[str]:
+    """Problems (empty: fine): fastattr's rows != the floor's, or a
+    deterministic method's result != Captum's."""
+    problems = []
+    fa, fa_rows = _grad_rows(bench.model, bench.calls["fastattr"])
+    if fa_rows != bench.spec.rows:
+        problems.append(f"fastattr ran {fa_rows} rows with autograd, the floor {bench.spec.rows}")
+    if METHODS[bench.spec.method][1] and "captum" in bench.calls:
+        theirs = bench.calls["captum"]()
+        for a, b in zip(fa if isinstance(fa, (tuple, list)) else (fa,),
+                        theirs if isinstance(theirs, (tuple, list)) else (theirs,)):
+            if a.shape != b.shape:
+                problems.append(f"shape {tuple(a.shape)} != Captum's {tuple(b.shape)}")
+                continue
+            scale = b.abs().max().item() or 1.0
+            err = (a - b).abs().max().item() / scale
+            if err > 1e-4:
+                problems.append(f"!= Captum (rel err {err:.2e})")
+    return problems
+
+
+def verdict(floor_ms: float, fa_ms: float, ca_ms: float) -> str:
+    limit = R.RATIO_BIG if floor_ms >= R.TINY_FLOOR_MS else R.RATIO_TINY
+    misses = []
+    if fa_ms / floor_ms > limit:
+        misses.append(f"fa/floor>{limit:.2f}")
+    if not math.isnan(ca_ms) and ca_ms < fa_ms:
+        misses.append("slower than captum")
+    return "yes" if not misses else "NO (" + ", ".join(misses) + ")"
+
+
+# ---------------------------------------------------------------------------
+# Peak memory: one fresh process per measurement
+# ---------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_child(who: str) -> None:
+    """In a fresh process: peak RSS growth (bytes) of one IG call with
+    ``PEAK_STEPS`` steps on the ResNet, printed as ``peak <bytes>``."""
+    torch.set_num_threads(2)
+    model, shape, _ = _model("resnet18")
+    x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)  # allocator and kernels warm; the call below is what is measured
+    before = _rss_bytes()
+    if who == "captum":
+        ca.IntegratedGradients(model).attribute(x, target=3, n_steps=PEAK_STEPS)
+    else:
+        fastattr.integrated_gradients(model, x, target=3, n_steps=PEAK_STEPS, memory_budget=PEAK_BUDGET)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak {max(0, peak - before)}")
+
+
+def peak_memory() -> Dict[str, int]:
+    out = {}
+    for who in ("fastattr", "captum"):
+        res = subprocess.run([sys.executable, __file__, "--peak-child", who], capture_output=True, text=True,
+                             check=True)
+        out[who] = int(re.search(r"peak (\d+)", res.stdout).group(1))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=None, help="regex on the workload name")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 short repeats")
+    p.add_argument("--memory", action="store_true", help="only the peak-memory comparison")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory comparison")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.peak_child:
+        peak_child(args.peak_child)
+        return 0
+    print(W.environment(torch.device("cpu")))
+    failed = missed = 0
+    if not args.memory:
+        specs = [s for s in all_specs() if not args.only or re.search(args.only, s.name)]
+        repeats = args.repeats or (2 if args.quick else 7)
+        load = R.OtherLoad()
+        header = (f"{'workload':<40} {'rows':>5} {'floor ms':>10} {'fastattr ms':>12} {'captum ms':>10} "
+                  f"{'fa/floor':>9} {'captum/fa':>10}  target met")
+        print(f"best of >= {repeats} interleaved repeats; {STEPS} steps / {SAMPLES} samples\n")
+        print(header)
+        print("-" * len(header))
+        for spec in specs:
+            try:
+                bench = build(spec)
+                problems = check(bench)
+                times = R.measure(bench, repeats, 0 if args.quick else 2, 0.01 if args.quick else 0.05,
+                                  0.0 if args.quick else 1.0)
+            except Exception as exc:  # one broken workload must not hide the rest
+                print(f"{spec.name:<40} {spec.rows:>5}  ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
+                      flush=True)
+                failed += 1
+                continue
+            floor_ms, fa_ms, ca_ms = (min(times[n]) * 1000 if n in times else math.nan
+                                      for n in ("floor", "fastattr", "captum"))
+            met = "CHECK FAILED: " + "; ".join(problems) if problems else verdict(floor_ms, fa_ms, ca_ms)
+            failed += bool(problems)
+            missed += met.startswith("NO")
+            print(f"{spec.name:<40} {spec.rows:>5} {floor_ms:>10.3f} {fa_ms:>12.3f} {ca_ms:>10.3f} "
+                  f"{fa_ms / floor_ms:>9.3f} {ca_ms / fa_ms:>10.2f}  {met}", flush=True)
+        print(load.report())
+        print(f"targets missed: {missed}; checks failed or errors: {failed}")
+    if not args.no_memory and ca is not None:
+        peaks = peak_memory()
+        mib = {k: v / 2**20 for k, v in peaks.items()}
+        within = peaks["fastattr"] <= PEAK_BUDGET
+        print(f"\npeak memory, IG n_steps={PEAK_STEPS} on resnet18@{RESNET_SIZE}, batch 1 (RSS growth of a fresh process):")
+        print(f"  captum (defaults, all rows at once): {mib['captum']:8.1f} MiB")
+        print(f"  fastattr (memory_budget=512 MiB):    {mib['fastattr']:8.1f} MiB  "
+              f"({'within' if within else 'OVER'} the budget; {peaks['captum'] / max(peaks['fastattr'], 1):.1f}x less)")
+        failed += not within
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Forward-only evaluation of generated rows, chunk by chunk: what metrics
+that only read the model's outputs (infidelity, deletion / insertion curves,
+accuracy under attack) run on, under the same byte budget as the gradient
+loop."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import budget as _budget
+from .loop import row_examples
+from .outputs import Target, check_model_output, per_example_flags, rows_args, target_outputs
+
+
+def forward_rows(
+    model: Callable[..., Tensor],
+    rows_for: Callable[[int, int], Tuple[Tensor, ...]],
+    total: int,
+    per_example: int,
+    like: Tuple[Tensor, ...],
+    target: Target,
+    additional_args: Sequence[Any] = (),
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Tensor:
+    """float64 ``[total]``: the target output of ``model`` at every row.
+
+    Args:
+        rows_for: ``rows_for(r0, r1)`` returns the model inputs of rows
+            ``r0 .. r1-1``, one ``[r1 - r0, *F_i]`` tensor per input. Row ``r``
+            belongs to example ``r // per_example``.
+        like: the unperturbed inputs ``[B, *F_i]`` (row size, device).
+        target: None, a class, or int64 ``[B]`` (formatted by ``_validate.format_target``).
+        additional_args: extra model arguments; tensors with a batch
+            dimension are gathered per row.
+        memory_budget, chunk_rows: bytes per chunk (default
+            :func:`budget.default_budget`) and an optional row cap.
+    """
+    device = like[0].device
+    out = torch.empty(total, dtype=torch.float64, device=device)
+    if total == 0:
+        return out
+    budget = memory_budget or _budget.default_budget(device)
+    row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in like)
+    chunk = _budget.rows_per_chunk(budget, row_bytes, None, total, chunk_rows)
+    batched = per_example_flags(additional_args)
+    single = like[0].shape[0] == 1
+    n_outputs, checked = None, False
+    with torch.no_grad():
+        for r0 in range(0, total, chunk):
+            r1 = min(total, r0 + chunk)
+            examples = row_examples(r0, r1, per_example, device)
+            values = model(*rows_for(r0, r1), *rows_args(additional_args, batched, None if single else examples, r1 - r0))
+            if not checked:
+                n_outputs, target = check_model_output(values, r1 - r0, target)
+                checked = True
+            out[r0:r1] = target_outputs(values, target, examples, n_outputs)
+    return out
