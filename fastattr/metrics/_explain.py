@@ -1,0 +1,73 @@
+"""How a metric calls the explanation method it audits: a fastattr explainer
+(by function or name) with its options, or any user callable."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from torch import Tensor
+
+from .. import _validate as v
+from .. import attr as _attr
+from ..engine import PointPlan
+from ..attr.smoothgrad import _explainer_plan
+
+ExplainerType = Union[str, Callable[..., v.TensorOrTuple]]
+
+# The explainers whose plan a metric can extend with its perturbations (one
+# engine run for all perturbed copies), by function and by name.
+_ENGINE_NATIVE: Dict[Callable[..., Any], str] = {
+    _attr.saliency: "saliency",
+    _attr.input_x_gradient: "input_x_gradient",
+    _attr.integrated_gradients: "integrated_gradients",
+}
+
+
+class Explainer:
+    """An explanation method and its options, called as
+    ``fn(model, inputs, target=..., additional_forward_args=..., **options)``
+    (every fastattr explainer's signature; a user callable must accept it too)."""
+
+    def __init__(self, explainer: ExplainerType = "saliency",
+                 explainer_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        if isinstance(explainer, str):
+            if explainer not in _attr.__all__ or not explainer[0].islower():
+                names = sorted(n for n in _attr.__all__ if n[0].islower())
+                raise ValueError(f"explainer: expected one of {names} or a callable, got {explainer!r}")
+            explainer = getattr(_attr, explainer)
+        if not callable(explainer):
+            raise TypeError(f"explainer: expected a name or a callable, got {type(explainer).__name__}")
+        if explainer_kwargs is not None and not isinstance(explainer_kwargs, Mapping):
+            raise TypeError(
+                f"explainer_kwargs: expected a dict of the explainer's options, got {type(explainer_kwargs).__name__}"
+            )
+        self.fn = explainer
+        self.kwargs: Dict[str, Any] = dict(explainer_kwargs or {})
+        self.is_fastattr = explainer in {getattr(_attr, n) for n in _attr.__all__ if n[0].islower()}
+
+    @property
+    def engine_name(self) -> Optional[str]:
+        """The :func:`fastattr.smoothgrad` explainer name when a metric can fold
+        its perturbations into this explainer's own plan (None: call it per batch)."""
+        return _ENGINE_NATIVE.get(self.fn)
+
+    def plan(self) -> Tuple[PointPlan, bool, Any]:
+        """``(plan, needs_baselines, baselines)`` of an engine-native explainer."""
+        return _explainer_plan(self.engine_name, dict(self.kwargs))
+
+    def __call__(self, model: Callable[..., Tensor], inputs: Tuple[Tensor, ...], was_tuple: bool,
+                 target: Any = None, additional_forward_args: Any = None,
+                 memory_budget: Optional[int] = None) -> Tuple[Tensor, ...]:
+        """Attributions of ``inputs`` (each ``[n, *F_i]``), checked to have the inputs' shapes."""
+        extra = {"memory_budget": memory_budget} if self.is_fastattr and memory_budget is not None else {}
+        out = self.fn(model, inputs if was_tuple else inputs[0], target=target,
+                      additional_forward_args=additional_forward_args, **self.kwargs, **extra)
+        attrs = out if isinstance(out, tuple) else (out,)
+        if len(attrs) != len(inputs) or any(
+            not isinstance(a, Tensor) or a.shape != x.shape for a, x in zip(attrs, inputs)
+        ):
+            got = [tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in attrs]
+            raise ValueError(
+                f"explainer: expected attributions shaped like the inputs "
+                f"{[tuple(x.shape) for x in inputs]}, got {got}"
+            )
+        return attrs
