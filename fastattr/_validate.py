@@ -19,6 +19,7 @@ BaselineType = Union[None, int, float, Tensor, Tuple[Union[int, float, Tensor], 
 TargetType = Union[None, int, Sequence[int], Tensor]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -30,9 +31,10 @@ def _all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
+def format_inputs(inputs: TensorOrTuple, allow_integer: bool = False) -> Tuple[Tuple[Tensor, ...], bool]:
     """Check ``inputs`` (a tensor ``[B, *F]`` or a tuple of them) and return
-    ``(tuple_of_tensors, was_tuple)``."""
+    ``(tuple_of_tensors, was_tuple)``. ``allow_integer``: integer tensors
+    (token ids fed to a layer method's model) are accepted too."""
     was_tuple = isinstance(inputs, tuple)
     tensors = inputs if was_tuple else (inputs,)
     if len(tensors) == 0:
@@ -41,11 +43,10 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
         name = f"inputs[{i}]" if was_tuple else "inputs"
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(
-                f"{name}: expected a floating dtype (float16, bfloat16, float32, "
-                f"float64), got {t.dtype}"
-            )
+        if t.dtype not in FLOAT_DTYPES and not (allow_integer and t.dtype in INTEGER_DTYPES):
+            kinds = "a floating or integer dtype" if allow_integer else (
+                "a floating dtype (float16, bfloat16, float32, float64)")
+            raise TypeError(f"{name}: expected {kinds}, got {t.dtype}")
         if t.dim() < 1:
             raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
         if t.shape[0] != tensors[0].shape[0]:
@@ -56,12 +57,22 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
             raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
     # Finiteness last: it reads the values, which needs every tensor on a real device.
     for i, t in enumerate(tensors):
-        if not _all_finite(t):
+        if t.is_floating_point() and not _all_finite(t):
             raise ValueError(f"{'inputs[%d]' % i if was_tuple else 'inputs'}: contains NaN or Inf")
     return tuple(tensors), was_tuple
 
 
 @functools.lru_cache(maxsize=32)
+def check_model_device(model: Any, device: torch.device) -> None:
+    """A module's parameters must be on the inputs' device."""
+    if isinstance(model, torch.nn.Module):
+        name, first = next(model.named_parameters(), (None, None))
+        if first is not None and first.device != device:
+            raise ValueError(
+                f"model: parameter {name!r} is on {first.device} but inputs are on {device}"
+            )
+
+
 def _constant_baseline(value: float, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """A ``[1, *F]`` constant baseline, made once per (value, shape, dtype,
     device): the engine only reads baselines, and most calls use the same one."""

@@ -45,12 +45,7 @@ def build_request(
     # and inference tensors become ordinary ones that rows can require grad on.
     xs = tuple(x.clone() if x.is_inference() else x.detach() for x in xs)
     batch, device = xs[0].shape[0], xs[0].device
-    if isinstance(model, torch.nn.Module):
-        name, first = next(model.named_parameters(), (None, None))
-        if first is not None and first.device != device:
-            raise ValueError(
-                f"model: parameter {name!r} is on {first.device} but inputs are on {device}"
-            )
+    v.check_model_device(model, device)
     bases = v.format_baselines(baselines, xs, was_tuple) if needs_baselines else None
     req = Request(
         model=model,

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as v
+from ..engine.loop import row_examples
+from ..engine.outputs import target_outputs
 
 LayerType = Union[nn.Module, Sequence[nn.Module]]
 
 # Dtypes a layer method accepts as model inputs: floats, and integers for
 # token ids (the gradient is taken at the layer, never at the inputs).
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def format_layers(model: Callable[..., Tensor], layer: Any, allow_list: bool) -> Tuple[List[nn.Module], bool]:
@@ -56,68 +57,18 @@ def format_layers(model: Callable[..., Tensor], layer: Any, allow_list: bool) ->
 
 def format_model_inputs(inputs: Any) -> Tuple[Tuple[Tensor, ...], bool]:
     """``(tuple_of_tensors, was_tuple)``: the model's inputs ``[B, *F_i]``,
-    checked as :func:`fastattr._validate.format_inputs` does, except that
-    integer tensors (token ids) are accepted too. Returned detached."""
-    was_tuple = isinstance(inputs, tuple)
-    tensors = inputs if was_tuple else (inputs,)
-    if len(tensors) == 0:
-        raise ValueError("inputs: expected a tensor or a non-empty tuple of tensors, got ()")
-    for i, t in enumerate(tensors):
-        name = f"inputs[{i}]" if was_tuple else "inputs"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in v.FLOAT_DTYPES and t.dtype not in _INTEGER_DTYPES:
-            raise TypeError(f"{name}: expected a floating or integer dtype, got {t.dtype}")
-        if t.dim() < 1:
-            raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
-        if t.shape[0] != tensors[0].shape[0]:
-            raise ValueError(
-                f"{name}: batch size {t.shape[0]} differs from inputs[0]'s {tensors[0].shape[0]}"
-            )
-        if t.device != tensors[0].device:
-            raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
-    for i, t in enumerate(tensors):
-        if t.is_floating_point() and not v._all_finite(t):
-            raise ValueError(f"{'inputs[%d]' % i if was_tuple else 'inputs'}: contains NaN or Inf")
-    return tuple(t.clone() if t.is_inference() else t.detach() for t in tensors), was_tuple
-
-
-def check_model_device(model: Callable[..., Tensor], device: torch.device) -> None:
-    """A module's parameters must be on the inputs' device."""
-    if isinstance(model, nn.Module):
-        name, first = next(model.named_parameters(), (None, None))
-        if first is not None and first.device != device:
-            raise ValueError(
-                f"model: parameter {name!r} is on {first.device} but inputs are on {device}"
-            )
-
-
-def check_model_output(out: Any, batch: int, target: Union[None, int, Tensor]) -> None:
-    """The model's output must be ``[B, C]`` or ``[B]`` floats and ``target``
-    must index it (checked on the capture forward, before any gradient)."""
-    if not isinstance(out, Tensor):
-        raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
-    if out.dim() not in (1, 2) or out.shape[0] != batch:
-        raise ValueError(
-            f"model output: expected shape [{batch}, C] or [{batch}] for {batch} input rows, "
-            f"got {tuple(out.shape)}"
-        )
-    if not out.is_floating_point():
-        raise TypeError(f"model output: expected a floating dtype, got {out.dtype}")
-    v.check_target_range(target, None if out.dim() == 1 else out.shape[1])
+    checked as :func:`fastattr._validate.format_inputs` with integer tensors
+    (token ids) accepted too. Returned detached."""
+    xs, was_tuple = v.format_inputs(inputs, allow_integer=True)
+    return tuple(t.clone() if t.is_inference() else t.detach() for t in xs), was_tuple
 
 
 def selected_outputs(out: Tensor, target: Union[None, int, Tensor], batch: int) -> Tensor:
     """float64 ``[B]``: ``out[b, target_b]`` (``out`` ``[B or 1, C]`` or ``[B or 1]``,
-    already checked by :func:`check_model_output`)."""
+    already checked by :func:`fastattr.engine.outputs.check_model_output`)."""
     out = out.expand(batch, *out.shape[1:])
-    if target is None:
-        picked = out.reshape(batch)
-    elif isinstance(target, int):
-        picked = out[:, target]
-    else:
-        picked = out.gather(1, target.remainder(out.shape[1]).unsqueeze(1)).squeeze(1)
-    return picked.to(torch.float64)
+    n_outputs = None if out.dim() == 1 else out.shape[1]
+    return target_outputs(out, target, row_examples(0, batch, 1, out.device), n_outputs)
 
 
 @dataclass

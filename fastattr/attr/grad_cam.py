@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from .. import _validate as v
 from ..engine import run, single_point_plan
+from ..engine.outputs import check_model_output
 from ._call import build_request
 from ._layer import (
-    LayerSubstitution, LayerValues, capture_layers, check_model_device,
-    check_model_output, format_layers, format_model_inputs, layer_names, per_layer,
+    LayerSubstitution, LayerValues, capture_layers,
+    format_layers, format_model_inputs, layer_names, per_layer,
 )
 from .guided import guided_backprop
 from .relu_rules import require_module
@@ -138,7 +139,7 @@ def grad_cam(
     v.check_choice(interpolate_mode, "interpolate_mode", INTERPOLATE_MODES)
     v.check_optional_positive_int(memory_budget, "memory_budget")
     v.check_optional_positive_int(chunk_rows, "chunk_rows")
-    check_model_device(model, device)
+    v.check_model_device(model, device)
 
     acts = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa))
     check_model_output(acts.output, batch, target_)

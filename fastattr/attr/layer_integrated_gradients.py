@@ -17,9 +17,10 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..engine import run
+from ..engine.outputs import check_model_output
 from ._call import build_request, shape_output
 from ._layer import (
-    LayerSubstitution, LayerType, capture_layers, check_model_device, check_model_output,
+    LayerSubstitution, LayerType, capture_layers,
     format_layers, format_model_inputs, layer_names, per_layer, selected_outputs,
 )
 from .integrated_gradients import delta_dtype, path_plan
@@ -99,7 +100,7 @@ def layer_integrated_gradients(
         v.check_optional_positive_int(chunk_rows, "chunk_rows"),
         v.check_optional_positive_int(internal_batch_size, "internal_batch_size"),
     )
-    check_model_device(model, device)
+    v.check_model_device(model, device)
 
     at_inputs = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa))
     check_model_output(at_inputs.output, batch, target_)
