@@ -14,13 +14,18 @@ class Attribution:
     Subclasses implement ``attribute`` with their Captum class's signature.
     """
 
-    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+    # Whether attribute() takes return_convergence_delta=True (Captum's
+    # has_convergence_delta()); set by the subclasses that do.
+    has_delta = False
+
+    def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = False) -> None:
         if not callable(forward_func):
             raise TypeError(
                 f"forward_func: expected a callable (an nn.Module or a function), "
                 f"got {type(forward_func).__name__}"
             )
         self.forward_func = forward_func
+        self._multiply_by_inputs = bool(multiply_by_inputs)
 
     @classmethod
     def get_name(cls) -> str:
@@ -29,12 +34,12 @@ class Attribution:
 
     def has_convergence_delta(self) -> bool:
         """Whether ``attribute`` accepts ``return_convergence_delta=True``."""
-        return False
+        return self.has_delta
 
     @property
     def multiplies_by_inputs(self) -> bool:
         """Whether attributions are multiplied by ``inputs - baselines`` (global)."""
-        return False
+        return self._multiply_by_inputs
 
 
 def reject(name: str, value: Any, supported: Any = None, why: Optional[str] = None) -> None:

@@ -14,12 +14,13 @@ from ._base import Attribution, captum_target
 class DeepLift(Attribution):
     """Captum's ``DeepLift(model, multiply_by_inputs=True, eps=1e-10)`` (rescale rule)."""
 
+    has_delta = True
+
     def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, eps: float = 1e-10) -> None:
         require_module(model, "DeepLift")
-        super().__init__(model)
+        super().__init__(model, multiply_by_inputs)
         self.model = model
         self.eps = eps
-        self._multiply_by_inputs = multiply_by_inputs
 
     def attribute(
         self,
@@ -39,10 +40,3 @@ class DeepLift(Attribution):
             custom_attribution_func=custom_attribution_func,
             multiply_by_inputs=self._multiply_by_inputs, eps=self.eps,
         )
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs

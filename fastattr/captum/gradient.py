@@ -1,7 +1,9 @@
 """``Saliency`` and ``InputXGradient`` as Captum 0.9's."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+from torch import Tensor
 
 from .. import _validate as v
 from ..attr.input_x_gradient import input_x_gradient
@@ -27,6 +29,9 @@ class Saliency(Attribution):
 class InputXGradient(Attribution):
     """Captum's ``InputXGradient(forward_func)``: the gradient times the input."""
 
+    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+        super().__init__(forward_func, multiply_by_inputs=True)
+
     def attribute(
         self,
         inputs: v.TensorOrTuple,
@@ -36,7 +41,3 @@ class InputXGradient(Attribution):
         """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.input_x_gradient`."""
         return input_x_gradient(self.forward_func, inputs, target=captum_target(target),
                                 additional_forward_args=additional_forward_args)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True

@@ -15,10 +15,11 @@ class GradientShap(Attribution):
     (fastattr's addition) keys the reference draws, positions and noise, so
     repeated calls give the same result (Captum draws from the global RNGs)."""
 
+    has_delta = True
+
     def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = True,
                  seed: int = 0) -> None:
-        super().__init__(forward_func)
-        self._multiply_by_inputs = multiply_by_inputs
+        super().__init__(forward_func, multiply_by_inputs)
         self.seed = seed
 
     def attribute(
@@ -39,10 +40,3 @@ class GradientShap(Attribution):
             return_convergence_delta=return_convergence_delta,
             multiply_by_inputs=self._multiply_by_inputs,
         )
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs

@@ -13,9 +13,10 @@ from ._base import Attribution, captum_target
 class IntegratedGradients(Attribution):
     """Captum's ``IntegratedGradients(forward_func, multiply_by_inputs=True)``."""
 
+    has_delta = True
+
     def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = True) -> None:
-        super().__init__(forward_func)
-        self._multiply_by_inputs = multiply_by_inputs
+        super().__init__(forward_func, multiply_by_inputs)
 
     def attribute(
         self,
@@ -36,10 +37,3 @@ class IntegratedGradients(Attribution):
             return_convergence_delta=return_convergence_delta,
             multiply_by_inputs=self._multiply_by_inputs, chunk_rows=internal_batch_size,
         )
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs

@@ -85,6 +85,8 @@ class LayerIntegratedGradients(LayerAttribution):
     """Captum's ``LayerIntegratedGradients(forward_func, layer, device_ids=None,
     multiply_by_inputs=True)``; ``layer`` may be a list of layers."""
 
+    has_delta = True
+
     def __init__(self, forward_func: Callable[..., Tensor], layer: LayerType,
                  device_ids: Union[None, List[int]] = None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
@@ -114,10 +116,3 @@ class LayerIntegratedGradients(LayerAttribution):
             attribute_to_layer_input=attribute_to_layer_input,
             multiply_by_inputs=self._multiply_by_inputs,
         )
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs

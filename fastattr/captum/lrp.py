@@ -20,9 +20,11 @@ class LRP(Attribution):
     call (Captum deletes them), and so is everything else on the model.
     """
 
+    has_delta = True
+
     def __init__(self, model: nn.Module) -> None:
         require_module(model, "LRP")
-        super().__init__(model)
+        super().__init__(model, multiply_by_inputs=True)
         self.model = model
         for name, module in model.named_modules():
             as_rule(getattr(module, "rule", None), f"model.{name}" if name else "model")
@@ -50,12 +52,7 @@ class LRP(Attribution):
         """Not implemented for LRP (as in Captum)."""
         raise NotImplementedError("attribute_future is not implemented for LRP")
 
-    def has_convergence_delta(self) -> bool:
-        return True
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
 
     def compute_convergence_delta(self, attributions: v.TensorOrTuple, output: Tensor) -> Tensor:
         """``output.flatten() - sum(attributions per example)``: ``attributions``
