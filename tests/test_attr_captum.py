@@ -61,18 +61,6 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: intra-op threads only add synchronization, and
-    when the 2 cores are shared with other work a 2-thread conv on one row
-    measured 16 ms against 0.02 ms with 1 thread. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")

@@ -63,16 +63,6 @@ TOL_F32 = 3e-7  # measured 5.2e-8
 TOL_F32_DELTA = 1.5e-7  # measured 2.3e-8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add synchronization (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 # ---------------------------------------------------------------------------
 # Models beyond tests/captum_cases.py

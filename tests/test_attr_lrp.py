@@ -63,16 +63,6 @@ TOL_ZENNIT_FOLD = 5e-12
 TOL_REF = 3e-15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add synchronization. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 # ---------------------------------------------------------------------------
 # Models
