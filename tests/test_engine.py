@@ -868,3 +868,31 @@ def test_whole_example_chunks(backend, chunk_rows):
     split = run(_engine_request(_mlp(), x, chunk_rows=chunk_rows))
     for a, b in zip(whole.mean, split.mean):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("explainer", ["smoothgrad", "gradient_shap"])
+def test_example_offset_keys_a_batch_as_part_of_a_data_set(backend, explainer):
+    """A data set explained batch by batch, each batch passing the index of
+    its first example, gives exactly the one-call result: the draws are keyed
+    by the data-set index, not the position in the batch."""
+    model = _rowwise_model(True)
+    x = _inputs(True, b=7)
+
+    def explain(inputs, offset):
+        if explainer == "smoothgrad":
+            return fastattr.smoothgrad(model, inputs, target=1, n_samples=3, stdev=0.4,
+                                       explainer="integrated_gradients", explainer_kwargs=dict(n_steps=4),
+                                       example_offset=offset)
+        refs = (_randn(5, 5, seed=8), _randn(5, 2, 3, seed=9))
+        return fastattr.gradient_shap(model, inputs, refs, target=1, n_samples=3, stdev=0.4,
+                                      example_offset=offset)
+
+    whole = explain(x, 0)
+    for start, stop in [(0, 3), (3, 4), (4, 7)]:
+        part = explain(tuple(t[start:stop] for t in x), start)
+        for a, b in zip(part, whole):
+            assert_bitwise_equal(a, b[start:stop])
+    shifted = explain(tuple(t[3:] for t in x), 0)  # keyed as examples 0.. instead of 3..
+    assert not torch.equal(shifted[0], whole[0][3:])
+    with pytest.raises(ValueError, match="example_offset"):
+        explain(x, -1)

@@ -38,6 +38,7 @@ def gradient_shap(
     multiply_by_inputs: bool = True,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """GradientSHAP attributions of ``model(inputs)[:, target]``.
 
@@ -56,6 +57,8 @@ def gradient_shap(
             (f(x_n)[t] - f(ref_k)[t])``, as Captum's.
         multiply_by_inputs: multiply the gradients by ``x_n - ref_k`` (global)
             or not (local).
+        example_offset: draws of example ``b`` are keyed as example
+            ``example_offset + b`` (its index in a data set explained batch by batch).
 
     Returns:
         Attributions shaped and typed like ``inputs``; with
@@ -63,6 +66,7 @@ def gradient_shap(
     """
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
 
     def plan_for(xs: Tuple[Tensor, ...]) -> PointPlan:
         scales = v.check_scales(stdev, "stdev", len(xs))
@@ -73,6 +77,7 @@ def gradient_shap(
             noise="gaussian" if any(scales) else "none",
             noise_scales=scales,
             seed=seed,
+            example_offset=example_offset,
             purpose=PURPOSE_GRADIENT_SHAP,
             sample_transform="times_input_minus_baseline" if multiply_by_inputs else "grad",
         )
@@ -83,7 +88,8 @@ def gradient_shap(
     )
     references = v.format_baseline_distribution(baselines, req.inputs, was_tuple)
     x = req.inputs[0]
-    position, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, x.shape[0], n_samples, x.device)
+    position, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, x.shape[0], n_samples, x.device,
+                                     example_offset)
     req = dataclasses.replace(
         req,
         baselines=references,
@@ -109,6 +115,7 @@ def expected_gradients(
     return_convergence_delta: bool = False,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """Expected gradients: :func:`gradient_shap` without input noise
     (``baselines`` is the background data set ``[M, *F]``)."""
@@ -116,5 +123,5 @@ def expected_gradients(
         model, inputs, baselines, target=target, n_samples=n_samples, stdev=0.0, seed=seed,
         additional_forward_args=additional_forward_args,
         return_convergence_delta=return_convergence_delta,
-        memory_budget=memory_budget, chunk_rows=chunk_rows,
+        memory_budget=memory_budget, chunk_rows=chunk_rows, example_offset=example_offset,
     )

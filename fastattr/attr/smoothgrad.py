@@ -63,6 +63,7 @@ def smoothgrad(
     return_convergence_delta: bool = False,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """Average an explainer over ``n_samples`` Gaussian-noised copies of each input.
 
@@ -81,6 +82,9 @@ def smoothgrad(
         explainer_kwargs: the explainer's own options: ``abs`` for saliency;
             ``baselines``, ``n_steps``, ``method``, ``multiply_by_inputs`` for IG.
         seed: key of the noise (int >= 0).
+        example_offset: the noise of example ``b`` is keyed as example
+            ``example_offset + b`` (its index in a data set explained batch
+            by batch, so a batch's result does not depend on where it starts).
         return_convergence_delta: integrated gradients only: also return the
             ``[B * n_samples]`` deltas of every noisy sample (row ``b * n_samples + n``),
             as Captum's NoiseTunnel does.
@@ -93,6 +97,7 @@ def smoothgrad(
     v.check_choice(explainer, "explainer", EXPLAINERS)
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     if return_convergence_delta and explainer != "integrated_gradients":
         raise ValueError(
             f"return_convergence_delta: only integrated_gradients has a convergence "
@@ -107,6 +112,7 @@ def smoothgrad(
             noise="gaussian",
             noise_scales=v.check_scales(stdev, "stdev", len(xs)),
             seed=seed,
+            example_offset=example_offset,
             purpose=PURPOSE_SMOOTHGRAD,
             keep_square=kind != "smoothgrad",
         )

@@ -96,7 +96,7 @@ def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
         return x.index_select(0, row_examples(g0, g1, plan.n_samples, x.device))
     return ops.generate_rows(
         x, None, None, plan.n_samples, plan.noise, plan.noise_scales[i], plan.seed,
-        plan.stream(i), g0, g1 - g0, 0,
+        plan.stream(i), g0, g1 - g0, plan.example_offset,
     )
 
 
@@ -181,7 +181,7 @@ class _Loop:
         rows = ops.generate_rows(
             x, base, self.alphas, plan.n_samples, plan.noise,
             plan.noise_scales[i] if plan.noise != "none" else 0.0,
-            plan.seed, plan.stream(i), r0, n, 0,
+            plan.seed, plan.stream(i), r0, n, plan.example_offset,
         )
         return rows.requires_grad_()
 

@@ -48,6 +48,9 @@ class PointPlan:
     noise: str = "none"  # "none" | "gaussian" | "uniform"
     noise_scales: Tuple[float, ...] = ()  # one stdev / radius per input
     seed: int = 0
+    # Random draws key example b as example_offset + b: its index in a data
+    # set when the caller explains one batch of it (csrc/README.md section 2).
+    example_offset: int = 0
     purpose: int = 0
     sample_transform: str = "grad"
     keep_square: bool = False
