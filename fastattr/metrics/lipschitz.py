@@ -18,9 +18,10 @@ from .sensitivity import Perturbation, PerturbedExplanations, check_radius, flat
 LIPSCHITZ_EPS = 1e-10
 
 
-def lipschitz_values(audit: PerturbedExplanations, perturbation: Perturbation) -> Tensor:
-    """float64 ``[B, n_samples]``: ``||a(x') - a(x)||_2 / (||x' - x||_2 + 1e-10)``,
-    norms over all inputs' elements together."""
+def lipschitz_values(audit: PerturbedExplanations, perturbation: Perturbation,
+                     ord_explanation: float = 2.0, ord_input: float = 2.0) -> Tensor:
+    """float64 ``[B, n_samples]``: ``||a(x') - a(x)|| / (||x' - x|| + 1e-10)``,
+    norms (default 2-norms) over all inputs' elements together."""
     clean, xs = audit.clean, audit.req.inputs
 
     def value(perturbed: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
@@ -28,7 +29,7 @@ def lipschitz_values(audit: PerturbedExplanations, perturbation: Perturbation) -
               for a, c in zip(attrs, clean)]
         dx = [p.to(torch.float64) - x.index_select(0, examples).to(torch.float64)
               for p, x in zip(perturbed, xs)]
-        return flat_norm(da, 2.0) / (flat_norm(dx, 2.0) + LIPSCHITZ_EPS)
+        return flat_norm(da, ord_explanation) / (flat_norm(dx, ord_input) + LIPSCHITZ_EPS)
 
     return audit.sample_values(perturbation, value, needs_inputs=True)
 

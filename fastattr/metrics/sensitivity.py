@@ -94,10 +94,14 @@ class PerturbedExplanations:
     """
 
     def __init__(self, req: Request, was_tuple: bool, clean: Tuple[Tensor, ...],
-                 explain_rows: Optional[ExplainRows]) -> None:
+                 explain_rows: Optional[ExplainRows],
+                 finish: Optional[Callable[[Tuple[Tensor, ...]], Tuple[Tensor, ...]]] = None) -> None:
         # req.plan: the explainer's engine plan when explain_rows is None,
         # else unused (rows are explained by explain_rows).
         self.req, self.was_tuple, self.clean, self.explain_rows = req, was_tuple, clean, explain_rows
+        # Applied to every perturbed explanation before it is compared (e.g.
+        # Quantus's normalise / abs); ``clean`` is given already finished.
+        self.finish = finish
 
     @classmethod
     def prepare(cls, model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: v.TargetType,
@@ -153,12 +157,14 @@ class PerturbedExplanations:
         def perturbed(g0: int, g1: int) -> Tuple[Tensor, ...]:
             return tuple(sample_inputs(noisy, i, g0, g1) for i in range(len(inputs)))
 
+        finish = self.finish or (lambda attrs: attrs)
+
         if total == 0:
             return values.view(self.batch, n)
         if self.explain_rows is None:
             def sink(attrs: Tuple[Tensor, ...], g0: int, g1: int) -> None:
                 xs = perturbed(g0, g1) if needs_inputs else ()
-                values[g0:g1] = sample_value(xs, attrs, row_examples(g0, g1, n, device))
+                values[g0:g1] = sample_value(xs, finish(attrs), row_examples(g0, g1, n, device))
 
             run(dataclasses.replace(noisy, sample_sink=sink))
             return values.view(self.batch, n)
@@ -173,7 +179,7 @@ class PerturbedExplanations:
             xs = perturbed(g0, g1)
             args = rows_args(req.additional_args, batched, examples, g1 - g0)
             attrs = self.explain_rows(xs, rows_target(req.target, examples), args or None)
-            values[g0:g1] = sample_value(xs, attrs, examples)
+            values[g0:g1] = sample_value(xs, finish(attrs), examples)
         return values.view(self.batch, n)
 
 
@@ -196,13 +202,14 @@ def check_attributions(attributions: Any, inputs: Tuple[Tensor, ...], was_tuple:
 
 
 def sensitivity_values(audit: PerturbedExplanations, perturbation: Perturbation, ord: float,
-                       normalize: bool) -> Tensor:
+                       normalize: bool, ord_denominator: Optional[float] = None) -> Tensor:
     """float64 ``[B, n_samples]``: ``||a(x') - a(x)||_ord``, divided by
-    ``||a(x)||_ord`` when ``normalize`` (a zero norm divides by 1, as Captum)."""
+    ``||a(x)||_ord_denominator`` (default ``ord``) when ``normalize`` (a zero
+    norm divides by 1, as Captum)."""
     clean = audit.clean
     scale = None
     if normalize:
-        norms = flat_norm(clean, ord)
+        norms = flat_norm(clean, ord if ord_denominator is None else ord_denominator)
         scale = torch.where(norms == 0, torch.ones_like(norms), norms)
 
     def value(_xs: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:

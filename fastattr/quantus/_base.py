@@ -125,18 +125,22 @@ class QuantusCall:
             a = self.normalise(a)
         return a.abs() if self.abs else a
 
-    def explain(self, x: Tensor, y: Tensor) -> Tensor:
-        """Explanations ``[n, *A]`` of rows ``x`` ``[n, *F]`` for classes ``y``,
-        as Quantus's ``explain_batch`` makes them (explainer, channel expansion,
-        normalise, abs)."""
+    def explain_raw(self, x: Tensor, y: Tensor) -> Tensor:
+        """Explanations ``[n, *A]`` of rows ``x`` ``[n, *F]`` for classes ``y``
+        (int64 ``[n]``), before normalise / abs: the fastattr explainer, or
+        ``explain_func`` on numpy arrays with Quantus's channel expansion."""
         if self.explainer is not None:
             (a,) = self.explainer(self.model, (x,), False, target=y)
-        else:
-            out = self.explain_func(model=self.model, inputs=x.detach().cpu().numpy(),
-                                    targets=y.detach().cpu().numpy(), **self.explain_func_kwargs)
-            a = expand_attribution_channel(_as_tensor(out, "explain_func", x.device), tuple(x.shape),
-                                           "explain_func")
-        return self.finish(a)
+            return a
+        out = self.explain_func(model=self.model, inputs=x.detach().cpu().numpy(),
+                                targets=y.detach().cpu().numpy(), **self.explain_func_kwargs)
+        return expand_attribution_channel(_as_tensor(out, "explain_func", x.device), tuple(x.shape),
+                                          "explain_func")
+
+    def explain(self, x: Tensor, y: Tensor) -> Tensor:
+        """Explanations as Quantus's ``explain_batch`` makes them (explainer,
+        channel expansion, normalise, abs)."""
+        return self.finish(self.explain_raw(x, y))
 
     def clean_attributions(self) -> Tensor:
         """The explanation of ``x``: the caller's ``a_batch`` or, computed here, ``explain(x, y)``."""
