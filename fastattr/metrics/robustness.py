@@ -111,16 +111,15 @@ def loss_gradients(
     return run(req).mean[0]
 
 
-def correct_predictions(
+def predicted_classes(
     model: Callable[..., Tensor], rows_for: Callable[[int, int], Tensor], total: int,
-    labels: Tensor, args: Tuple[Any, ...], like: Tensor,
-    memory_budget: Optional[int], chunk_rows: Optional[int],
+    args: Tuple[Any, ...], like: Tensor, memory_budget: Optional[int], chunk_rows: Optional[int],
 ) -> Tensor:
-    """bool ``[total]``: whether ``argmax model(row r) == labels[r]``, forward-only in budgeted chunks.
+    """int64 ``[total]``: ``argmax model(row r)``, forward-only in budgeted chunks.
 
     Args:
         rows_for: ``rows_for(r0, r1)`` gives rows ``r0 .. r1-1`` ``[r1 - r0, *F]``.
-        labels: int64 ``[total]``; args: extra model arguments, batched ones ``[total, ...]``.
+        args: extra model arguments, batched ones ``[total, ...]``.
         like: one row ``[1, *F]`` (size, device).
     """
     device = like.device
@@ -128,28 +127,32 @@ def correct_predictions(
     row_bytes = like[0].numel() * like.element_size()
     chunk = _budget.rows_per_chunk(budget, row_bytes, None, total, chunk_rows)
     batched = per_example_flags(args)
-    out = torch.empty(total, dtype=torch.bool, device=device)
+    out = torch.empty(total, dtype=torch.int64, device=device)
     with torch.no_grad():
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
             rows_idx = torch.arange(r0, r1, device=device)
-            logits = model(rows_for(r0, r1), *rows_args(args, batched, rows_idx, r1 - r0))
-            out[r0:r1] = logits.argmax(dim=1) == labels[r0:r1]
+            out[r0:r1] = model(rows_for(r0, r1), *rows_args(args, batched, rows_idx, r1 - r0)).argmax(dim=1)
     return out
 
 
-def check_labels_in_range(model: Callable[..., Tensor], x: Tensor, labels: Tensor, args: Tuple[Any, ...]) -> None:
-    """Check the model returns class scores ``[n, C]`` and every label is a
-    class, from a forward of the first example only (before any attack compute)."""
+def class_count(model: Callable[..., Tensor], x: Tensor, args: Tuple[Any, ...]) -> int:
+    """The ``C`` of the model's class scores ``[n, C]``, from a forward of the
+    first example only (so bad labels fail before any attack compute)."""
+    first = torch.zeros(1, dtype=torch.int64, device=x.device)
     with torch.no_grad():
-        first = torch.zeros(1, dtype=torch.int64, device=x.device)
         logits = model(x[:1], *rows_args(args, per_example_flags(args), first, 1))
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != 1 or not logits.is_floating_point():
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"model output: expected floating class scores [n, C] for n rows, got {got} for 1 row")
+    return logits.shape[1]
+
+
+def check_labels_in_range(labels: Tensor, n_classes: int) -> None:
+    """Every label ``[B]`` is one of the ``n_classes`` classes."""
     lo, hi = torch.stack(torch.aminmax(labels)).tolist()
-    if lo < 0 or hi >= logits.shape[1]:
-        raise ValueError(f"labels: expected classes in [0, {logits.shape[1]}), got {lo if lo < 0 else hi}")
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels: expected classes in [0, {n_classes}), got {lo if lo < 0 else hi}")
 
 
 def _repeat_args(args: Tuple[Any, ...], times: int, interleave: bool) -> Tuple[Any, ...]:
@@ -163,7 +166,7 @@ def _repeat_args(args: Tuple[Any, ...], times: int, interleave: bool) -> Tuple[A
     )
 
 
-def _project(rows: Tensor, center: Tensor, radius: Tensor, clamp: Clamp) -> Tensor:
+def project(rows: Tensor, center: Tensor, radius: Union[float, Tensor], clamp: Clamp) -> Tensor:
     """Rows moved into the L-infinity ball ``|rows - center| <= radius`` and the valid range."""
     rows = torch.minimum(torch.maximum(rows, center - radius), center + radius)
     return rows if clamp is None else rows.clamp(clamp[0], clamp[1])
@@ -211,7 +214,7 @@ def fgsm_accuracy(
     args = v.format_additional_args(additional_forward_args, batch)
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
     cap = v.check_optional_positive_int(chunk_rows, "chunk_rows")
-    check_labels_in_range(model, x, y, args)
+    check_labels_in_range(y, class_count(model, x, args))
     n_eps = len(eps)
     direction = loss_gradients(_CrossEntropy(model), x, y, args, budget, cap).sign()
     radii = torch.tensor(eps, dtype=x.dtype, device=x.device)
@@ -225,10 +228,10 @@ def fgsm_accuracy(
         return rows if clamp is None else rows.clamp(clamp[0], clamp[1])
 
     total = n_eps * batch
-    correct = correct_predictions(
-        model, rows_for, total, y.repeat(n_eps), _repeat_args(args, n_eps, interleave=False),
-        x[:1], budget, cap,
-    ).view(n_eps, batch)
+    predicted = predicted_classes(
+        model, rows_for, total, _repeat_args(args, n_eps, interleave=False), x[:1], budget, cap,
+    )
+    correct = (predicted == y.repeat(n_eps)).view(n_eps, batch)
     adversarial = rows_for(0, total).view(n_eps, *x.shape) if return_adversarial else None
     return AttackAccuracy(correct.to(torch.float64).mean(1), correct, adversarial)
 
@@ -283,7 +286,7 @@ def pgd_accuracy(
     args = v.format_additional_args(additional_forward_args, batch)
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
     cap = v.check_optional_positive_int(chunk_rows, "chunk_rows")
-    check_labels_in_range(model, x, y, args)
+    check_labels_in_range(y, class_count(model, x, args))
     n_eps = len(eps)
     # Trajectories are example-major: row b * E + e is example b at radius e,
     # the order generate_rows keys as (example b, sample e).
@@ -298,15 +301,14 @@ def pgd_accuracy(
             x.new_zeros(1, *x.shape[1:]).expand_as(x), None, None, n_eps, "uniform", 1.0,
             seed, PURPOSE_ATTACK * 65536, 0, batch * n_eps, 0,
         )
-        adv = _project(center + radius * z, center, radius, clamp)
+        adv = project(center + radius * z, center, radius, clamp)
     else:
         adv = center if clamp is None else center.clamp(clamp[0], clamp[1])
     loss_model = _CrossEntropy(model)
     for _ in range(n_steps):
         grad = loss_gradients(loss_model, adv, row_labels, row_args, budget, cap)
-        adv = _project(adv + steps * grad.sign(), center, radius, clamp)
-    correct = correct_predictions(
-        model, lambda r0, r1: adv[r0:r1], batch * n_eps, row_labels, row_args, x[:1], budget, cap,
-    ).view(batch, n_eps).T
+        adv = project(adv + steps * grad.sign(), center, radius, clamp)
+    predicted = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch * n_eps, row_args, x[:1], budget, cap)
+    correct = (predicted == row_labels).view(batch, n_eps).T
     adversarial = adv.view(batch, n_eps, *x.shape[1:]).transpose(0, 1) if return_adversarial else None
     return AttackAccuracy(correct.to(torch.float64).mean(1), correct, adversarial)
