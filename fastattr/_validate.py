@@ -222,7 +222,11 @@ def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int
     else:
         if target.numel() == 0:
             return
-        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one device sync
+        lo_t, hi_t = torch.aminmax(target)
+        if target.is_cuda:  # one device sync instead of two
+            lo, hi = torch.stack((lo_t, hi_t)).tolist()
+        else:
+            lo, hi = int(lo_t), int(hi_t)
     if lo < -n_outputs or hi >= n_outputs:
         raise ValueError(
             f"target: class index out of range for a model with {n_outputs} outputs "
