@@ -72,7 +72,8 @@ def randomized_models(
 ) -> Iterator[Tuple[str, nn.Module]]:
     """``(layer, model copy)`` per step: ``cascading`` randomizes ``layers``
     from the last one backwards, cumulatively; ``independent`` randomizes
-    each alone, in the given order. One deep copy serves every step (it is
+    each alone, in the given order (the previous layer's parameters and
+    buffers restored first). One deep copy serves every step (it is
     yielded again, changed: use it before the next step)."""
     index = {name: i for i, (name, _) in enumerate(model.named_modules())}
     twin = copy.deepcopy(model)
@@ -82,13 +83,18 @@ def randomized_models(
     previous: Optional[str] = None
     for name in steps:
         if order == "independent" and previous is not None:
-            with torch.no_grad():
-                for p_twin, p in zip(twin_modules[previous].parameters(recurse=False),
-                                     originals[previous].parameters(recurse=False)):
-                    p_twin.copy_(p)
+            _restore(twin_modules[previous], originals[previous])
         randomize(name, twin_modules[name], index[name])
         previous = name
         yield name, twin
+
+
+def _restore(twin: nn.Module, original: nn.Module) -> None:
+    """Copy a module's own parameters and buffers back from the original."""
+    with torch.no_grad():
+        for t_twin, t in zip([*twin.parameters(recurse=False), *twin.buffers(recurse=False)],
+                             [*original.parameters(recurse=False), *original.buffers(recurse=False)]):
+            t_twin.copy_(t)
 
 
 def _check_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str]:
