@@ -37,7 +37,7 @@ class Curve(NamedTuple):
     auc: Tensor  # float64 [B]: trapezoidal area under ``values``
 
 
-def _softmax_outputs(model: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def softmax_outputs(model: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``model`` followed by a softmax over its classes (dim 1)."""
 
     def probabilities(*args: Any) -> Tensor:
@@ -57,7 +57,7 @@ def descending_order(attributions: Tensor) -> Tensor:
     return torch.sort(flat, dim=1, descending=True, stable=True).indices
 
 
-def _ranks(order: Tensor) -> Tensor:
+def ranks_of(order: Tensor) -> Tensor:
     """``[B, Fa]``: the rank of each element in ``order`` (its inverse
     permutation), int32 where it fits (a chunk gathers one row per point)."""
     dtype = torch.int32 if order.shape[1] < 2**31 else torch.int64
@@ -66,18 +66,22 @@ def _ranks(order: Tensor) -> Tensor:
     return ranks.scatter_(1, order, positions.expand(order.shape))
 
 
-class _ReplacedRows:
+class ReplacedRows:
     """``rows_for`` of :func:`forward_rows`: row ``b * K + k`` is ``source[b]``
     with the features of rank ``< counts[k]`` replaced by ``fill[b]``.
 
-    ``fill`` is ``[1 or B, *F]``, or, per replacement step, a table ``[B, T]``
-    whose value ``[b, rank // step_size]`` fills an element of that rank.
+    ``ranks`` ``[B, Fa]`` (any integers: equal ranks move together) and
+    ``counts`` int64 ``[K]``. ``fill`` is ``[1 or B, *F]``, or, per
+    replacement step, a table ``[B, T]`` whose value
+    ``[b, rank // step_size + fill_offsets[k]]`` fills an element of that rank
+    at point ``k`` (``fill_offsets`` int64 ``[K]``, default 0).
     """
 
     def __init__(self, source: Tensor, fill: Tensor, ranks: Tensor, feature_shape: Tuple[int, ...],
-                 counts: Tensor, step_size: int = 0):
+                 counts: Tensor, step_size: int = 0, fill_offsets: Optional[Tensor] = None):
         self.source, self.fill, self.ranks = source, fill, ranks
         self.feature_shape, self.counts, self.step_size = feature_shape, counts, step_size
+        self.fill_offsets = fill_offsets
         self.points = counts.shape[0]
 
     def __call__(self, r0: int, r1: int) -> Tuple[Tensor]:
@@ -87,7 +91,10 @@ class _ReplacedRows:
         points = torch.arange(r0, r1, device=self.source.device) % self.points
         replaced = (ranks < self.counts.index_select(0, points).unsqueeze(1)).view(n, *self.feature_shape)
         if self.step_size:
-            fill = self.fill.index_select(0, examples).gather(1, (ranks // self.step_size).long())
+            steps = (ranks // self.step_size).long()
+            if self.fill_offsets is not None:
+                steps += self.fill_offsets.index_select(0, points).unsqueeze(1)
+            fill = self.fill.index_select(0, examples).gather(1, steps)
             fill = fill.view(n, *self.feature_shape)
         else:
             fill = self.fill if self.fill.shape[0] == 1 else self.fill.index_select(0, examples)
@@ -114,7 +121,7 @@ def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, tar
     else:
         (attrs,) = resolve_attributions(attributions, model, (x,), False, target, additional_forward_args,
                                         explainer_kwargs, memory_budget)
-    evaluated = _softmax_outputs(model) if output == "probability" else model
+    evaluated = softmax_outputs(model) if output == "probability" else model
     return x, attrs, fmt_target, args, evaluated, memory_budget, chunk_rows
 
 
@@ -178,8 +185,8 @@ def _fraction_counts(n_features: int, n_steps: Any, device: torch.device) -> Ten
     return torch.arange(n_steps + 1, dtype=torch.int64, device=device) * n_features // n_steps
 
 
-def _curve(model: Callable[..., Tensor], rows: _ReplacedRows, x: Tensor, target: Any, args: Tuple[Any, ...],
-           memory_budget: Optional[int], chunk_rows: Optional[int]) -> Tensor:
+def curve_outputs(model: Callable[..., Tensor], rows: ReplacedRows, x: Tensor, target: Any, args: Tuple[Any, ...],
+                  memory_budget: Optional[int], chunk_rows: Optional[int]) -> Tensor:
     """float64 ``[B, K]``: the target output of every row of ``rows``."""
     b, k = x.shape[0], rows.points
     out = forward_rows(model, rows, b * k, k, (x,), target, args, memory_budget, chunk_rows)
@@ -194,9 +201,9 @@ def _fraction_curve(remove: bool, model, inputs, attributions, target, n_steps, 
         memory_budget, chunk_rows)
     counts = _fraction_counts(attrs[0].numel(), n_steps, x.device)
     base = _baseline_tensor(baseline, x, blur_sigma, blur_kernel_size)
-    ranks = _ranks(descending_order(attrs))
+    ranks = ranks_of(descending_order(attrs))
     source, fill = (x, base) if remove else (base, x)
-    values = _curve(evaluated, _ReplacedRows(source, fill, ranks, tuple(attrs.shape[1:]), counts),
+    values = curve_outputs(evaluated, ReplacedRows(source, fill, ranks, tuple(attrs.shape[1:]), counts),
                     x, target, args, memory_budget, chunk_rows)
     fractions = counts.to(torch.float64) / attrs[0].numel()
     return Curve(values, torch.trapezoid(values, fractions, dim=1))
@@ -349,7 +356,7 @@ def pixel_flipping(
                          f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
     elif not torch.equal(order.sort(dim=1).values.cpu(), torch.arange(n_features).expand(order.shape)):
         raise ValueError(f"order: each row must be a permutation of 0 .. {n_features - 1}")
-    rows = _ReplacedRows(x, fill, _ranks(order.to(x.device)), tuple(x.shape[1:]), counts,
+    rows = ReplacedRows(x, fill, ranks_of(order.to(x.device)), tuple(x.shape[1:]), counts,
                          step if per_step else 0)
-    values = _curve(evaluated, rows, x, target, args, memory_budget, chunk_rows)
+    values = curve_outputs(evaluated, rows, x, target, args, memory_budget, chunk_rows)
     return Curve(values, torch.trapezoid(values, dx=1.0, dim=1))
