@@ -9,7 +9,7 @@ computations (float64).
 """
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
@@ -200,3 +200,29 @@ def test_names_and_queries_match_captum() -> None:
         assert ours.has_convergence_delta() == theirs.has_convergence_delta(), name
         assert ours.multiplies_by_inputs == theirs.multiplies_by_inputs, name
         assert ours.forward_func is case.model
+
+
+def _wrapped(module: Any, name: str, model: torch.nn.Module) -> Any:
+    if name in ("LayerGradCam", "GuidedGradCam"):
+        return getattr(module, name)(model, model.conv2)
+    if name == "LayerIntegratedGradients":
+        return getattr(module, name)(model, model.conv1)
+    return getattr(module, name)(model)
+
+
+@pytest.mark.parametrize("name", ["GuidedBackprop", "Deconvolution", "DeepLift", "LRP", "LayerGradCam",
+                                  "GuidedGradCam", "LayerIntegratedGradients"])
+def test_noise_tunnel_wraps_every_method(backend: str, name: str) -> None:
+    """NoiseTunnel over each drop-in class equals Captum's NoiseTunnel over
+    Captum's class, given the same noise."""
+    case = _case("conv")
+    kw: Dict[str, Any] = dict(target=case.target, nt_type="smoothgrad_sq", nt_samples=3,
+                              nt_samples_batch_size=2, stdevs=0.1)
+    if name == "LayerIntegratedGradients":
+        kw["n_steps"] = 4
+    ours = fastattr.captum.NoiseTunnel(_wrapped(fastattr.captum, name, case.model)).attribute(case.inputs, **kw)
+    inner = _wrapped(captum.attr, name, case.model)
+    with captum_uses_noise(_partitioned_noise(case, 3, 2, (0.1,))):
+        theirs = captum.attr.NoiseTunnel(inner).attribute(case.inputs, **kw)
+    tol = TOL_IG if name == "LayerIntegratedGradients" else 1e-13
+    assert_same_attr(ours, theirs, tol, f"NoiseTunnel({name})")
