@@ -1,0 +1,6 @@
+"""``python -m fastattr audit ...``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

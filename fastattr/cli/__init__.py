@@ -1,0 +1,26 @@
+"""The ``fastattr`` command line (``fastattr audit ...`` or ``python -m fastattr audit ...``)."""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+_USAGE = "usage: fastattr audit [options]   (fastattr audit --help for the options)"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a ``fastattr`` subcommand; the process exit status (2 for bad input)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0 if args else 2
+    if args[0] != "audit":
+        print(f"fastattr: unknown command {args[0]!r}\n{_USAGE}", file=sys.stderr)
+        return 2
+    from .audit import run_audit
+    from .config import AuditError
+
+    try:
+        return run_audit(args[1:])
+    except AuditError as e:
+        print(f"fastattr audit: error: {e}", file=sys.stderr)
+        return 2

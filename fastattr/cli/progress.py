@@ -1,0 +1,44 @@
+"""A one-line progress bar on stderr: examples done, examples/s, ETA."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+
+class Progress:
+    """Redrawn in place on a terminal; one line every ``every_s`` seconds otherwise."""
+
+    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream: Optional[TextIO] = None,
+                 every_s: float = 2.0) -> None:
+        self.total, self.start_done, self.done, self.quiet = total, done, done, quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self.t0 = time.perf_counter()
+        self.last = -float("inf")
+
+    def update(self, done: int) -> None:
+        """Set the number of examples done (all ranks together) and redraw if due."""
+        self.done = done
+        now = time.perf_counter()
+        if not self.quiet and (self.tty or now - self.last >= self.every_s or done >= self.total):
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.t0, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        left = self.total - self.done
+        eta = f"{left / rate:6.0f}s" if rate > 0 else "     ?"
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"audit [{bar}] {self.done}/{self.total} examples  {rate:7.1f} ex/s  ETA {eta}"
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.quiet and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
