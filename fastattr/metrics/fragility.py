@@ -65,7 +65,8 @@ class SoftplusForReLU(TorchFunctionMode):
             func is F.relu and (kwargs.get("inplace", False) or (len(args) > 1 and args[1]))
         )
         if in_place:
-            return args[0].copy_(F.softplus(args[0], beta=self.beta))
+            # softplus saves its input for backward: give it a copy, not the tensor overwritten here.
+            return args[0].copy_(F.softplus(args[0].clone(), beta=self.beta))
         if func in self._OUT_OF_PLACE:
             return F.softplus(args[0], beta=self.beta)
         return func(*args, **kwargs)
@@ -152,6 +153,7 @@ def fragility(
     return_attacked: bool = False,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> FragilityResult:
     """Ghorbani et al.'s iterative feature-importance attack and how much of
     the explanation it leaves.
@@ -185,6 +187,8 @@ def fragility(
             default, channel dim 0 of ``F`` when ``F`` has three dims
             ``[C, H, W]``, none otherwise; None: never).
         seed, random_start: key and use of the random start.
+        example_offset: example ``b``'s start is keyed as example
+            ``example_offset + b`` (its index in a data set attacked batch by batch).
         clamp: valid input range ``(low, high)`` or None.
         return_attacked: also return the kept attacked inputs ``[B, *F]``.
         memory_budget, chunk_rows: bytes per chunk and an optional row cap.
@@ -208,6 +212,7 @@ def fragility(
     v.check_choice(objective, "objective", OBJECTIVES)
     beta = _check_step(softplus_beta, "softplus_beta", allow_none=False)
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     clamp = check_clamp(clamp)
     if channel_dim == -1:
         channel_dim = 1 if x.dim() == 4 else None
@@ -277,7 +282,7 @@ def fragility(
         return g
 
     if random_start:
-        z = ops.generate_rows(x, None, None, 1, "uniform", epsilon, seed, PURPOSE_ATTACK * 65536, 0, batch, 0)
+        z = ops.generate_rows(x, None, None, 1, "uniform", epsilon, seed, PURPOSE_ATTACK * 65536, 0, batch, example_offset)
         adv = project(z, x, epsilon, clamp)
     else:
         adv = x if clamp is None else x.clamp(clamp[0], clamp[1])

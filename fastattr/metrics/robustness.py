@@ -250,6 +250,7 @@ def pgd_accuracy(
     return_adversarial: bool = False,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> AttackAccuracy:
     """Accuracy under projected gradient descent (L-infinity, Madry et al.) at each radius.
 
@@ -267,6 +268,8 @@ def pgd_accuracy(
         step_size: the step, the same for every radius; None: ``2.5 * eps / n_steps`` per radius.
         seed: key of the random start (int >= 0).
         random_start: start at a keyed random point of the ball.
+        example_offset: example ``b``'s start is keyed as example
+            ``example_offset + b`` (its index in a data set attacked batch by batch).
 
     Returns:
         :class:`AttackAccuracy`: ``accuracy`` float64 ``[E]``, ``correct``
@@ -282,6 +285,7 @@ def pgd_accuracy(
     ):
         raise ValueError(f"step_size: expected None or a finite number > 0, got {step_size!r}")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     clamp = check_clamp(clamp)
     args = v.format_additional_args(additional_forward_args, batch)
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
@@ -299,7 +303,7 @@ def pgd_accuracy(
     if random_start:
         z = ops.generate_rows(
             x.new_zeros(1, *x.shape[1:]).expand_as(x), None, None, n_eps, "uniform", 1.0,
-            seed, PURPOSE_ATTACK * 65536, 0, batch * n_eps, 0,
+            seed, PURPOSE_ATTACK * 65536, 0, batch * n_eps, example_offset,
         )
         adv = project(center + radius * z, center, radius, clamp)
     else:
