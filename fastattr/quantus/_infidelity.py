@@ -38,6 +38,18 @@ def patch_map(height: int, width: int, patch: int, device: torch.device) -> Tens
     return rows.unsqueeze(1) * (width // patch) + cols.unsqueeze(0)
 
 
+def explanation_like(call: QuantusCall) -> Tensor:
+    """The clean explanation broadcast to ``x_batch``'s shape ``[B, *F]``, as
+    Quantus's ``np.broadcast_to(a_batch, x_batch.shape)``."""
+    a, x = call.clean_attributions(), call.x
+    try:
+        return a.expand(x.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"a_batch: explanations of shape {tuple(a.shape)} do not broadcast to x_batch's {tuple(x.shape)}"
+        ) from None
+
+
 class Infidelity(QuantusMetric):
     """Quantus's ``Infidelity`` (Yeh et al. 2019, square-patch perturbations).
 
@@ -112,7 +124,7 @@ class Infidelity(QuantusMetric):
                     f"({height} x {width}); Quantus fails on such sizes too"
                 )
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
-        attrs = call.clean_attributions().expand(x.shape)
+        attrs = explanation_like(call)
         model = softmax_outputs(call.model) if call.softmax else call.model
         batch = x.shape[0]
         clean = forward_rows(model, lambda r0, r1: (x[r0:r1],), batch, 1, (x,), call.y, (),

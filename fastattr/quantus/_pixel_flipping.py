@@ -17,6 +17,7 @@ from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
 from ..metrics.deletion import pixel_flipping
 from ._base import QuantusCall, QuantusMetric, quantus_function_name
+from ._infidelity import explanation_like
 
 _BASELINES = ("black", "white", "uniform")
 
@@ -107,7 +108,7 @@ class PixelFlipping(QuantusMetric):
         self.custom_checks(call)
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
         x = call.x
-        attrs = call.clean_attributions().expand(x.shape)
+        attrs = explanation_like(call)
         flat = attrs.reshape(x.shape[0], -1).detach().cpu().numpy()
         order = torch.from_numpy(np.argsort(-flat, axis=1)).to(device=x.device, dtype=torch.int64)
         curve = pixel_flipping(
