@@ -28,7 +28,7 @@ Model = Callable[..., Tensor]
 def parse_config(argv: Sequence[str], groups: Sequence[Group]) -> Optional[AuditConfig]:
     """The run's configuration (None when only a listing was asked for and printed)."""
     names = metric_names(groups)
-    args = build_parser(tuple(METHODS), names, DEFAULT_METHODS, names).parse_args(list(argv))
+    args = build_parser(tuple(METHODS), names, DEFAULT_METHODS, metric_names(groups, True)).parse_args(list(argv))
     if args.methods == ("list",) or args.metrics == ("list",):
         listed = METHODS if args.methods == ("list",) else names
         print("\n".join(listed))
@@ -123,9 +123,8 @@ def audit_batch(model: Model, x: Tensor, y: Tensor, offset: int, config: AuditCo
         for k, t in values.columns.items():
             if k in wanted:
                 (into.setdefault(k, []).append(t) if stacked else into.__setitem__(k, t))
-        for k, t in values.curves.items():
-            if k.split(":")[0] in wanted:
-                curves.setdefault(k, []).append(t)
+        for k, t in values.curves.items():  # curves of a computed group: it was asked for
+            curves.setdefault(k, []).append(t)
 
     for g in groups:
         if not g.per_method and set(g.metrics) & wanted:
@@ -204,6 +203,10 @@ def _prepare(config: AuditConfig, groups: Sequence[Group], ranks: Ranks, device:
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
     check_model_fits(model, data, device)
+    needing = [n for g in groups if g.needs_module for n in g.metrics if n in config.metrics]
+    if needing and not isinstance(model, torch.nn.Module):
+        raise AuditError(f"--metrics: {', '.join(needing)} randomizes parameters and needs an nn.Module model "
+                         f"(--model module:factory), not a {type(model).__name__}")
     return model, data, run_record(config, data, identity, groups, device)
 
 

@@ -88,7 +88,8 @@ def build_parser(methods: Sequence[str], metrics: Sequence[str], default_methods
                    help=f"comma-separated explanation methods, from: {', '.join(methods)} "
                         f"(default: {','.join(default_methods)}); 'list' prints them")
     p.add_argument("--metrics", type=_names, default=tuple(default_metrics),
-                   help=f"comma-separated metrics, from: {', '.join(metrics)} (default: all); 'list' prints them")
+                   help=f"comma-separated metrics, from: {', '.join(metrics)} (default: {','.join(default_metrics)}); "
+                        f"'list' prints them")
     p.add_argument("--out", default="audit-out", help="output folder (default: ./audit-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -48,6 +48,8 @@ class Group:
     settings: Dict[str, Any]
     higher_is_better: Dict[str, bool]  # per metric: which way methods/models rank
     curves: Dict[str, str] = dataclasses.field(default_factory=dict)  # curve name -> its x-axis label
+    needs_module: bool = False  # works on an nn.Module only (not TorchScript)
+    by_default: bool = True  # run without --metrics (the fragility attack is costly: on request only)
 
 
 _RADIUS = 0.05
@@ -62,20 +64,33 @@ def _explainer_kwargs(ctx: BatchContext, method: str) -> Tuple[str, Dict[str, An
     return m.explainer, m.options(ctx.x, ctx.seed, ctx.offset)
 
 
-def _sensitivity_group(module: Any) -> Group:
-    # max and avg over the same per-sample values: one perturbed-explanation run for both
+_EPS_MIN = 1e-6
+
+
+def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
+    # max/avg sensitivity and relative input stability share their keyed
+    # L-inf perturbations: one pass of perturbed explanations for all three
+    from .shared_samples import SharedSamples
+
+    names = ("max_sensitivity", "avg_sensitivity") + (("relative_input_stability",) if stability else ())
+
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         explainer, kwargs = _explainer_kwargs(ctx, method)
-        samples = module._sensitivity(
-            ctx.model, ctx.x, ctx.pred, explainer, kwargs, _RADIUS, _SAMPLES, "fro", True, ctx.seed,
-            None, attrs, ctx.memory_budget, None,
-        )
-        return Values({"max_sensitivity": samples.amax(1), "avg_sensitivity": samples.mean(1)})
+        shared = SharedSamples(sensitivity.PerturbedExplanations.prepare(
+            ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None))
+        perturbation = sensitivity.Perturbation("uniform", (_RADIUS,), _SAMPLES, ctx.seed)
+        sens = sensitivity.sensitivity_values(shared, perturbation, sensitivity.check_norm("fro"), True)
+        stab = stability.stability_values(shared, perturbation, 2.0, _EPS_MIN) if stability else None
+        shared.run()
+        columns = {"max_sensitivity": sens.amax(1), "avg_sensitivity": sens.mean(1)}
+        if stab is not None:
+            columns["relative_input_stability"] = stab.amax(1)
+        return Values(columns)
 
-    return Group(("max_sensitivity", "avg_sensitivity"), True, compute,
-                 {"radius": _RADIUS, "n_samples": _SAMPLES, "norm": "fro", "normalize": True,
-                  "perturbation": "uniform L-inf ball"},
-                 {"max_sensitivity": False, "avg_sensitivity": False})
+    settings = {"radius": _RADIUS, "n_samples": _SAMPLES, "perturbation": "uniform L-inf ball",
+                "sensitivity_norm": "fro", "sensitivity_normalize": True, "stability_norm": 2.0,
+                "stability_eps_min": _EPS_MIN}
+    return Group(names, True, compute, settings, {n: False for n in names})
 
 
 def _infidelity_group(module: Any) -> Group:
@@ -108,6 +123,76 @@ def _attack_groups(module: Any) -> List[Group]:
     ]
 
 
+def _perturbation_group(module: Any, function: str, settings: Dict[str, Any]) -> Group:
+    # Lipschitz and relative input stability: a max over keyed perturbed explanations, like sensitivity
+    def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
+        explainer, kwargs = _explainer_kwargs(ctx, method)
+        value = getattr(module, function)(ctx.model, ctx.x, ctx.pred, explainer, kwargs, seed=ctx.seed,
+                                          attributions=attrs, memory_budget=ctx.memory_budget, **settings)
+        return Values({function: value})
+
+    return Group((function,), True, compute, dict(settings), {function: False})
+
+
+_CURVE_STEPS = 16
+
+
+def _deletion_groups(module: Any) -> List[Group]:
+    def curve(name: str, fn: Callable[..., Any], baseline: Any) -> Compute:
+        def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
+            c = fn(ctx.model, ctx.x, attrs, target=ctx.pred, n_steps=_CURVE_STEPS, baseline=baseline,
+                   memory_budget=ctx.memory_budget)
+            return Values({f"{name}_auc": c.auc}, {name: c.values})
+        return compute
+
+    return [
+        Group(("deletion_auc",), True, curve("deletion", module.deletion_curve, 0.0),
+              {"n_steps": _CURVE_STEPS, "baseline": 0.0, "output": "probability"}, {"deletion_auc": False},
+              {"deletion": "fraction of features removed"}),
+        Group(("insertion_auc",), True, curve("insertion", module.insertion_curve, "blur"),
+              {"n_steps": _CURVE_STEPS, "baseline": "blur", "output": "probability"}, {"insertion_auc": True},
+              {"insertion": "fraction of features inserted"}),
+    ]
+
+
+_FRAGILITY_EPS = 0.05
+
+
+def _fragility_group(module: Any) -> Group:
+    def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
+        explainer, kwargs = _explainer_kwargs(ctx, method)
+        if explainer not in module.DIFFERENTIABLE:  # the attack differentiates the explanation
+            nan = torch.full((ctx.x.shape[0],), float("nan"), dtype=torch.float64, device=ctx.x.device)
+            return Values({"fragility_topk": nan, "fragility_spearman": nan})
+        r = module.fragility(ctx.model, ctx.x, ctx.pred, explainer, kwargs, epsilon=_FRAGILITY_EPS,
+                             seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+        return Values({"fragility_topk": r.top_k_intersection, "fragility_spearman": r.spearman})
+
+    return Group(("fragility_topk", "fragility_spearman"), True, compute,
+                 {"epsilon": _FRAGILITY_EPS, "n_steps": 10, "k": "10% of the features", "objective": "topk",
+                  "explainers": list(module.DIFFERENTIABLE)},
+                 {"fragility_topk": True, "fragility_spearman": True}, by_default=False)
+
+
+def _randomization_group(module: Any) -> Group:
+    # The per-example value is the mean over cascading steps; the per-step values are the sanity-check curve.
+    def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
+        explainer, kwargs = _explainer_kwargs(ctx, method)
+        r = module.model_randomization(ctx.model, ctx.x, ctx.pred, explainer, kwargs, seed=ctx.seed,
+                                       ssim_win_size=_ssim_window(ctx.x), memory_budget=ctx.memory_budget)
+        return Values({"randomization_spearman": r.spearman.mean(0)}, {"randomization_spearman": r.spearman.T})
+
+    return Group(("randomization_spearman",), True, compute,
+                 {"order": "cascading", "similarity": "spearman of |a|", "reduction": "mean over steps"},
+                 {"randomization_spearman": False}, {"randomization_spearman": "layers randomized (top first)"},
+                 needs_module=True)
+
+
+def _ssim_window(x: Tensor) -> int:
+    features = x[0].numel()
+    return 7 if features >= 7 else max(3, features - (1 - features % 2))
+
+
 def _installed(module: str) -> Optional[Any]:
     try:
         return importlib.import_module(f"fastattr.metrics.{module}")
@@ -119,8 +204,13 @@ def available_groups() -> List[Group]:
     """The groups whose ``fastattr.metrics`` module is installed, in report order."""
     groups: List[Group] = []
     builders: Sequence[Tuple[str, Callable[[Any], Any]]] = (
-        ("sensitivity", _sensitivity_group),
+        ("sensitivity", lambda m: _ball_group(m, _installed("stability"))),
         ("infidelity", _infidelity_group),
+        ("lipschitz", lambda m: _perturbation_group(m, "local_lipschitz_estimate",
+                                                    {"std": _INFIDELITY_STDEV, "n_samples": _SAMPLES})),
+        ("deletion", _deletion_groups),
+        ("fragility", _fragility_group),
+        ("randomization", _randomization_group),
         ("robustness", _attack_groups),
     )
     for module_name, build in builders:
@@ -131,5 +221,5 @@ def available_groups() -> List[Group]:
     return groups
 
 
-def metric_names(groups: Sequence[Group]) -> Tuple[str, ...]:
-    return tuple(n for g in groups for n in g.metrics)
+def metric_names(groups: Sequence[Group], defaults_only: bool = False) -> Tuple[str, ...]:
+    return tuple(n for g in groups if g.by_default or not defaults_only for n in g.metrics)
