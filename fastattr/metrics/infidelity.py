@@ -26,6 +26,7 @@ PerturbFunc = Callable[..., Tuple[v.TensorOrTuple, v.TensorOrTuple]]
 
 
 def check_model(model: Any) -> None:
+    """A TypeError naming ``model`` unless it is callable."""
     if not callable(model):
         raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
 
