@@ -119,7 +119,7 @@ def test_against_reference(name: str, model: str) -> None:
 @pytest.mark.parametrize("name", sorted(METRICS))
 def test_float32_against_reference(name: str) -> None:
     """float32 inputs: within 1e-4 relative of the float64 definition
-    (measured <= 2e-5 on the conv net; perturbations rounded to float32 differ
+    (measured <= 5e-6 on the conv net; perturbations rounded to float32 differ
     from the float64 ones by an ulp)."""
     fn, kind, scale_name, scale, reduce = METRICS[name]
     case32, case64 = _case("conv", torch.float32), _case("conv", torch.float64)
@@ -242,8 +242,7 @@ def test_captum_sensitivity_max(model: str, method: str) -> None:
 def test_captum_statistics_and_default_perturb_func() -> None:
     """Random perturbations: the mean sensitivity over 400 of Captum's draws
     (its default_perturb_func, examples repeated, one sample each) and over
-    400 keyed ones agree within 5% (measured <= 1.5%; the standard error is
-    about 1%); default_perturb_func is sample 0 of the keyed draws."""
+    400 keyed ones agree within 5% (measured 0.6%); default_perturb_func is sample 0 of the keyed draws."""
     case = _case("mlp", torch.float64)
     expl = ca.Saliency(case.model).attribute
     n = 400
@@ -324,7 +323,8 @@ def test_quantus_identical_perturbations(cls: str, batch: int) -> None:
 
 def test_quantus_statistics_and_options() -> None:
     """Random perturbations: AvgSensitivity over 200 samples within 10% of
-    Quantus's (measured <= 3%); a_batch, tensors, return_aggregate, channel-last input."""
+    Quantus's (measured 5.2%: Quantus's
+    mean over 200 of its own draws has a standard error of a few percent); a_batch, tensors, return_aggregate, channel-last input."""
     case = _case("conv", torch.float32)
     x, y = case.inputs.numpy(), np.array(case.target)
     np.random.seed(0)

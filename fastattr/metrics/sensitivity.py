@@ -34,8 +34,9 @@ from ._explain import Explainer, ExplainerType
 Norm = Union[str, float]
 # (perturbed inputs [g, *F_i], their attributions [g, *A_i], examples int64 [g]) -> float64 [g]
 SampleValue = Callable[[Tuple[Tensor, ...], Tuple[Tensor, ...], Tensor], Tensor]
-# (perturbed inputs [g, *F_i], target of each row, additional args of each row) -> attributions [g, *A_i]
-ExplainRows = Callable[[Tuple[Tensor, ...], Any, Any], Tuple[Tensor, ...]]
+# (perturbed inputs [g, *F_i], target of each row, additional args of each row,
+#  example of each row int64 [g]) -> attributions [g, *A_i]
+ExplainRows = Callable[[Tuple[Tensor, ...], Any, Any, Tensor], Tuple[Tensor, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,12 +124,11 @@ class PerturbedExplanations:
         else:
             clean = exp(req.model, req.inputs, was_tuple, target=req.target,
                         additional_forward_args=additional_forward_args, memory_budget=memory_budget)
-        explain_rows = None
-        if exp.engine_name is None:
-            def explain_rows(xs: Tuple[Tensor, ...], t: Any, args: Any) -> Tuple[Tensor, ...]:
-                return exp(req.model, xs, was_tuple, target=t, additional_forward_args=args,
-                           memory_budget=memory_budget)
-        return cls(req, was_tuple, clean, explain_rows)
+        def explain_rows(xs: Tuple[Tensor, ...], t: Any, args: Any, _examples: Tensor) -> Tuple[Tensor, ...]:
+            return exp(req.model, xs, was_tuple, target=t, additional_forward_args=args,
+                       memory_budget=memory_budget)
+
+        return cls(req, was_tuple, clean, explain_rows if exp.engine_name is None else None)
 
     @property
     def batch(self) -> int:
@@ -178,7 +178,7 @@ class PerturbedExplanations:
             examples = row_examples(g0, g1, n, device)
             xs = perturbed(g0, g1)
             args = rows_args(req.additional_args, batched, examples, g1 - g0)
-            attrs = self.explain_rows(xs, rows_target(req.target, examples), args or None)
+            attrs = self.explain_rows(xs, rows_target(req.target, examples), args or None, examples)
             values[g0:g1] = sample_value(xs, finish(attrs), examples)
         return values.view(self.batch, n)
 

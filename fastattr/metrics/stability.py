@@ -2,10 +2,9 @@
 "Rethinking stability for attribution-based explanations")."""
 from __future__ import annotations
 
+import math
 from numbers import Real
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
-
-import math
 
 import torch
 from torch import Tensor
