@@ -9,6 +9,7 @@ an example's result does not depend on the batch it comes in.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from numbers import Real
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
@@ -21,7 +22,7 @@ from .. import _validate as v
 from .. import ops
 from ..attr._call import build_request
 from ..attr.smoothgrad import check_seed
-from ..engine import PURPOSE_ATTACK, run, single_point_plan
+from ..engine import PURPOSE_ATTACK, Request, run, single_point_plan
 from ..engine import budget as _budget
 from ..engine.outputs import per_example_flags, rows_args
 
@@ -94,21 +95,27 @@ def check_clamp(clamp: Any) -> Clamp:
 # -- shared pieces -------------------------------------------------------------
 
 
-def loss_gradients(
-    loss_model: _CrossEntropy, rows: Tensor, labels: Tensor, args: Tuple[Any, ...],
+def loss_gradient_request(
+    model: Callable[..., Tensor], rows: Tensor, labels: Tensor, args: Tuple[Any, ...],
     memory_budget: Optional[int], chunk_rows: Optional[int],
-) -> Tensor:
-    """``[N, *F]``: d cross-entropy(model(rows[n]), labels[n]) / d rows[n], on the engine.
+) -> Request:
+    """The engine request whose result is d cross-entropy(model(rows[n]), labels[n]) / d rows[n],
+    checked once; :func:`loss_gradients` reruns it on moved rows.
 
     Args:
         rows: ``[N, *F]``; labels: int64 ``[N]``; args: extra model arguments,
             batched ones already ``[N, ...]``.
     """
     req, _ = build_request(
-        loss_model, rows, None, (labels, *args), lambda xs: single_point_plan("grad"),
+        _CrossEntropy(model), rows, None, (labels, *args), lambda xs: single_point_plan("grad"),
         memory_budget, chunk_rows,
     )
-    return run(req).mean[0]
+    return req
+
+
+def loss_gradients(req: Request, rows: Tensor) -> Tensor:
+    """``[N, *F]``: the loss gradient of ``req`` at ``rows`` (``[N, *F]``, same shape)."""
+    return run(dataclasses.replace(req, inputs=(rows.detach(),))).mean[0]
 
 
 def predicted_classes(
@@ -216,7 +223,7 @@ def fgsm_accuracy(
     cap = v.check_optional_positive_int(chunk_rows, "chunk_rows")
     check_labels_in_range(y, class_count(model, x, args))
     n_eps = len(eps)
-    direction = loss_gradients(_CrossEntropy(model), x, y, args, budget, cap).sign()
+    direction = loss_gradients(loss_gradient_request(model, x, y, args, budget, cap), x).sign()
     radii = torch.tensor(eps, dtype=x.dtype, device=x.device)
     shape = (-1, *([1] * (x.dim() - 1)))
 
@@ -308,9 +315,9 @@ def pgd_accuracy(
         adv = project(center + radius * z, center, radius, clamp)
     else:
         adv = center if clamp is None else center.clamp(clamp[0], clamp[1])
-    loss_model = _CrossEntropy(model)
+    request = loss_gradient_request(model, adv, row_labels, row_args, budget, cap)
     for _ in range(n_steps):
-        grad = loss_gradients(loss_model, adv, row_labels, row_args, budget, cap)
+        grad = loss_gradients(request, adv)
         adv = project(adv + steps * grad.sign(), center, radius, clamp)
     predicted = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch * n_eps, row_args, x[:1], budget, cap)
     correct = (predicted == row_labels).view(batch, n_eps).T
