@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -14,11 +13,11 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from torch import nn
 
-import fastattr
 from fastattr import ops
+from fastattr._validate import format_baselines
 from fastattr.engine import PURPOSE_ATTACK
 from fastattr.metrics.fragility import (
-    SoftplusForReLU, differentiable_attributions, fragility, saliency_map,
+    SoftplusForReLU, differentiable_attributions, fragility,
 )
 from fastattr.metrics.robustness import fgsm_accuracy, pgd_accuracy
 from fastattr.metrics.similarity import average_ranks, pearson, spearman, ssim, top_k_intersection
@@ -383,7 +382,6 @@ def test_differentiable_attributions_equal_the_engine(name, kwargs):
     plan, needs_base, base = explain.plan()
     target = torch.tensor(case.target)
     x = case.inputs.clone().requires_grad_()
-    from fastattr._validate import format_baselines
     baselines = format_baselines(base, (case.inputs,), False)[0] if needs_base else None
     got = differentiable_attributions(case.model, x, target, plan, baselines, (), torch.arange(3))
     (expected,) = explain(case.model, (case.inputs,), False, target)
