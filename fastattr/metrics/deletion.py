@@ -279,7 +279,7 @@ def insertion_curve(
 
 
 def _flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_low: float,
-                   uniform_high: float) -> Tuple[Tensor, bool]:
+                   uniform_high: float, example_offset: int) -> Tuple[Tensor, bool]:
     """``(fill, per_step)``: Quantus's ``perturb_baseline`` as fill values:
     ``"black"``/``"white"`` the example's min/max ``[B, 1, ...]``, a number or
     tensor ``[1 or B, *F]``, or ``"uniform"`` a keyed table ``[B, n_points]``
@@ -291,7 +291,7 @@ def _flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_l
             for name, value in (("uniform_low", uniform_low), ("uniform_high", uniform_high)):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"{name}: expected a finite number, got {value!r}")
-            u, _ = group_uniforms(seed, PIXEL_FLIPPING_STREAM, x.shape[0], n_points, x.device)
+            u, _ = group_uniforms(seed, PIXEL_FLIPPING_STREAM, x.shape[0], n_points, x.device, example_offset)
             table = uniform_low + (uniform_high - uniform_low) * u
             return table.view(x.shape[0], n_points).to(x.dtype), True
         flat = x.reshape(x.shape[0], -1)
@@ -317,6 +317,7 @@ def pixel_flipping(
     order: Optional[Tensor] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Curve:
     """Pixel flipping as Quantus's ``PixelFlipping``: the attributions are
     broadcast to the input's shape and its elements replaced in descending
@@ -336,6 +337,8 @@ def pixel_flipping(
         order: int64 ``[B, F]``, the element order to use instead of the
             attributions' stable descending order (e.g. NumPy's ``argsort``
             to reproduce Quantus's tie order).
+        example_offset: ``"uniform"`` fills of example ``b`` are keyed as
+            example ``example_offset + b`` (its index in a data set).
 
     Returns:
         :class:`Curve`: ``values`` float64 ``[B, K]`` and ``auc`` float64
@@ -348,7 +351,8 @@ def pixel_flipping(
     n_features = x[0].numel()
     n_points = -(-n_features // step)
     counts = (torch.arange(1, n_points + 1, dtype=torch.int64, device=x.device) * step).clamp_(max=n_features)
-    fill, per_step = _flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
+    fill, per_step = _flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high, example_offset)
     if order is None:
         order = descending_order(attrs.expand(x.shape))
     elif not isinstance(order, Tensor) or order.shape != (x.shape[0], n_features) or order.dtype != torch.int64:

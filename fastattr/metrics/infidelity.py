@@ -91,7 +91,8 @@ class _PerturbedRows:
         return perturbed
 
 
-def _keyed_gaussian(xs: Tuple[Tensor, ...], n_samples: int, stdevs: Tuple[float, ...], seed: int):
+def _keyed_gaussian(xs: Tuple[Tensor, ...], n_samples: int, stdevs: Tuple[float, ...], seed: int,
+                    example_offset: int):
     """Perturbations ``I = stdev * z`` (``z`` keyed by (seed, PURPOSE_INFIDELITY
     stream of input i, example, sample, element)) and the rows ``x - I``."""
     # generate_rows adds the noise to its input: from zeros it is I itself, in
@@ -100,7 +101,8 @@ def _keyed_gaussian(xs: Tuple[Tensor, ...], n_samples: int, stdevs: Tuple[float,
 
     def make(examples: Tensor, r0: int, r1: int):
         noise = tuple(
-            generate_rows(z, None, None, n_samples, "gaussian", s, seed, PURPOSE_INFIDELITY * 65536 + i, r0, r1 - r0, 0)
+            generate_rows(z, None, None, n_samples, "gaussian", s, seed, PURPOSE_INFIDELITY * 65536 + i,
+                          r0, r1 - r0, example_offset)
             for i, (z, s) in enumerate(zip(zeros, stdevs))
         )
         return noise, tuple(x.index_select(0, examples) - n for x, n in zip(xs, noise))
@@ -157,6 +159,7 @@ def infidelity(
     explainer_kwargs: Optional[Mapping[str, Any]] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """Infidelity of an explanation: float64 ``[B]``,
     ``mean_n (I_n . a - (f(x)[t] - f(x - I_n)[t]))**2``.
@@ -185,6 +188,8 @@ def infidelity(
             called per chunk on the chunk's rows (row ``b * n_samples + n``).
         baselines: passed to ``perturb_func`` (a ``[B, ...]`` tensor gathered per row).
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
+        example_offset: example ``b``'s perturbations are keyed as example
+            ``example_offset + b`` (its index in a data set scored batch by batch).
 
     Returns:
         float64 ``[B]``.
@@ -197,6 +202,7 @@ def infidelity(
     args = v.format_additional_args(additional_forward_args, batch)
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
     memory_budget = v.check_optional_positive_int(memory_budget, "memory_budget")
@@ -207,7 +213,7 @@ def infidelity(
             raise ValueError(f"stdev: expected values > 0, got {stdev!r}")
         if baselines is not None:
             raise ValueError("baselines: only used by a perturb_func; the Gaussian perturbations take none")
-        make = _keyed_gaussian(xs, n_samples, stdevs, seed)
+        make = _keyed_gaussian(xs, n_samples, stdevs, seed, example_offset)
     else:
         if not callable(perturb_func):
             raise TypeError(f"perturb_func: expected a callable, got {type(perturb_func).__name__}")

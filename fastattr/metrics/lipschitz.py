@@ -47,6 +47,7 @@ def local_lipschitz_estimate(
     attributions: Optional[v.TensorOrTuple] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """``max_n ||a(x) - a(x_n)||_2 / (||x - x_n||_2 + 1e-10)`` per example.
 
@@ -58,7 +59,7 @@ def local_lipschitz_estimate(
 
     Args:
         model, inputs, target, additional_forward_args, explainer,
-            explainer_kwargs, seed, attributions, memory_budget, chunk_rows:
+            explainer_kwargs, seed, attributions, memory_budget, chunk_rows, example_offset:
             as :func:`fastattr.metrics.max_sensitivity`.
         std: standard deviation (> 0) of the Gaussian perturbation, or one per input.
         n_samples: perturbations per example (>= 1).
@@ -68,9 +69,11 @@ def local_lipschitz_estimate(
     """
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     scales = check_radius(std, "std", len(inputs) if isinstance(inputs, tuple) else 1)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
         attributions, memory_budget, chunk_rows,
     )
-    return lipschitz_values(audit, Perturbation("gaussian", scales, n_samples, seed)).amax(dim=1)
+    perturbation = Perturbation("gaussian", scales, n_samples, seed, example_offset=example_offset)
+    return lipschitz_values(audit, perturbation).amax(dim=1)

@@ -52,6 +52,8 @@ class Perturbation:
     # A constant offset (Quantus's uniform noise on [low, high) and Gaussian
     # mean): the engine adds zero-centred noise, so the inputs are shifted first.
     shift: float = 0.0
+    # Example b is keyed as example_offset + b (its index in a data set).
+    example_offset: int = 0
 
 
 def check_radius(value: Any, name: str, n_inputs: int) -> Tuple[float, ...]:
@@ -150,7 +152,8 @@ class PerturbedExplanations:
         base_plan = req.plan if self.explain_rows is None else single_point_plan("grad")
         plan = dataclasses.replace(
             base_plan, n_samples=n, noise=perturbation.noise, noise_scales=perturbation.scales,
-            seed=perturbation.seed, purpose=PURPOSE_PERTURBATION,
+            seed=perturbation.seed, example_offset=perturbation.example_offset,
+            purpose=PURPOSE_PERTURBATION,
         )
         noisy = dataclasses.replace(req, inputs=inputs, plan=plan)
 
@@ -225,10 +228,11 @@ def _sensitivity(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: 
                  explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]],
                  radius: Union[float, Tuple[float, ...]], n_samples: int, norm: Norm, normalize: bool,
                  seed: int, additional_forward_args: Any, attributions: Optional[v.TensorOrTuple],
-                 memory_budget: Optional[int], chunk_rows: Optional[int]) -> Tensor:
+                 memory_budget: Optional[int], chunk_rows: Optional[int], example_offset: int) -> Tensor:
     """float64 ``[B, n_samples]`` of :func:`max_sensitivity` / :func:`avg_sensitivity`."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     ord = check_norm(norm)
     n_inputs = len(inputs) if isinstance(inputs, tuple) else 1
     scales = check_radius(radius, "radius", n_inputs)
@@ -236,7 +240,8 @@ def _sensitivity(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: 
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
         attributions, memory_budget, chunk_rows,
     )
-    return sensitivity_values(audit, Perturbation("uniform", scales, n_samples, seed), ord, normalize)
+    perturbation = Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset)
+    return sensitivity_values(audit, perturbation, ord, normalize)
 
 
 def max_sensitivity(
@@ -254,6 +259,7 @@ def max_sensitivity(
     attributions: Optional[v.TensorOrTuple] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """Max-sensitivity: ``max_n ||a(x + d_n) - a(x)|| / ||a(x)||`` per example.
 
@@ -278,12 +284,15 @@ def max_sensitivity(
         seed: key of the perturbations (int >= 0).
         attributions: the clean explanation ``a(x)`` if already computed (shaped like ``inputs``).
         memory_budget, chunk_rows: bytes per chunk and an optional row cap.
+        example_offset: example ``b``'s perturbations are keyed as example
+            ``example_offset + b`` (its index in a data set scored batch by batch).
 
     Returns:
         float64 ``[B]``.
     """
     values = _sensitivity(model, inputs, target, explainer, explainer_kwargs, radius, n_samples, norm,
-                          normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows)
+                          normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows,
+                          example_offset)
     return values.amax(dim=1)
 
 
@@ -302,6 +311,7 @@ def avg_sensitivity(
     attributions: Optional[v.TensorOrTuple] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """Avg-sensitivity: ``mean_n ||a(x + d_n) - a(x)|| / ||a(x)||`` per example,
     with the perturbations and arguments of :func:`max_sensitivity`.
@@ -310,5 +320,6 @@ def avg_sensitivity(
         float64 ``[B]``.
     """
     values = _sensitivity(model, inputs, target, explainer, explainer_kwargs, radius, n_samples, norm,
-                          normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows)
+                          normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows,
+                          example_offset)
     return values.mean(dim=1)

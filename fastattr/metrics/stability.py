@@ -55,6 +55,7 @@ def relative_input_stability(
     attributions: Optional[v.TensorOrTuple] = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """Relative input stability: ``max_n ||(a - a_n) / a||_p / max(||(x - x_n) / x||_p, eps_min)``
     per example (elementwise ratios; a zero ``a`` or ``x`` element divides by ``eps_min``).
@@ -66,7 +67,7 @@ def relative_input_stability(
     Args:
         model, inputs, target, additional_forward_args, explainer,
             explainer_kwargs, radius, n_samples, seed, attributions,
-            memory_budget, chunk_rows: as :func:`fastattr.metrics.max_sensitivity`.
+            memory_budget, chunk_rows, example_offset: as :func:`fastattr.metrics.max_sensitivity`.
         norm: ``p`` (default 2; ``"fro"`` is 2), over all inputs' elements together.
         eps_min: floor of the input change and stand-in for zero elements (> 0).
 
@@ -75,6 +76,7 @@ def relative_input_stability(
     """
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     ord = check_norm(norm)
     if isinstance(eps_min, bool) or not isinstance(eps_min, Real) or not math.isfinite(eps_min) or eps_min <= 0:
         raise ValueError(f"eps_min: expected a finite number > 0, got {eps_min!r}")
@@ -83,5 +85,5 @@ def relative_input_stability(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
         attributions, memory_budget, chunk_rows,
     )
-    values = stability_values(audit, Perturbation("uniform", scales, n_samples, seed), ord, float(eps_min))
+    values = stability_values(audit, Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset), ord, float(eps_min))
     return values.amax(dim=1)

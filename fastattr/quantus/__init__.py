@@ -2,6 +2,7 @@
 computed on fastattr's engine with keyed perturbations."""
 from ._infidelity import Infidelity
 from ._pixel_flipping import PixelFlipping
+from ._randomization import MPRT
 from ._sensitivity import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 
-__all__ = ["AvgSensitivity", "Infidelity", "LocalLipschitzEstimate", "MaxSensitivity", "PixelFlipping"]
+__all__ = ["AvgSensitivity", "Infidelity", "LocalLipschitzEstimate", "MPRT", "MaxSensitivity", "PixelFlipping"]
