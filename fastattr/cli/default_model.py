@@ -12,7 +12,7 @@ from .data import digits_split
 from .shards import atomic_write
 
 _CACHE_NAME = "digits_cnn_v1.pt"
-_EPOCHS = 30
+_EPOCHS = 15
 _BATCH = 64
 
 

@@ -66,7 +66,7 @@ def _distributions(merged: Merged, methods: List[str]) -> str:
         if not any(v.size for v in values):
             continue
         fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(methods)))
-        ax.boxplot([v if v.size else np.array([np.nan]) for v in values], vert=False, showfliers=True)
+        ax.boxplot([v if v.size else np.array([np.nan]) for v in values], orientation="horizontal", showfliers=True)
         ax.set_yticks(range(1, len(methods) + 1), methods)
         ax.set_xlabel(metric)
         ax.set_title(f"{metric} per example")
