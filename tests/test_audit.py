@@ -333,7 +333,7 @@ def test_torchrun_two_processes_equal_one(env, tmp_path):
     args = ["--model", "audit_models:cnn", "--data", str(env / "digits.npz"), "--batch-size", "4",
             "--shard-batches", "1", *SMALL, "--quiet"]
     assert audit(*args, "--out", tmp_path / "one") == 0
-    proc = _cli(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    proc = _cli(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                  "-m", "fastattr", "audit", *args, "--out", str(tmp_path / "two")],
                 env_vars={"OMP_NUM_THREADS": "1"}, cwd=env)
     _, err = proc.communicate(timeout=150)

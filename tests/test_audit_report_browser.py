@@ -1,0 +1,109 @@
+"""report.html opened in a real headless Chromium (Chrome DevTools Protocol):
+every image loads and nothing errors. Needs the OS's `chromium` and the
+`websocket-client` package."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from fastattr.cli import main
+
+websocket = pytest.importorskip("websocket")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+class Page:
+    """One CDP session on a fresh headless browser page, collecting errors."""
+
+    def __init__(self, ws_url):
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.errors = []
+        self.events = []
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+            self._event(msg)
+
+    def wait_for(self, event, timeout=30):
+        end = time.time() + timeout
+        while time.time() < end:
+            if any(e["method"] == event for e in self.events):
+                return
+            self._event(json.loads(self.ws.recv()))
+        raise TimeoutError(event)
+
+    def _event(self, msg):
+        self.events.append(msg)
+        method, params = msg.get("method"), msg.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            self.errors.append(params["exceptionDetails"])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            self.errors.append(params)
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.errors.append(params["entry"])
+        elif method == "Network.loadingFailed":
+            self.errors.append(params)
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    profile = tempfile.mkdtemp()
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    port_file = os.path.join(profile, "DevToolsActivePort")
+    end = time.time() + 30
+    while not os.path.exists(port_file) or not open(port_file).read().strip():
+        assert proc.poll() is None and time.time() < end, "chromium did not start"
+        time.sleep(0.1)
+    port = int(open(port_file).read().split()[0])
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_report_loads_in_chromium(browser, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTATTR_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["audit", "--quiet", "--limit", "8", "--batch-size", "4", "--out", str(out),
+                 "--methods", "saliency,integrated_gradients,guided_backprop"]) == 0
+    targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{browser}/json/list"))
+    page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+    for domain in ("Runtime", "Log", "Network", "Page"):
+        page.call(f"{domain}.enable")
+    page.call("Page.navigate", url=(out / "report.html").as_uri())
+    page.wait_for("Page.loadEventFired")
+    images = page.call("Runtime.evaluate", returnByValue=True, expression="""
+        Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth,
+                                                 h: i.naturalHeight, data: i.src.startsWith('data:image/png')}))
+    """)["result"]["value"]
+    # ranking tables, distributions (one per per-method metric), heatmaps, sanity checks, deletion/insertion
+    assert len(images) >= 4, images
+    assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 and i["data"] for i in images), images
+    alts = {i["alt"] for i in images}
+    assert "example heatmaps" in alts and any(a.startswith("distribution of") for a in alts)
+    headings = page.call("Runtime.evaluate", returnByValue=True,
+                         expression="Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    assert len(headings["result"]["value"]) == 6
+    time.sleep(0.2)
+    page.call("Runtime.evaluate", expression="1")  # drain events that arrived after load
+    assert page.errors == []
