@@ -2,12 +2,14 @@
 fastattr against Captum: seeded models (a conv net with BatchNorm and
 pooling, an MLP, a two-input model with additional_forward_args, a
 single-output model), relative-error assertions, and Captum runs given
-fastattr's keyed noise (``torch.normal`` patched)."""
+fastattr's keyed noise (``torch.normal`` patched) and Quantus runs given
+fastattr's keyed draws (``np.random.uniform`` patched)."""
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -280,3 +282,24 @@ def captum_noise_tunnel(
             case.inputs, nt_type=kind, nt_samples=n_samples, stdevs=stdev,
             target=case.target, additional_forward_args=case.afa, **kwargs,
         )
+
+
+@contextlib.contextmanager
+def numpy_uniform_returns(values: List[np.ndarray], low: float, high: float):
+    """The k-th ``np.random.uniform(low=, high=, size=B)`` returns ``values[k]`` (arguments checked)."""
+    calls = []
+    real = np.random.uniform
+
+    def fake(low_=0.0, high_=1.0, size=None, **kw):
+        lo, hi = kw.get("low", low_), kw.get("high", high_)
+        k = len(calls)
+        assert k < len(values) and (lo, hi) == (low, high) and size == values[k].shape[0], (k, lo, hi, size)
+        calls.append(size)
+        return values[k]
+
+    np.random.uniform = fake
+    try:
+        yield calls
+    finally:
+        np.random.uniform = real
+    assert len(calls) == len(values)

@@ -8,9 +8,7 @@ the PixelFlipping drop-in equals Quantus exactly (float32, same order, asserted
 equal)."""
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import List
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import quantus
-from captum_cases import ConvNet, _build, _case, _rel_err
+from captum_cases import ConvNet, _build, _case, _rel_err, numpy_uniform_returns
 from fastattr.attr import saliency
 from fastattr.engine.draws import group_uniforms
 from fastattr.metrics.deletion import (
@@ -205,27 +203,6 @@ def test_quantus_pixel_flipping_explain_func():
         model=case.model, x_batch=x, y_batch=y, a_batch=a, device="cpu")
     got = PixelFlipping(features_in_step=16)(model=case.model, x_batch=x, y_batch=y, explain_func=saliency)
     assert got == expected
-
-
-@contextlib.contextmanager
-def numpy_uniform_returns(values: List[np.ndarray], low: float, high: float):
-    """The k-th ``np.random.uniform(low=, high=, size=B)`` returns ``values[k]`` (arguments checked)."""
-    calls = []
-    real = np.random.uniform
-
-    def fake(low_=0.0, high_=1.0, size=None, **kw):
-        lo, hi = kw.get("low", low_), kw.get("high", high_)
-        k = len(calls)
-        assert k < len(values) and (lo, hi) == (low, high) and size == values[k].shape[0], (k, lo, hi, size)
-        calls.append(size)
-        return values[k]
-
-    np.random.uniform = fake
-    try:
-        yield calls
-    finally:
-        np.random.uniform = real
-    assert len(calls) == len(values)
 
 
 def test_quantus_pixel_flipping_uniform_on_the_same_draws():

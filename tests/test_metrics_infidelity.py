@@ -20,7 +20,7 @@ from torch import Tensor, nn
 import quantus
 from captum.metrics import infidelity as captum_infidelity
 from captum.metrics import infidelity_perturb_func_decorator as captum_decorator
-from captum_cases import ConvNet, _build, _case, _rel_err
+from captum_cases import ConvNet, _build, _case, _rel_err, numpy_uniform_returns
 from fastattr import ops
 from fastattr.attr import saliency
 from fastattr.captum.metrics._infidelity import infidelity as dropin_infidelity
@@ -378,27 +378,6 @@ def keyed_uniform_fills(batch, n_samples, sizes, hw, seed, low, high):
         tables.append((low + (high - low) * u).view(batch, n_samples, k))
     return [tables[i][:, s, j].numpy() for s in range(n_samples) for i, p in enumerate(sizes)
             for j in range((hw // p) ** 2)]
-
-
-@contextlib.contextmanager
-def numpy_uniform_returns(values: List[np.ndarray], low: float, high: float):
-    """The k-th ``np.random.uniform(low=, high=, size=B)`` returns ``values[k]`` (arguments checked)."""
-    calls = []
-    real = np.random.uniform
-
-    def fake(low_=0.0, high_=1.0, size=None, **kw):
-        lo, hi = kw.get("low", low_), kw.get("high", high_)
-        k = len(calls)
-        assert k < len(values) and (lo, hi) == (low, high) and size == values[k].shape[0], (k, lo, hi, size)
-        calls.append(size)
-        return values[k]
-
-    np.random.uniform = fake
-    try:
-        yield calls
-    finally:
-        np.random.uniform = real
-    assert len(calls) == len(values)
 
 
 def test_quantus_infidelity_uniform_baseline_on_the_same_draws():

@@ -14,7 +14,7 @@ here explanations are normalised per example.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -283,3 +283,34 @@ class QuantusMetric:
         )
         call.a = None if a is None else call.finish(a)
         return call
+
+
+REPLACEMENT_BASELINES = ("black", "white", "uniform")
+
+
+def baseline_replacement(perturb_func: Any, perturb_baseline: Any,
+                         perturb_func_kwargs: Optional[Mapping[str, Any]]) -> Tuple[Any, float, float]:
+    """Check Quantus's ``batch_baseline_replacement_by_indices`` options (the
+    perturbation of Infidelity and PixelFlipping): ``(perturb_baseline,
+    uniform_low, uniform_high)``."""
+    if perturb_func is not None and quantus_function_name(
+            perturb_func, "quantus.functions.perturb_func") != "batch_baseline_replacement_by_indices":
+        raise NotImplementedError(
+            f"perturb_func={perturb_func!r}: fastattr supports Quantus's "
+            "batch_baseline_replacement_by_indices only"
+        )
+    if isinstance(perturb_baseline, str):
+        if perturb_baseline == "mean":
+            raise NotImplementedError(
+                "perturb_baseline='mean': Quantus's fill value changes with every replaced step; "
+                f"fastattr supports {list(REPLACEMENT_BASELINES)} or a number"
+            )
+        v.check_choice(perturb_baseline, "perturb_baseline", REPLACEMENT_BASELINES)
+    elif isinstance(perturb_baseline, bool) or not isinstance(perturb_baseline, (int, float)):
+        raise ValueError(
+            f"perturb_baseline: expected one of {list(REPLACEMENT_BASELINES)} or a number, got {perturb_baseline!r}"
+        )
+    extra = dict(perturb_func_kwargs or {})
+    low, high = float(extra.pop("uniform_low", 0.0)), float(extra.pop("uniform_high", 1.0))
+    reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
+    return perturb_baseline, low, high

@@ -23,12 +23,11 @@ from ..captum._base import reject
 from ..engine import PURPOSE_INFIDELITY, forward_rows
 from ..engine.draws import group_uniforms
 from ..metrics.deletion import ReplacedRows, curve_outputs, softmax_outputs
-from ._base import QuantusCall, QuantusMetric, quantus_function_name
+from ._base import QuantusCall, QuantusMetric, baseline_replacement, quantus_function_name
 
 # Uniform baselines of patch size number p: a sub-stream of the infidelity
 # purpose that no per-input stream (index < 32768) uses.
 _UNIFORM_STREAM = PURPOSE_INFIDELITY * 65536 + 32768
-_BASELINES = ("black", "white", "uniform")
 
 
 def patch_map(height: int, width: int, patch: int, device: torch.device) -> Tensor:
@@ -78,31 +77,13 @@ class Infidelity(QuantusMetric):
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
         if loss_func != "mse" and quantus_function_name(loss_func, "quantus.functions.loss_func") != "mse":
             raise NotImplementedError(f"loss_func={loss_func!r}: fastattr supports Quantus's 'mse' only")
-        if perturb_func is not None and quantus_function_name(
-                perturb_func, "quantus.functions.perturb_func") != "batch_baseline_replacement_by_indices":
-            raise NotImplementedError(
-                f"perturb_func={perturb_func!r}: fastattr supports Quantus's "
-                "batch_baseline_replacement_by_indices only"
-            )
+        self.perturb_baseline, self.uniform_low, self.uniform_high = baseline_replacement(
+            perturb_func, perturb_baseline, perturb_func_kwargs)
         sizes = [4] if perturb_patch_sizes is None else perturb_patch_sizes
         if not isinstance(sizes, (list, tuple)) or not sizes:
             raise ValueError(f"perturb_patch_sizes: expected a non-empty list of integers >= 1, got {sizes!r}")
         self.perturb_patch_sizes = [v.check_positive_int(p, "perturb_patch_sizes") for p in sizes]
         self.n_perturb_samples = v.check_positive_int(n_perturb_samples, "n_perturb_samples")
-        if isinstance(perturb_baseline, str):
-            if perturb_baseline == "mean":
-                raise NotImplementedError(
-                    "perturb_baseline='mean': Quantus's fill value changes with every replaced patch; "
-                    f"fastattr supports {list(_BASELINES)} or a number"
-                )
-            v.check_choice(perturb_baseline, "perturb_baseline", _BASELINES)
-        elif isinstance(perturb_baseline, bool) or not isinstance(perturb_baseline, (int, float)):
-            raise ValueError(f"perturb_baseline: expected one of {list(_BASELINES)} or a number, got {perturb_baseline!r}")
-        self.perturb_baseline = perturb_baseline
-        extra = dict(perturb_func_kwargs or {})
-        self.uniform_low = float(extra.pop("uniform_low", 0.0))
-        self.uniform_high = float(extra.pop("uniform_high", 1.0))
-        reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
         check_seed(seed)
         self.seed = seed
         self.memory_budget = v.check_optional_positive_int(memory_budget, "memory_budget")

@@ -16,10 +16,9 @@ from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
 from ..metrics.deletion import pixel_flipping
-from ._base import QuantusCall, QuantusMetric, quantus_function_name
+from ._base import QuantusCall, QuantusMetric, baseline_replacement
 from ._infidelity import explanation_like
 
-_BASELINES = ("black", "white", "uniform")
 
 
 class PixelFlipping(QuantusMetric):
@@ -47,27 +46,9 @@ class PixelFlipping(QuantusMetric):
                          normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
                          aggregate_func=aggregate_func, default_plot_func=default_plot_func,
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
-        if perturb_func is not None and quantus_function_name(
-                perturb_func, "quantus.functions.perturb_func") != "batch_baseline_replacement_by_indices":
-            raise NotImplementedError(
-                f"perturb_func={perturb_func!r}: fastattr supports Quantus's "
-                "batch_baseline_replacement_by_indices only"
-            )
+        self.perturb_baseline, self.uniform_low, self.uniform_high = baseline_replacement(
+            perturb_func, perturb_baseline, perturb_func_kwargs)
         self.features_in_step = v.check_positive_int(features_in_step, "features_in_step")
-        if isinstance(perturb_baseline, str):
-            if perturb_baseline == "mean":
-                raise NotImplementedError(
-                    "perturb_baseline='mean': Quantus's fill value changes with every flipped step; "
-                    f"fastattr supports {list(_BASELINES)} or a number"
-                )
-            v.check_choice(perturb_baseline, "perturb_baseline", _BASELINES)
-        elif isinstance(perturb_baseline, bool) or not isinstance(perturb_baseline, (int, float)):
-            raise ValueError(f"perturb_baseline: expected one of {list(_BASELINES)} or a number, got {perturb_baseline!r}")
-        self.perturb_baseline = perturb_baseline
-        extra = dict(perturb_func_kwargs or {})
-        self.uniform_low = float(extra.pop("uniform_low", 0.0))
-        self.uniform_high = float(extra.pop("uniform_high", 1.0))
-        reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
         self.return_auc_per_sample = bool(return_auc_per_sample)
         check_seed(seed)
         self.seed = seed
