@@ -301,7 +301,9 @@ def _cli(args, env_vars=None, **kw):
 
 
 def test_resume_after_sigkill(env, tmp_path):
-    args = ["--model", "audit_models:cnn", "--data", env / "digits.npz", "--batch-size", 2, "--shard-batches", 1,
+    data = load_dataset(None, 120)
+    np.savez(tmp_path / "digits120.npz", x=data.x, y=data.y)
+    args = ["--model", "audit_models:cnn", "--data", tmp_path / "digits120.npz", "--batch-size", 2, "--shard-batches", 1,
             "--methods", "saliency,integrated_gradients", "--metrics", "max_sensitivity,infidelity,pgd_accuracy",
             "--quiet"]
     args = [str(a) for a in args]
@@ -313,11 +315,11 @@ def test_resume_after_sigkill(env, tmp_path):
     while not (shards.is_dir() and any(n.startswith("shard-") for n in os.listdir(shards))):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.3))  # a random moment after the first commit
+    time.sleep(random.uniform(0.0, 0.1))  # a random moment after the first commit
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     committed = {k: v for k, v in snapshot(out).items() if k.startswith("shards/shard-")}
-    assert 1 <= len(committed) < 12, "the kill came too late to test a resume"
+    assert 1 <= len(committed) < 60, "the kill came too late to test a resume"
     assert not (out / "results.parquet").exists()
     proc = _cli(["-m", "fastattr", "audit", *args, "--out", str(out)], cwd=env)
     _, err = proc.communicate(timeout=120)
