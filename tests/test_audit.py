@@ -133,12 +133,12 @@ def test_shared_perturbation_pass_equals_each_metric(env):
     model = __import__("audit_models").cnn()
     x = torch.from_numpy(load_dataset(None, 6).x)
     pred = model(x).argmax(1)
-    ctx = BatchContext(model, x, pred, pred, 0, 3, None)
+    ctx = BatchContext(model, x, pred, pred, 5, 3, None)
     group = next(g for g in available_groups() if "max_sensitivity" in g.metrics)
     for method in ("saliency", "guided_backprop"):
         a = explain(method, model, x, pred, 3, 0, None)
         got = group.compute(ctx, method, a).columns
-        kw = dict(radius=0.05, n_samples=10, seed=3, attributions=a)
+        kw = dict(radius=0.05, n_samples=10, seed=3, attributions=a, example_offset=5)
         assert torch.equal(got["max_sensitivity"], sensitivity.max_sensitivity(model, x, pred, method, **kw))
         assert torch.equal(got["avg_sensitivity"], sensitivity.avg_sensitivity(model, x, pred, method, **kw))
         if "relative_input_stability" in got:

@@ -78,7 +78,8 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
         explainer, kwargs = _explainer_kwargs(ctx, method)
         shared = SharedSamples(sensitivity.PerturbedExplanations.prepare(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None))
-        perturbation = sensitivity.Perturbation("uniform", (_RADIUS,), _SAMPLES, ctx.seed)
+        perturbation = sensitivity.Perturbation("uniform", (_RADIUS,), _SAMPLES, ctx.seed,
+                                                example_offset=ctx.offset)
         sens = sensitivity.sensitivity_values(shared, perturbation, sensitivity.check_norm("fro"), True)
         stab = stability.stability_values(shared, perturbation, 2.0, _EPS_MIN) if stability else None
         shared.run()
@@ -96,7 +97,8 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
 def _infidelity_group(module: Any) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         value = module.infidelity(ctx.model, ctx.x, attrs, target=ctx.pred, n_samples=_SAMPLES,
-                                  stdev=_INFIDELITY_STDEV, seed=ctx.seed, memory_budget=ctx.memory_budget)
+                                  stdev=_INFIDELITY_STDEV, seed=ctx.seed, memory_budget=ctx.memory_budget,
+                                  example_offset=ctx.offset)
         return Values({"infidelity": value})
 
     return Group(("infidelity",), True, compute,
@@ -111,7 +113,7 @@ def _attack_groups(module: Any) -> List[Group]:
 
     def pgd(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         r = module.pgd_accuracy(ctx.model, ctx.x, ctx.y, _ATTACK_EPS, n_steps=_PGD_STEPS, seed=ctx.seed,
-                                memory_budget=ctx.memory_budget)
+                                memory_budget=ctx.memory_budget, example_offset=ctx.offset)
         return Values({"pgd_accuracy": r.correct[0].to(torch.float64)})
 
     return [
@@ -128,7 +130,8 @@ def _perturbation_group(module: Any, function: str, settings: Dict[str, Any]) ->
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         explainer, kwargs = _explainer_kwargs(ctx, method)
         value = getattr(module, function)(ctx.model, ctx.x, ctx.pred, explainer, kwargs, seed=ctx.seed,
-                                          attributions=attrs, memory_budget=ctx.memory_budget, **settings)
+                                          attributions=attrs, memory_budget=ctx.memory_budget,
+                                          example_offset=ctx.offset, **settings)
         return Values({function: value})
 
     return Group((function,), True, compute, dict(settings), {function: False})
