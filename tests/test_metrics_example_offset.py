@@ -57,3 +57,22 @@ def test_batches_with_offsets_equal_one_call(backend: str, name: str) -> None:
     # Keyed as examples 0.. instead of 3..: other draws.
     shifted = score(model, x[3:], t[3:], 0)
     assert not torch.allclose(shifted, whole.narrow(batch_dim, 3, BATCH - 3), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, None])
+def test_random_explainer_in_the_per_chunk_route_is_keyed_by_row(backend: str, chunk_rows: Any) -> None:
+    """SmoothGrad audited by sensitivity runs per chunk of perturbed copies:
+    its own noise is keyed by the (example, sample) group, so the values do
+    not depend on the chunking, and a data set scored batch by batch equals
+    one call."""
+    model, x = _model(), _x()
+    t = torch.arange(BATCH) % 3
+
+    def score(xs: Tensor, ts: Tensor, offset: int, rows: Any) -> Tensor:
+        return metrics.avg_sensitivity(model, xs, ts, explainer="smoothgrad", explainer_kwargs=dict(n_samples=3),
+                                       radius=0.1, n_samples=4, chunk_rows=rows, example_offset=offset)
+
+    whole = score(x, t, 0, None)
+    torch.testing.assert_close(score(x, t, 0, chunk_rows), whole, rtol=1e-12, atol=1e-12)
+    parts = [score(x[a:b], t[a:b], a, chunk_rows) for a, b in SPLITS]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-12, atol=1e-12)

@@ -77,7 +77,7 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         explainer, kwargs = _explainer_kwargs(ctx, method)
         shared = SharedSamples(sensitivity.PerturbedExplanations.prepare(
-            ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None))
+            ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None, ctx.offset))
         perturbation = sensitivity.Perturbation("uniform", (_RADIUS,), _SAMPLES, ctx.seed,
                                                 example_offset=ctx.offset)
         sens = sensitivity.sensitivity_values(shared, perturbation, sensitivity.check_norm("fro"), True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 

@@ -2,6 +2,7 @@
 (by function or name) with its options, or any user callable."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
@@ -43,6 +44,10 @@ class Explainer:
         self.fn = explainer
         self.kwargs: Dict[str, Any] = dict(explainer_kwargs or {})
         self.is_fastattr = explainer in {getattr(_attr, n) for n in _attr.__all__ if n[0].islower()}
+        try:
+            self.takes_example_offset = "example_offset" in inspect.signature(explainer).parameters
+        except (TypeError, ValueError):  # builtins and some callables have no signature
+            self.takes_example_offset = False
 
     @property
     def engine_name(self) -> Optional[str]:
@@ -56,9 +61,16 @@ class Explainer:
 
     def __call__(self, model: Callable[..., Tensor], inputs: Tuple[Tensor, ...], was_tuple: bool,
                  target: Any = None, additional_forward_args: Any = None,
-                 memory_budget: Optional[int] = None) -> Tuple[Tensor, ...]:
-        """Attributions of ``inputs`` (each ``[n, *F_i]``), checked to have the inputs' shapes."""
-        extra = {"memory_budget": memory_budget} if self.is_fastattr and memory_budget is not None else {}
+                 memory_budget: Optional[int] = None, example_offset: int = 0) -> Tuple[Tensor, ...]:
+        """Attributions of ``inputs`` (each ``[n, *F_i]``), checked to have the
+        inputs' shapes. ``example_offset`` keys a random explainer's draws for
+        row ``r`` as example ``example_offset + r`` (passed when it takes one),
+        so they do not depend on how the rows were chunked."""
+        extra: Dict[str, Any] = {}
+        if self.is_fastattr and memory_budget is not None:
+            extra["memory_budget"] = memory_budget
+        if self.takes_example_offset:
+            extra["example_offset"] = example_offset
         out = self.fn(model, inputs if was_tuple else inputs[0], target=target,
                       additional_forward_args=additional_forward_args, **self.kwargs, **extra)
         attrs = out if isinstance(out, tuple) else (out,)

@@ -73,7 +73,7 @@ def local_lipschitz_estimate(
     scales = check_radius(std, "std", len(inputs) if isinstance(inputs, tuple) else 1)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows,
+        attributions, memory_budget, chunk_rows, example_offset,
     )
     perturbation = Perturbation("gaussian", scales, n_samples, seed, example_offset=example_offset)
     return lipschitz_values(audit, perturbation).amax(dim=1)

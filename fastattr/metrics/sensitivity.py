@@ -35,8 +35,10 @@ Norm = Union[str, float]
 # (perturbed inputs [g, *F_i], their attributions [g, *A_i], examples int64 [g]) -> float64 [g]
 SampleValue = Callable[[Tuple[Tensor, ...], Tuple[Tensor, ...], Tensor], Tensor]
 # (perturbed inputs [g, *F_i], target of each row, additional args of each row,
-#  example of each row int64 [g]) -> attributions [g, *A_i]
-ExplainRows = Callable[[Tuple[Tensor, ...], Any, Any, Tensor], Tuple[Tensor, ...]]
+#  example of each row int64 [g], key of the first row) -> attributions [g, *A_i].
+# Row r of a chunk is the (example, sample) group keyed first_key + r: a random
+# explainer keys its own draws by it, whatever the chunking.
+ExplainRows = Callable[[Tuple[Tensor, ...], Any, Any, Tensor, int], Tuple[Tensor, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +112,11 @@ class PerturbedExplanations:
     def prepare(cls, model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: v.TargetType,
                 explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]],
                 additional_forward_args: Any, attributions: Optional[v.TensorOrTuple],
-                memory_budget: Optional[int], chunk_rows: Optional[int]) -> "PerturbedExplanations":
-        """Check and format the call; explain the clean inputs unless ``attributions`` are given."""
+                memory_budget: Optional[int], chunk_rows: Optional[int],
+                example_offset: int = 0) -> "PerturbedExplanations":
+        """Check and format the call; explain the clean inputs unless
+        ``attributions`` are given (a random explainer keyed from example
+        ``example_offset``)."""
         exp = Explainer(explainer, explainer_kwargs)
         if exp.engine_name is not None:
             plan, needs_baselines, baselines = exp.plan()
@@ -125,10 +130,13 @@ class PerturbedExplanations:
             clean = check_attributions(attributions, req.inputs, was_tuple)
         else:
             clean = exp(req.model, req.inputs, was_tuple, target=req.target,
-                        additional_forward_args=additional_forward_args, memory_budget=memory_budget)
-        def explain_rows(xs: Tuple[Tensor, ...], t: Any, args: Any, _examples: Tensor) -> Tuple[Tensor, ...]:
+                        additional_forward_args=additional_forward_args, memory_budget=memory_budget,
+                        example_offset=example_offset)
+
+        def explain_rows(xs: Tuple[Tensor, ...], t: Any, args: Any, _examples: Tensor,
+                         first_key: int) -> Tuple[Tensor, ...]:
             return exp(req.model, xs, was_tuple, target=t, additional_forward_args=args,
-                       memory_budget=memory_budget)
+                       memory_budget=memory_budget, example_offset=first_key)
 
         return cls(req, was_tuple, clean, explain_rows if exp.engine_name is None else None)
 
@@ -181,7 +189,8 @@ class PerturbedExplanations:
             examples = row_examples(g0, g1, n, device)
             xs = perturbed(g0, g1)
             args = rows_args(req.additional_args, batched, examples, g1 - g0)
-            attrs = self.explain_rows(xs, rows_target(req.target, examples), args or None, examples)
+            first_key = perturbation.example_offset * n + g0
+            attrs = self.explain_rows(xs, rows_target(req.target, examples), args or None, examples, first_key)
             values[g0:g1] = sample_value(xs, finish(attrs), examples)
         return values.view(self.batch, n)
 
@@ -238,7 +247,7 @@ def _sensitivity(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: 
     scales = check_radius(radius, "radius", n_inputs)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows,
+        attributions, memory_budget, chunk_rows, example_offset,
     )
     perturbation = Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset)
     return sensitivity_values(audit, perturbation, ord, normalize)

@@ -83,7 +83,7 @@ def relative_input_stability(
     scales = check_radius(radius, "radius", len(inputs) if isinstance(inputs, tuple) else 1)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows,
+        attributions, memory_budget, chunk_rows, example_offset,
     )
     values = stability_values(audit, Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset), ord, float(eps_min))
     return values.amax(dim=1)

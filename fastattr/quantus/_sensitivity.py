@@ -80,7 +80,8 @@ def quantus_explanations(call: QuantusCall) -> PerturbedExplanations:
             f"{tuple(call.x.shape)} (shaped like x_batch)"
         )
 
-    def explain_rows(xs: Tuple[Tensor, ...], y: Tensor, _args: Any, _examples: Tensor) -> Tuple[Tensor, ...]:
+    def explain_rows(xs: Tuple[Tensor, ...], y: Tensor, _args: Any, _examples: Tensor,
+                     _first_key: int) -> Tuple[Tensor, ...]:
         a = call.explain_raw(xs[0], y)
         if a.shape[1:] != clean.shape[1:]:
             raise ValueError(

@@ -120,7 +120,8 @@ def _keyed_sensitivity_max(explanation_func: Callable[..., Any], inputs: Tuple[T
         clean = explanation_func(req.inputs, **kwargs)
     clean = clean if isinstance(clean, tuple) else (clean,)
 
-    def explain_rows(xs: Tuple[Tensor, ...], target: Any, args: Any, examples: Tensor) -> Tuple[Tensor, ...]:
+    def explain_rows(xs: Tuple[Tensor, ...], target: Any, args: Any, examples: Tensor,
+                     _first_key: int) -> Tuple[Tensor, ...]:
         extra = _rows_kwargs(other, req.inputs, examples)
         if "target" in kwargs:
             extra["target"] = target
