@@ -15,7 +15,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -164,6 +164,7 @@ class _Loop:
                 self.outer_sq = [torch.zeros_like(a) for a in self.outer]
         self.n_outputs: Optional[int] = None
         self.checked = False
+        self.pairs: Dict[Tuple[int, int, int], Tuple[Tensor, Tensor]] = {}
 
     # -- one chunk ---------------------------------------------------------
     def points(self, i: int, r0: int, n: int) -> Tensor:
@@ -172,8 +173,8 @@ class _Loop:
         if req.group_alphas is not None:
             # One point per group (S = 1): alpha x_n + (1 - alpha) reference, as Captum's GradientShap.
             alpha = req.group_alphas[r0 : r0 + n].view(-1, *([1] * (x.dim() - 1)))
-            rows = alpha * sample_inputs(req, i, r0, r0 + n) + (1 - alpha) * _group_baselines(req, i, r0, r0 + n)
-            return rows.requires_grad_()
+            x_n, base = self.sample_pair(i, r0, r0 + n)
+            return (alpha * x_n + (1 - alpha) * base).requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
             return x[r0 : r0 + n].detach().requires_grad_()
@@ -236,6 +237,18 @@ class _Loop:
         if g_done > g_first:
             self.finish_groups(inner, g_first, g_done)
 
+    def sample_pair(self, i: int, g0: int, g1: int) -> Tuple[Tensor, Tensor]:
+        """``(x_n, baseline)`` of input ``i`` for groups ``g0 .. g1-1``. With
+        drawn references a chunk's rows are its groups: the pair its points
+        were made from is kept for its attributions instead of remade."""
+        key = (i, g0, g1)
+        if key not in self.pairs:
+            if self.req.group_alphas is None:
+                return sample_inputs(self.req, i, g0, g1), _group_baselines(self.req, i, g0, g1)
+            self.pairs = {k: v for k, v in self.pairs.items() if k[1] >= g0}  # earlier chunks are done
+            self.pairs[key] = (sample_inputs(self.req, i, g0, g1), _group_baselines(self.req, i, g0, g1))
+        return self.pairs[key]
+
     def finish_groups(self, inner: List[Tensor], g0: int, g1: int) -> None:
         """Per-sample attributions of groups ``g0 .. g1-1``, folded over samples."""
         req, plan = self.req, self.req.plan
@@ -249,7 +262,8 @@ class _Loop:
             elif t == "times_input":
                 a = g * sample_inputs(req, i, g0, g1)
             else:  # times_input_minus_baseline
-                a = g * (sample_inputs(req, i, g0, g1) - _group_baselines(req, i, g0, g1))
+                x_n, base = self.sample_pair(i, g0, g1)
+                a = g * (x_n - base)
             attrs.append(a)
         if req.sample_sink is not None:
             req.sample_sink(tuple(attrs), g0, g1)
