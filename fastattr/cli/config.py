@@ -78,7 +78,8 @@ def build_parser(methods: Sequence[str], metrics: Sequence[str], default_methods
                    "with one sub-folder per class; default: scikit-learn's digits (held-out split)")
     p.add_argument("--limit", type=_positive_int, help="audit only the first LIMIT examples")
     p.add_argument("--batch-size", type=_positive_int, default=64,
-                   help="examples per batch (part of the configuration: random draws are keyed per batch)")
+                   help="examples per batch (part of the configuration: random draws are keyed by data-set "
+                        "index, but a model's kernels may round differently per batch size)")
     p.add_argument("--shard-batches", type=_positive_int, default=2,
                    help="batches per shard, the unit of checkpointing and of distribution")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda means each rank's local GPU)")
