@@ -75,9 +75,10 @@ def _layers(name: str, model: nn.Module) -> Tuple[nn.Module, nn.Module]:
 
 
 # Layer methods first run the model once without autograd to capture the
-# layer (Grad-CAM: at the inputs; layer IG: at the inputs and the baselines):
-# forward-only rows per example beyond the method's own.
-CAPTURE_ROWS = {"grad_cam": 1, "guided_grad_cam": 1, "layer_integrated_gradients": 2}
+# layer (Grad-CAM: at the inputs; layer IG: at the inputs and at the zero
+# baseline, one broadcast row): (rows per example, rows per call) beyond the
+# method's own.
+CAPTURE_ROWS = {"grad_cam": (1, 0), "guided_grad_cam": (1, 0), "layer_integrated_gradients": (1, 1)}
 
 # method -> (rows evaluated per example, deterministic (checked against Captum))
 METHODS: Dict[str, Tuple[int, bool]] = {
@@ -229,7 +230,8 @@ def check(bench: Bench) -> List[str]:
     problems = []
     spec = bench.spec
     fa, grad_rows, other_rows = _rows(bench.model, bench.calls["fastattr"])
-    capture = spec.batch * CAPTURE_ROWS.get(spec.method, 0)
+    per_example, per_call = CAPTURE_ROWS.get(spec.method, (0, 0))
+    capture = spec.batch * per_example + per_call
     if spec.method in CAPTURE_ROWS:
         if grad_rows + other_rows != spec.rows + capture:
             problems.append(f"fastattr ran {grad_rows + other_rows} rows, expected {spec.rows} + {capture} capture")
