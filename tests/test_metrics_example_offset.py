@@ -76,3 +76,10 @@ def test_random_explainer_in_the_per_chunk_route_is_keyed_by_row(backend: str, c
     torch.testing.assert_close(score(x, t, 0, chunk_rows), whole, rtol=1e-12, atol=1e-12)
     parts = [score(x[a:b], t[a:b], a, chunk_rows) for a, b in SPLITS]
     torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_explainer_kwargs_cannot_set_the_metrics_keys(backend: str) -> None:
+    model, x = _model(), _x()
+    with pytest.raises(ValueError, match="explainer_kwargs: example_offset"):
+        metrics.max_sensitivity(model, x, torch.arange(BATCH) % 3, explainer="smoothgrad",
+                                explainer_kwargs=dict(example_offset=3))

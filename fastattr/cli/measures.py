@@ -60,8 +60,12 @@ _PGD_STEPS = 10
 
 
 def _explainer_kwargs(ctx: BatchContext, method: str) -> Tuple[str, Dict[str, Any]]:
+    # The metric keys its explainer's draws itself (per perturbed copy), from
+    # the example_offset it is given: not from the method's own options.
     m = METHODS[method]
-    return m.explainer, m.options(ctx.x, ctx.seed, ctx.offset)
+    options = m.options(ctx.x, ctx.seed, ctx.offset)
+    options.pop("example_offset", None)
+    return m.explainer, options
 
 
 _EPS_MIN = 1e-6

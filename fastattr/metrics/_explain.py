@@ -43,6 +43,11 @@ class Explainer:
             )
         self.fn = explainer
         self.kwargs: Dict[str, Any] = dict(explainer_kwargs or {})
+        if "example_offset" in self.kwargs:
+            raise ValueError(
+                "explainer_kwargs: example_offset is set by the metric for every explained row "
+                "(pass the metric's own example_offset instead)"
+            )
         self.is_fastattr = explainer in {getattr(_attr, n) for n in _attr.__all__ if n[0].islower()}
         try:
             self.takes_example_offset = "example_offset" in inspect.signature(explainer).parameters
