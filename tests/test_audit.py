@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from fastattr.cli import main
 from fastattr.cli.audit import check_model_fits
@@ -237,7 +236,6 @@ def test_bad_input_messages(env, model_files, tmp_path, capsys):
     npz = env / "digits.npz"
     x, y = np.load(npz)["x"], np.load(npz)["y"]
     o = ["--out", tmp_path / "o"]
-    cases = []
     assert "--data" in (e := _bad(tmp_path, capsys, "--data", tmp_path / "missing.npz", *o)) and "no such" in e
     assert "--model" in (e := _bad(tmp_path, capsys, "--model", tmp_path / "missing.pt", *o)) and "no such" in e
     assert "--model" in _bad(tmp_path, capsys, "--model", "no_such_module_xyz:f", *o)
