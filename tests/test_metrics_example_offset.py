@@ -83,3 +83,21 @@ def test_explainer_kwargs_cannot_set_the_metrics_keys(backend: str) -> None:
     with pytest.raises(ValueError, match="explainer_kwargs: example_offset"):
         metrics.max_sensitivity(model, x, torch.arange(BATCH) % 3, explainer="smoothgrad",
                                 explainer_kwargs=dict(example_offset=3))
+
+
+@pytest.mark.parametrize("name", ["infidelity", "pixel_flipping"])
+def test_clean_explanation_by_a_random_explainer_is_keyed_by_data_set_index(backend: str, name: str) -> None:
+    """A metric that computes the clean explanation itself with SmoothGrad keys
+    that noise by data-set index too: batches with offsets equal one call."""
+    model, x = _model(), _x()
+    t = torch.arange(BATCH) % 3
+
+    def score(xs: Tensor, ts: Tensor, offset: int) -> Tensor:
+        if name == "infidelity":
+            return metrics.infidelity(model, xs, "smoothgrad", ts, n_samples=3, example_offset=offset)
+        return metrics.pixel_flipping(model, xs, "smoothgrad", ts, features_in_step=4,
+                                      example_offset=offset).values
+
+    whole = score(x, t, 0)
+    parts = [score(x[a:b], t[a:b], a) for a, b in SPLITS]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-12, atol=1e-12)

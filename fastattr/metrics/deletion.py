@@ -103,7 +103,8 @@ class ReplacedRows:
 
 
 def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
-             additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any):
+             additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
+             example_offset: int = 0):
     """Checked arguments shared by every curve: ``(x, attrs, target, args,
     model_for_output, memory_budget, chunk_rows)``."""
     check_model(model)
@@ -120,7 +121,7 @@ def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, tar
         attrs = _broadcastable_attributions(attributions, x)
     else:
         (attrs,) = resolve_attributions(attributions, model, (x,), False, target, additional_forward_args,
-                                        explainer_kwargs, memory_budget)
+                                        explainer_kwargs, memory_budget, example_offset)
     evaluated = softmax_outputs(model) if output == "probability" else model
     return x, attrs, fmt_target, args, evaluated, memory_budget, chunk_rows
 
@@ -337,21 +338,22 @@ def pixel_flipping(
         order: int64 ``[B, F]``, the element order to use instead of the
             attributions' stable descending order (e.g. NumPy's ``argsort``
             to reproduce Quantus's tie order).
-        example_offset: ``"uniform"`` fills of example ``b`` are keyed as
-            example ``example_offset + b`` (its index in a data set).
+        example_offset: ``"uniform"`` fills of example ``b`` (and a random
+            explainer's draws) are keyed as example ``example_offset + b``
+            (its index in a data set).
 
     Returns:
         :class:`Curve`: ``values`` float64 ``[B, K]`` and ``auc`` float64
         ``[B]`` (trapezoids of width 1, Quantus's ``return_auc_per_sample``).
     """
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     x, attrs, target, args, evaluated, memory_budget, chunk_rows = _prepare(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows)
+        memory_budget, chunk_rows, example_offset)
     step = v.check_positive_int(features_in_step, "features_in_step")
     n_features = x[0].numel()
     n_points = -(-n_features // step)
     counts = (torch.arange(1, n_points + 1, dtype=torch.int64, device=x.device) * step).clamp_(max=n_features)
-    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     fill, per_step = _flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high, example_offset)
     if order is None:
         order = descending_order(attrs.expand(x.shape))

@@ -40,11 +40,13 @@ def resolve_attributions(
     additional_forward_args: Any,
     explainer_kwargs: Optional[Mapping[str, Any]],
     memory_budget: Optional[int],
+    example_offset: int = 0,
 ) -> Tuple[Tensor, ...]:
     """The clean explanation, one tensor per input: ``attributions`` as given
     (a tensor or tuple, each ``[B, *F_i]`` or broadcastable to it, checked
     finite) or computed once by ``attributions`` as an explainer (a fastattr
-    explainer, its name, a user callable or an :class:`Explainer`)."""
+    explainer, its name, a user callable or an :class:`Explainer`; a random
+    one keyed from example ``example_offset``)."""
     if isinstance(attributions, (Tensor, tuple)):
         if explainer_kwargs is not None:
             raise ValueError("explainer_kwargs: only used when attributions is an explainer, not tensors")
@@ -65,7 +67,8 @@ def resolve_attributions(
                 raise ValueError(f"{name}: contains NaN or Inf")
         return tuple(a.detach() for a in attrs)
     explainer = attributions if isinstance(attributions, Explainer) else Explainer(attributions, explainer_kwargs)
-    return tuple(a.detach() for a in explainer(model, xs, was_tuple, target, additional_forward_args, memory_budget))
+    return tuple(a.detach() for a in explainer(model, xs, was_tuple, target, additional_forward_args, memory_budget,
+                                               example_offset))
 
 
 class _PerturbedRows:
@@ -222,7 +225,7 @@ def infidelity(
             raise ValueError(f"baselines: expected {len(xs)} baselines (one per input), got {len(bases)}")
         make = _user_perturbations(xs, was_tuple, bases, perturb_func)
     attrs = resolve_attributions(attributions, model, xs, was_tuple, target, additional_forward_args,
-                                 explainer_kwargs, memory_budget)
+                                 explainer_kwargs, memory_budget, example_offset)
 
     clean = forward_rows(model, lambda r0, r1: tuple(x[r0:r1] for x in xs), batch, 1, xs, fmt_target,
                          args, memory_budget, chunk_rows)
