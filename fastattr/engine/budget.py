@@ -7,10 +7,11 @@ cached per (model, input signature) so later calls size every chunk right away.
 """
 from __future__ import annotations
 
-import weakref
-from typing import Dict, Hashable, Iterator, Optional, Tuple
-
 import contextlib
+import math
+import weakref
+from typing import Dict, Hashable, Iterator, Optional, Sequence, Tuple
+
 import torch
 from torch import Tensor
 
@@ -67,6 +68,21 @@ def rows_per_chunk(
     per_row = max(1, activation_row_bytes + _INPUT_COPIES_PER_ROW * input_row_bytes)
     rows = max(1, min(total_rows, budget // per_row))
     return rows if cap is None else max(1, min(rows, cap))
+
+
+def input_row_bytes(inputs: Sequence[Tensor]) -> int:
+    """Bytes of one row of every input together (each ``[B, *F_i]``)."""
+    return sum(math.prod(x.shape[1:]) * x.element_size() for x in inputs)
+
+
+def unmeasured_chunk_rows(inputs: Sequence[Tensor], memory_budget: Optional[int], total_rows: int,
+                          cap: Optional[int]) -> int:
+    """Rows per chunk of rows shaped like ``inputs`` whose activations are not
+    measured (forward-only rows, an explainer called per chunk): the first
+    guess of :func:`rows_per_chunk` within ``memory_budget`` (None: the
+    device's :func:`default_budget`)."""
+    budget = memory_budget or default_budget(inputs[0].device)
+    return rows_per_chunk(budget, input_row_bytes(inputs), None, total_rows, cap)
 
 
 class SavedBytesMeter:

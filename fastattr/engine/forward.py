@@ -4,7 +4,6 @@ accuracy under attack) run on, under the same byte budget as the gradient
 loop."""
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
@@ -43,9 +42,7 @@ def forward_rows(
     out = torch.empty(total, dtype=torch.float64, device=device)
     if total == 0:
         return out
-    budget = memory_budget or _budget.default_budget(device)
-    row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in like)
-    chunk = _budget.rows_per_chunk(budget, row_bytes, None, total, chunk_rows)
+    chunk = _budget.unmeasured_chunk_rows(like, memory_budget, total, chunk_rows)
     batched = per_example_flags(additional_args)
     single = like[0].shape[0] == 1
     n_outputs, checked = None, False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, Union
 
@@ -297,7 +296,7 @@ class _Loop:
         # Backward rules change what autograd saves per row: measured per rule set.
         rules = getattr(req.rules, "func", req.rules)
         sig = (_budget.signature(req.inputs), getattr(rules, "__qualname__", None))
-        row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in req.inputs)
+        row_bytes = _budget.input_row_bytes(req.inputs)
         measured = _budget.cached_activation_bytes(self.model, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
         r0 = 0

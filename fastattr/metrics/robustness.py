@@ -24,6 +24,7 @@ from ..attr._call import build_request
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_ATTACK, Request, run, single_point_plan
 from ..engine import budget as _budget
+from ..engine.loop import row_examples
 from ..engine.outputs import per_example_flags, rows_args
 
 Clamp = Optional[Tuple[float, float]]
@@ -130,16 +131,14 @@ def predicted_classes(
         like: one row ``[1, *F]`` (size, device).
     """
     device = like.device
-    budget = memory_budget or _budget.default_budget(device)
-    row_bytes = like[0].numel() * like.element_size()
-    chunk = _budget.rows_per_chunk(budget, row_bytes, None, total, chunk_rows)
+    chunk = _budget.unmeasured_chunk_rows((like,), memory_budget, total, chunk_rows)
     batched = per_example_flags(args)
     out = torch.empty(total, dtype=torch.int64, device=device)
     with torch.no_grad():
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
-            rows_idx = torch.arange(r0, r1, device=device)
-            out[r0:r1] = model(rows_for(r0, r1), *rows_args(args, batched, rows_idx, r1 - r0)).argmax(dim=1)
+            rows = row_examples(r0, r1, 1, device)
+            out[r0:r1] = model(rows_for(r0, r1), *rows_args(args, batched, rows, r1 - r0)).argmax(dim=1)
     return out
 
 

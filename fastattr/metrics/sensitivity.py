@@ -180,9 +180,7 @@ class PerturbedExplanations:
             run(dataclasses.replace(noisy, sample_sink=sink))
             return values.view(self.batch, n)
 
-        budget = req.memory_budget or _budget.default_budget(device)
-        row_bytes = sum(math.prod(x.shape[1:]) * x.element_size() for x in inputs)
-        chunk = _budget.rows_per_chunk(budget, row_bytes, None, total, req.chunk_rows)
+        chunk = _budget.unmeasured_chunk_rows(inputs, req.memory_budget, total, req.chunk_rows)
         batched = per_example_flags(req.additional_args)
         for g0 in range(0, total, chunk):
             g1 = min(total, g0 + chunk)
