@@ -1,7 +1,7 @@
 """``GuidedBackprop`` and ``Deconvolution`` as Captum 0.9's."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -13,43 +13,34 @@ from ._base import Attribution, captum_target
 
 class _ModifiedReluGradient(Attribution):
     """Captum's ``ModifiedReluGradientAttribution``: the model must be an
-    ``nn.Module`` (its ``nn.ReLU`` modules get the rule)."""
+    ``nn.Module`` (its ``nn.ReLU`` modules get the rule); subclasses name the
+    fastattr function that computes their attributions."""
 
-    _method = ""
+    _function: Callable[..., v.TensorOrTuple]
 
     def __init__(self, model: nn.Module) -> None:
-        require_module(model, self._method)
+        require_module(model, self._function.__name__)
         super().__init__(model)
         self.model = model
 
-
-class GuidedBackprop(_ModifiedReluGradient):
-    """Captum's ``GuidedBackprop(model)``."""
-
-    _method = "guided_backprop"
-
     def attribute(
         self,
         inputs: v.TensorOrTuple,
         target: Any = None,
         additional_forward_args: Any = None,
     ) -> v.TensorOrTuple:
-        """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.attr.guided.guided_backprop`."""
-        return guided_backprop(self.model, inputs, target=captum_target(target),
-                               additional_forward_args=additional_forward_args)
+        """Attributions ``[B, *F]`` (or a tuple), as the fastattr function of the class."""
+        return self._function(self.model, inputs, target=captum_target(target),
+                              additional_forward_args=additional_forward_args)
+
+
+class GuidedBackprop(_ModifiedReluGradient):
+    """Captum's ``GuidedBackprop(model)``: :func:`fastattr.attr.guided.guided_backprop`."""
+
+    _function = staticmethod(guided_backprop)
 
 
 class Deconvolution(_ModifiedReluGradient):
-    """Captum's ``Deconvolution(model)``."""
+    """Captum's ``Deconvolution(model)``: :func:`fastattr.attr.guided.deconvolution`."""
 
-    _method = "deconvolution"
-
-    def attribute(
-        self,
-        inputs: v.TensorOrTuple,
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> v.TensorOrTuple:
-        """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.attr.guided.deconvolution`."""
-        return deconvolution(self.model, inputs, target=captum_target(target),
-                             additional_forward_args=additional_forward_args)
+    _function = staticmethod(deconvolution)
