@@ -25,8 +25,13 @@ INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64
 def _all_finite(t: Tensor) -> bool:
     # One reduction instead of an elementwise isfinite pass: a NaN or Inf
     # anywhere makes the sum non-finite. A non-finite sum of finite values
-    # (overflow) is told apart by the exact check.
-    if t.numel() == 0 or math.isfinite(t.sum(dtype=torch.float64).item()):
+    # (overflow) is told apart by the exact check. Half types are summed in
+    # float32, where overflow is rare; float32 and float64 in their own dtype,
+    # without a converted copy.
+    if t.numel() == 0:
+        return True
+    total = t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()
+    if math.isfinite(total.item()):
         return True
     return bool(torch.isfinite(t).all())
 
@@ -62,17 +67,34 @@ def format_inputs(inputs: TensorOrTuple, allow_integer: bool = False) -> Tuple[T
     return tuple(tensors), was_tuple
 
 
-@functools.lru_cache(maxsize=32)
+def _first_parameter(module: torch.nn.Module) -> Tuple[Optional[str], Optional[Tensor]]:
+    """``(qualified name, parameter)`` of the first parameter in
+    ``named_parameters`` order, or ``(None, None)``. Walks the module dicts
+    directly: ``named_parameters`` sets up generators over every module first,
+    which costs more than a small model's whole check."""
+    for name, p in module._parameters.items():
+        if p is not None:
+            return name, p
+    for child_name, child in module._modules.items():
+        if child is not None:
+            name, p = _first_parameter(child)
+            if p is not None:
+                return f"{child_name}.{name}", p
+    return None, None
+
+
 def check_model_device(model: Any, device: torch.device) -> None:
-    """A module's parameters must be on the inputs' device."""
+    """A module's parameters must be on the inputs' device (read on every
+    call: a model may move between calls)."""
     if isinstance(model, torch.nn.Module):
-        name, first = next(model.named_parameters(), (None, None))
+        name, first = _first_parameter(model)
         if first is not None and first.device != device:
             raise ValueError(
                 f"model: parameter {name!r} is on {first.device} but inputs are on {device}"
             )
 
 
+@functools.lru_cache(maxsize=32)
 def _constant_baseline(value: float, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """A ``[1, *F]`` constant baseline, made once per (value, shape, dtype,
     device): the engine only reads baselines, and most calls use the same one."""

@@ -332,12 +332,13 @@ def test_model_not_callable(backend, method, model):
         METHODS[method](model)
 
 
-class _MetaLinear(nn.Module):
-    """A model whose parameters live on the meta device (no data)."""
+class _CountingLinear(nn.Module):
+    """A linear model that counts its forwards; by default its parameters live
+    on the meta device (no data)."""
 
-    def __init__(self):
+    def __init__(self, device: str = "meta"):
         super().__init__()
-        self.lin = nn.Linear(5, 3, device="meta")
+        self.lin = nn.Linear(5, 3, device=device)
         self.forwards = 0
         self.backwards = 0
 
@@ -350,8 +351,19 @@ class _MetaLinear(nn.Module):
 def test_model_parameters_on_another_device(backend, method):
     """CPU inputs, parameters on the meta device (the only second device a
     CPU-only machine has): rejected before the model runs."""
-    model = _MetaLinear()
+    model = _CountingLinear()
     _expect(method, ValueError, r"^model: parameter 'lin\.weight' is on meta but inputs are on cpu", model=model)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_model_moved_after_a_good_call(backend, method):
+    """The device check reads the model on every call: one that ran on the
+    inputs' device and then moved away is rejected, not remembered as fine."""
+    model = _CountingLinear("cpu")
+    METHODS[method](model)
+    model.to("meta")
+    _expect(method, ValueError, r"^model: parameter 'lin\.weight' is on meta but inputs are on cpu", model=model,
+            forwards=model.forwards)
 
 
 OUTPUT_CASES = [
