@@ -74,11 +74,11 @@ def _layers(name: str, model: nn.Module) -> Tuple[nn.Module, nn.Module]:
     return model.blocks[-1], model.stem[0]
 
 
-# Layer methods first run the model once without autograd to capture the
-# layer (Grad-CAM: at the inputs; layer IG: at the inputs and at the zero
-# baseline, one broadcast row): (rows per example, rows per call) beyond the
-# method's own.
-CAPTURE_ROWS = {"grad_cam": (1, 0), "guided_grad_cam": (1, 0), "layer_integrated_gradients": (1, 1)}
+# Layer IG first runs the model once without autograd to capture the layer
+# at the inputs and at the zero baseline (one broadcast row): (rows per
+# example, rows per call) beyond the method's own. Grad-CAM takes the
+# activations from its one forward and needs no capture.
+CAPTURE_ROWS = {"layer_integrated_gradients": (1, 1)}
 
 # method -> (rows evaluated per example, deterministic (checked against Captum))
 METHODS: Dict[str, Tuple[int, bool]] = {

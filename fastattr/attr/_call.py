@@ -26,12 +26,14 @@ def build_request(
     want_deltas: bool = False,
     rules: Optional[Callable[[], ContextManager[Any]]] = None,
     whole_examples: bool = False,
+    leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None,
 ) -> Tuple[Request, bool]:
     """Validate everything and return ``(request, inputs_was_tuple)``.
 
     ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are
-    known; ``rules`` and ``whole_examples`` pass through to the
-    :class:`~fastattr.engine.Request`.
+    known; ``rules``, ``whole_examples`` and ``leaves`` pass through to the
+    :class:`~fastattr.engine.Request`. With ``leaves`` (the gradient is taken
+    inside the model) integer inputs, such as token ids, are accepted.
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
@@ -40,7 +42,7 @@ def build_request(
             "fastattr needs autograd: call it outside torch.inference_mode() "
             "(torch.no_grad() is fine)"
         )
-    xs, was_tuple = v.format_inputs(inputs)
+    xs, was_tuple = v.format_inputs(inputs, allow_integer=leaves is not None)
     # Explain the values, not the caller's graph: results never carry a grad_fn,
     # and inference tensors become ordinary ones that rows can require grad on.
     xs = tuple(x.clone() if x.is_inference() else x.detach() for x in xs)
@@ -59,6 +61,7 @@ def build_request(
         want_deltas=want_deltas,
         rules=rules,
         whole_examples=whole_examples,
+        leaves=leaves,
     )
     return req, was_tuple
 

@@ -131,6 +131,13 @@ def _check_ran_once(calls: List[int], names: List[str]) -> None:
             )
 
 
+def _check_floating(tensors: Tuple[Tensor, ...], name: str, what: str, to_layer_input: bool) -> None:
+    for t in tensors:
+        if not t.is_floating_point():
+            hint = " (attribute_to_layer_input=True on an embedding sees token ids)" if to_layer_input else ""
+            raise TypeError(f"{name} {what}: expected floating tensors to take gradients at, got {t.dtype}{hint}")
+
+
 def layer_names(layers: Sequence[nn.Module], was_list: bool) -> List[str]:
     """How error messages name each layer: ``layer`` or ``layer[i]``."""
     return [f"layer[{i}]" if was_list else "layer" for i in range(len(layers))]
@@ -165,12 +172,7 @@ def capture_layers(
     what = "input" if to_layer_input else "output"
     for name, p in zip(names, produced):
         tensors, container = _split(p, f"{name} {what}")
-        for t in tensors:
-            if not t.is_floating_point():
-                hint = " (attribute_to_layer_input=True on an embedding sees token ids)" if to_layer_input else ""
-                raise TypeError(
-                    f"{name} {what}: expected floating tensors to take gradients at, got {t.dtype}{hint}"
-                )
+        _check_floating(tensors, name, what, to_layer_input)
         values.append(tensors)
         containers.append(container)
     return LayerValues(values, containers, output)
@@ -251,6 +253,99 @@ class LayerSubstitution(nn.Module):
             return hook
 
         with _hooks(self._layers, self._to_layer_input, make_hook):
+            yield self
+
+
+class LayerLeaves(nn.Module):
+    """``model`` with the gradient taken at the chosen layers' outputs (or
+    inputs): the engine's model in a :class:`~fastattr.engine.Request` whose
+    ``leaves`` is :meth:`leaves`.
+
+    In each forward the hooks turn what the layers produce into autograd
+    leaves (what :meth:`leaves` returns to the engine) and pass copies on, so
+    that the rest of the model builds its graph from them; what runs before
+    the layers runs without autograd. One forward gives both the activations
+    (:attr:`values`, per forward) and, through the engine's backward, the
+    gradient at them: no separate capture pass. Hooks are active only inside
+    :meth:`installed`.
+    """
+
+    def __init__(self, model: Callable[..., Any], layers: Sequence[nn.Module], names: List[str],
+                 to_layer_input: bool, check: Callable[[LayerValues], None] = lambda values: None) -> None:
+        super().__init__()
+        self.model = model
+        self._layers = list(layers)  # a plain list: not registered twice as submodules
+        self._names = names
+        self._to_layer_input = to_layer_input
+        self._check = check  # called on the first forward's layer values, before any backward
+        self._produced: List[Any] = [None] * len(layers)
+        self._calls = [0] * len(layers)
+        self._leaves: List[Tuple[Tensor, ...]] = []
+        self._grad_mode = True
+        self.values: List[LayerValues] = []  # per forward, the layers' values as leaves saw them
+
+    def _leaf_hook(self, i: int) -> Callable:
+        what = "input" if self._to_layer_input else "output"
+
+        def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
+            self._calls[i] += 1
+            torch.set_grad_enabled(self._grad_mode)  # the graph starts here
+            tensors, container = _split(args if self._to_layer_input else out, f"{self._names[i]} {what}")
+            _check_floating(tensors, self._names[i], what, self._to_layer_input)
+            # A layer's inputs are the model's tensors, which it may still
+            # change in place after the layer: the leaves copy them.
+            leaves = tuple((t.detach().clone() if self._to_layer_input else t.detach()).requires_grad_()
+                           for t in tensors)
+            self._produced[i] = (leaves, container)
+            # Copies go on: an in-place op after the layer (ReLU(inplace=True))
+            # must not write into a leaf.
+            passed = tuple(leaf.clone() for leaf in leaves)
+            if self._to_layer_input:
+                return passed  # a pre-hook's tuple replaces the positional inputs
+            return passed[0] if container is None else container(passed)
+
+        return hook
+
+    def forward(self, *args: Any) -> Any:
+        self._calls = [0] * len(self._layers)
+        self._produced = [None] * len(self._layers)
+        self._grad_mode = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            out = self.model(*args)
+        finally:
+            torch.set_grad_enabled(self._grad_mode)
+        _check_ran_once(self._calls, self._names)
+        values = LayerValues(
+            [tuple(leaf.detach() for leaf in leaves) for leaves, _ in self._produced],
+            [container for _, container in self._produced],
+            out,
+        )
+        if not self.values:
+            self._check(values)
+        self.values.append(values)
+        self._leaves = [t for leaves, _ in self._produced for t in leaves]
+        return out
+
+    def leaves(self) -> Tuple[Tensor, ...]:
+        """The leaves of the last forward, layer after layer."""
+        return tuple(self._leaves)
+
+    def gathered(self) -> LayerValues:
+        """Every forward's layer values joined along the batch dim, with the
+        first forward's containers and output."""
+        first = self.values[0]
+        joined = [
+            tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*per_forward))
+            for per_forward in zip(*(v.values for v in self.values))
+        ]
+        return LayerValues(joined, first.containers, first.output)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["LayerLeaves"]:
+        """Hooks on the layers for the duration of the block (removed on exit,
+        also when the model raises)."""
+        with _hooks(self._layers, self._to_layer_input, self._leaf_hook):
             yield self
 
 

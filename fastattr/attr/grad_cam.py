@@ -1,14 +1,16 @@
 """Grad-CAM (Selvaraju et al. 2017): a layer's activations weighted by the
 spatially averaged gradient of the target, as Captum's ``LayerGradCam``.
 
-The gradient comes from the engine: a single-point plan whose inputs are the
-layer's activations, run on the model with that layer's output replaced by
-the rows (:class:`~fastattr.attr._layer.LayerSubstitution`).
+The gradient comes from the engine: a single-point plan on the model whose
+layer activations are made the leaves of the backward
+(:class:`~fastattr.attr._layer.LayerLeaves`), so one forward per chunk gives
+both the activations and, with a backward that stops at the layer, their
+gradient.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +18,8 @@ from torch import Tensor, nn
 
 from .. import _validate as v
 from ..engine import run, single_point_plan
-from ..engine.outputs import check_model_output
 from ._call import build_request
-from ._layer import (
-    LayerSubstitution, LayerValues, capture_layers,
-    format_layers, format_model_inputs, layer_names, per_layer,
-)
+from ._layer import LayerLeaves, LayerValues, format_layers, layer_names, per_layer
 from .guided import guided_backprop
 from .relu_rules import require_module
 
@@ -49,28 +47,6 @@ def grad_cam_map(grad: Tensor, act: Tensor, attr_dim_summation: bool, relu_attri
     if attr_dim_summation:
         scaled = scaled.sum(dim=1, keepdim=True)
     return F.relu(scaled) if relu_attributions else scaled
-
-
-def _layer_gradients(
-    model: Callable[..., Any],
-    layers: List[nn.Module],
-    names: List[str],
-    acts: LayerValues,
-    model_args: Tuple[Any, ...],
-    target: v.TargetType,
-    to_layer_input: bool,
-    memory_budget: Optional[int],
-    chunk_rows: Optional[int],
-) -> Tuple[Tensor, ...]:
-    """Gradient of the target w.r.t. every captured layer tensor, ``[B, *L]``
-    each in the accumulator dtype, from the engine on the substituted model."""
-    substitution = LayerSubstitution(model, layers, names, acts, to_layer_input)
-    req, _ = build_request(
-        substitution, acts.flat, target, model_args,
-        lambda xs: single_point_plan("grad"), memory_budget, chunk_rows,
-    )
-    with substitution.installed():
-        return run(req).mean
 
 
 def _check_upsample(maps_dims: Tuple[int, ...], size: Tuple[int, ...], mode: str) -> None:
@@ -131,25 +107,25 @@ def grad_cam(
         input) has several tensors.
     """
     layers, _ = format_layers(model, layer, allow_list=False)
-    names = layer_names(layers, False)
-    xs, _ = format_model_inputs(inputs)
-    batch, device = xs[0].shape[0], xs[0].device
-    target_ = v.format_target(target, batch, device)
-    afa = v.format_additional_args(additional_forward_args, batch)
     v.check_choice(interpolate_mode, "interpolate_mode", INTERPOLATE_MODES)
-    v.check_optional_positive_int(memory_budget, "memory_budget")
-    v.check_optional_positive_int(chunk_rows, "chunk_rows")
-    v.check_model_device(model, device)
 
-    acts = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa))
-    check_model_output(acts.output, batch, target_)
-    size = tuple(xs[0].shape[2:])
-    if upsample_to_input:
-        _check_upsample(tuple(a.dim() for a in acts.flat), size, interpolate_mode)
-    grads = _layer_gradients(
-        model, layers, names, acts, (*xs, *afa), target, attribute_to_layer_input,
-        memory_budget, chunk_rows,
+    def check_layer_values(values: LayerValues) -> None:
+        if upsample_to_input:
+            _check_upsample(tuple(a.dim() for a in values.flat), size, interpolate_mode)
+
+    # One forward per chunk: the layer's activations become the leaves the
+    # engine differentiates at, and are kept for the map.
+    leaf_model = LayerLeaves(model, layers, layer_names(layers, False), attribute_to_layer_input,
+                             check=check_layer_values)
+    req, _ = build_request(
+        leaf_model, inputs, target, additional_forward_args,
+        lambda xs: single_point_plan("grad"), memory_budget, chunk_rows,
+        leaves=leaf_model.leaves,
     )
+    size = tuple(req.inputs[0].shape[2:])  # read by check_layer_values during the run
+    with leaf_model.installed():
+        grads = run(req).mean
+    acts = leaf_model.gathered()
     maps = []
     for g, a in zip(grads, acts.flat):
         m = grad_cam_map(g, a.to(g.dtype), attr_dim_summation, relu_attributions)

@@ -58,6 +58,12 @@ class Request:
     # Chunks hold whole examples (a multiple of plan.points_per_example rows),
     # for rules that pair an example's rows inside one forward.
     whole_examples: bool = False
+    # Where the gradient is taken, when not at the rows: called after each
+    # chunk's forward, it returns the leaves that forward made (a layer's
+    # activations, for layer methods), one [n, *L_j] tensor each; the
+    # gradients, and the results, are then shaped like them. The rows are
+    # passed to the model as they are (integer token ids too).
+    leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None
 
 
 @dataclass
@@ -134,6 +140,8 @@ class _Loop:
     def __init__(self, req: Request):
         self.req = req
         plan = req.plan
+        if req.leaves is not None and (plan.points_per_example != 1 or req.want_deltas):
+            raise ValueError("Request.leaves: only with a single-point plan and no convergence delta")
         self.model = req.model
         self.batch = req.inputs[0].shape[0]
         self.n_samples = plan.n_samples
@@ -152,7 +160,7 @@ class _Loop:
             self.batch > 1 and any(self.batch_args)
         )
         self.carry: List[Optional[Tensor]] = [None] * len(req.inputs)
-        self.pieces: List[List[Tensor]] = [[] for _ in req.inputs]
+        self.pieces: List[List[Tensor]] = []  # per gradient tensor (input or leaf), per chunk
         self.group_sums: List[Tensor] = []
         self.outer = self.outer_sq = None
         if (self.n_samples > 1 or plan.keep_square) and req.sample_sink is None:
@@ -177,7 +185,8 @@ class _Loop:
             return (alpha * x_n + (1 - alpha) * base).requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
-            return x[r0 : r0 + n].detach().requires_grad_()
+            rows = x[r0 : r0 + n].detach()
+            return rows if req.leaves is not None else rows.requires_grad_()
         base = self.req.baselines[i] if plan.alphas is not None else None
         rows = ops.generate_rows(
             x, base, self.alphas, plan.n_samples, plan.noise,
@@ -221,7 +230,8 @@ class _Loop:
         out = self.model(*pts, *self.row_args(examples, n))
         if not self.checked:
             self.check_output(out, n)
-        return input_gradients(out, pts, self.grad_outputs(out, examples))
+        wrt = pts if self.req.leaves is None else self.req.leaves()
+        return input_gradients(out, wrt, self.grad_outputs(out, examples))
 
     # -- folding -----------------------------------------------------------
     def fold(self, grads: Tuple[Tensor, ...], r0: int, r1: int) -> None:
@@ -281,6 +291,8 @@ class _Loop:
         if req.sample_sink is not None:
             return
         if self.outer is None:
+            if not self.pieces:
+                self.pieces = [[] for _ in attrs]
             for i, a in enumerate(attrs):
                 self.pieces[i].append(a)
             return
@@ -293,6 +305,10 @@ class _Loop:
     def run(self) -> Result:
         req = self.req
         total = self.batch * self.per_example
+        if total == 0 and req.leaves is not None:
+            # One forward over no rows tells the leaves' shapes.
+            grads = self.gradients(0, 0)
+            return Result(grads, None, None)
         if total == 0:
             empty = tuple(torch.zeros(x.shape, dtype=d, device=x.device)
                           for x, d in zip(req.inputs, self.acc_dtypes))
