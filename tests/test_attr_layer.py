@@ -307,6 +307,24 @@ def test_grad_cam_matches_captum(name: str, options: str) -> None:
     assert_same_attr(ours, theirs, TOL_CAM, f"grad_cam {name} {options}")
 
 
+def test_layer_methods_measure_activation_sizes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine sizes chunks from activation bytes measured on a first
+    chunk; a layer method's per-call wrapper must not make every call measure
+    again (the measuring hooks cost a Python call per saved tensor)."""
+    from fastattr.engine import budget
+    measured = []
+    real = budget.SavedBytesMeter.measuring
+    monkeypatch.setattr(budget.SavedBytesMeter, "measuring",
+                        lambda self: (measured.append(1), real(self))[1])
+    case = _case("conv", torch.float64, batch=2)
+    for _ in range(3):
+        grad_cam(case.model, case.inputs, case.model.conv2, target=0)
+    assert len(measured) == 1
+    for _ in range(3):
+        layer_integrated_gradients(case.model, case.inputs, case.model.conv2, target=0, n_steps=3)
+    assert len(measured) == 2
+
+
 def test_grad_cam_empty_batch_keeps_the_map_shape() -> None:
     """No examples: a map of zero rows, shaped like a non-empty batch's."""
     case = _case("conv", torch.float64, batch=2)

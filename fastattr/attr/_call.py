@@ -4,7 +4,7 @@ result back the way the caller passed the inputs (tensor in, tensor out;
 tuple in, tuple out)."""
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Hashable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -27,11 +27,12 @@ def build_request(
     rules: Optional[Callable[[], ContextManager[Any]]] = None,
     whole_examples: bool = False,
     leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None,
+    activation_key: Optional[Tuple[object, Hashable]] = None,
 ) -> Tuple[Request, bool]:
     """Validate everything and return ``(request, inputs_was_tuple)``.
 
     ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are
-    known; ``rules``, ``whole_examples`` and ``leaves`` pass through to the
+    known; ``rules``, ``whole_examples``, ``leaves`` and ``activation_key`` pass through to the
     :class:`~fastattr.engine.Request`. With ``leaves`` (the gradient is taken
     inside the model) integer inputs, such as token ids, are accepted.
     """
@@ -62,6 +63,7 @@ def build_request(
         rules=rules,
         whole_examples=whole_examples,
         leaves=leaves,
+        activation_key=activation_key,
     )
     return req, was_tuple
 

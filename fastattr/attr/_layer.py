@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -176,6 +176,13 @@ def capture_layers(
         values.append(tensors)
         containers.append(container)
     return LayerValues(values, containers, output)
+
+
+def layers_activation_key(model: Callable[..., Any], layers: Sequence[nn.Module], to_layer_input: bool,
+                          kind: str) -> Tuple[object, Hashable]:
+    """The engine's ``Request.activation_key`` of a per-call wrapper of
+    ``model`` around ``layers``: sizes measured once per model and layer choice."""
+    return model, (kind, tuple(id(layer) for layer in layers), to_layer_input)
 
 
 class LayerSubstitution(nn.Module):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .. import _validate as v
 from ..engine import run, single_point_plan
 from ._call import build_request
-from ._layer import LayerLeaves, LayerValues, format_layers, layer_names, per_layer
+from ._layer import LayerLeaves, LayerValues, format_layers, layer_names, layers_activation_key, per_layer
 from .guided import guided_backprop
 from .relu_rules import require_module
 
@@ -121,6 +121,7 @@ def grad_cam(
         leaf_model, inputs, target, additional_forward_args,
         lambda xs: single_point_plan("grad"), memory_budget, chunk_rows,
         leaves=leaf_model.leaves,
+        activation_key=layers_activation_key(model, layers, attribute_to_layer_input, "leaves"),
     )
     size = tuple(req.inputs[0].shape[2:])  # read by check_layer_values during the run
     with leaf_model.installed():

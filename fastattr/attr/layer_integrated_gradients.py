@@ -20,7 +20,7 @@ from ..engine import run
 from ..engine.outputs import check_model_output
 from ._call import build_request, shape_output
 from ._layer import (
-    LayerSubstitution, LayerType, capture_layers,
+    LayerSubstitution, LayerType, capture_layers, layers_activation_key,
     format_layers, format_model_inputs, layer_names, per_layer, selected_outputs,
 )
 from .integrated_gradients import delta_dtype, path_plan
@@ -117,6 +117,7 @@ def layer_integrated_gradients(
     req, _ = build_request(
         substitution, at_inputs.flat, target, (*xs, *afa), lambda acts: plan,
         memory_budget, rows_cap, baselines=at_bases.flat, needs_baselines=True,
+        activation_key=layers_activation_key(model, layers, attribute_to_layer_input, "substitution"),
     )
     with substitution.installed():
         result = run(req)

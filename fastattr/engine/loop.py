@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Hashable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -64,6 +64,11 @@ class Request:
     # gradients, and the results, are then shaped like them. The rows are
     # passed to the model as they are (integer token ids too).
     leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    # (owner, tag): measured activation sizes are cached under the owner
+    # (weakly) and tag instead of under the model, for a model that is a
+    # per-call wrapper of the caller's (layer methods), which would otherwise
+    # be measured afresh on every call.
+    activation_key: Optional[Tuple[object, Hashable]] = None
 
 
 @dataclass
@@ -319,9 +324,10 @@ class _Loop:
         budget = req.memory_budget or _budget.default_budget(device)
         # Backward rules change what autograd saves per row: measured per rule set.
         rules = getattr(req.rules, "func", req.rules)
-        sig = (_budget.signature(req.inputs), getattr(rules, "__qualname__", None))
+        owner, tag = req.activation_key or (self.model, None)
+        sig = (_budget.signature(req.inputs), getattr(rules, "__qualname__", None), tag)
         row_bytes = _budget.input_row_bytes(req.inputs)
-        measured = _budget.cached_activation_bytes(self.model, sig)
+        measured = _budget.cached_activation_bytes(owner, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
         r0 = 0
         with req.rules() if req.rules is not None else contextlib.nullcontext():
@@ -332,7 +338,7 @@ class _Loop:
                     with meter.measuring():
                         grads = self.gradients(r0, r1)
                     measured = -(-meter.total // (r1 - r0))
-                    _budget.store_activation_bytes(self.model, sig, measured)
+                    _budget.store_activation_bytes(owner, sig, measured)
                     chunk = self.chunk_rows(budget, row_bytes, measured, total)
                 else:
                     grads = self.gradients(r0, r1)
