@@ -103,7 +103,7 @@ def sample_inputs(req: Request, i: int, g0: int, g1: int) -> Tensor:
     plan, x = req.plan, req.inputs[i]
     if plan.noise == "none":
         if plan.n_samples == 1:
-            return x[g0:g1]
+            return x if g1 - g0 == x.shape[0] else x[g0:g1]
         return x.index_select(0, row_examples(g0, g1, plan.n_samples, x.device))
     return ops.generate_rows(
         x, None, None, plan.n_samples, plan.noise, plan.noise_scales[i], plan.seed,
@@ -255,7 +255,7 @@ class _Loop:
                 acc[0] = self.carry[i]
             ops.accumulate_(acc, None, g, weights, r0, s, g_first)
             self.carry[i] = acc[g_done - g_first] if g_done <= g_last else None
-            inner.append(acc[: g_done - g_first])
+            inner.append(acc if g_done - g_first == acc.shape[0] else acc[: g_done - g_first])
         if g_done > g_first:
             self.finish_groups(inner, g_first, g_done)
 
