@@ -351,6 +351,37 @@ def test_softmax_normalizes_over_the_whole_batch(backend: str) -> None:
         deeplift(case.model, case.inputs, baselines, case.target, memory_budget=1 << 30)
 
 
+class ScaledInPlace(nn.Module):
+    """[B, 6] -> [B, 3]; the nonlinearities' outputs are written in place
+    after the modules return them (LeakyReLU's backward does not need them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(6, 8), nn.LeakyReLU(0.2)
+        self.fc2, self.act2 = nn.Linear(8, 8), nn.LeakyReLU(0.1)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act1(self.fc1(x))
+        h.mul_(2.0)
+        h = self.act2(self.fc2(h))
+        h.add_(0.5)
+        return self.fc3(h)
+
+
+def test_outputs_written_in_place_after_the_module(backend: str) -> None:
+    """The rules keep what they need of a call's input and output when the
+    module returns (Captum keeps copies), so a later in-place write to the
+    output changes nothing."""
+    case = Case(_build(ScaledInPlace, torch.float64), _randn((3, 6), torch.float64, 14), [0, 2, 1])
+    baselines = _randn((1, 6), torch.float64, 15)
+    ours, d_ours = deeplift(case.model, case.inputs, baselines, case.target, return_convergence_delta=True,
+                            chunk_rows=2)
+    theirs, d_theirs = captum_deeplift(case, baselines, return_convergence_delta=True)
+    assert_same_attr(ours, theirs, TOL_F64, "in-place writes vs Captum")
+    assert_same_delta(d_ours, d_theirs, ours, TOL_F64_DELTA, "in-place writes delta vs Captum")
+
+
 def test_module_called_twice_gets_each_calls_rule(backend: str) -> None:
     """Captum refuses a nonlinearity module used twice in one forward (its
     per-module state); fastattr keeps each call's state and gives the

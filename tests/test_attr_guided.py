@@ -312,6 +312,31 @@ def test_float32_and_batch_one(backend: str, name: str, kind: str) -> None:
         assert_same_attr(ours, theirs, tol, f"{kind} {name} {dtype} batch {batch}")
 
 
+@pytest.mark.parametrize("kind", list(METHODS))
+def test_module_keeps_its_own_hooks_and_forward(backend: str, kind: str) -> None:
+    """The rules wrap a module's forward for the call: the module's own hooks
+    still run around it, a forward set on the instance is what the wrapper
+    calls and is put back, and the numbers are still Captum's."""
+    fn, captum_cls, _ = METHODS[kind]
+    case = relu_case("conv")
+    relu = case.model.relu2
+    rows: List[int] = []
+    relu.register_forward_hook(lambda m, a, o: rows.append(o.shape[0]))
+    own_calls: List[int] = []
+
+    def own_forward(x: Tensor) -> Tensor:
+        own_calls.append(x.shape[0])
+        return nn.ReLU.forward(relu, x)
+
+    relu.forward = own_forward
+    ours = fn(case.model, case.inputs, case.target, chunk_rows=2)
+    assert relu.__dict__["forward"] is own_forward
+    assert rows == own_calls == [2, 1]
+    theirs = captum_cls(case.model).attribute(case.inputs, target=case.target)
+    assert_same_attr(ours, theirs, TOL_F64, kind)
+    assert_same_attr(ours, reference(kind, case), TOL_F64, f"{kind} vs reference")
+
+
 def test_functional_relu_keeps_its_gradient(backend: str) -> None:
     """Captum hooks only nn.ReLU modules: on a model with functional
     ``torch.relu`` both methods are the plain gradient, in Captum and here."""

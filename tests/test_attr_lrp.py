@@ -23,11 +23,12 @@ LRP runs a single-point plan (no fused ops), so the tests do not take the
 backend fixture. Measured errors (max |fastattr - other| / max |other|);
 each tolerance is a few times its figure:
 
-* float64 vs Captum: <= 1.9e-15 (attributions; where relevances cancel,
-  relative to max|Captum|); deltas <= 2.9e-16 x the largest per-example
-  sum of |attributions|.
-* float32 vs Captum: <= 2.7e-7; deltas <= 7e-8 x that sum (Captum sums in
-  float32, fastattr in float64).
+* float64 vs Captum: 0 (bit-identical) where the batch is one chunk; <= 2.2e-15
+  where the chunks change the matmuls' batch size (attributions; where
+  relevances cancel, relative to max|Captum|); deltas <= 3.9e-16 x the
+  largest per-example sum of |attributions|.
+* float32 vs Captum: 0 in one chunk, <= 8.6e-7 in chunks of 2 rows; deltas
+  <= 8.5e-8 x that sum (Captum sums in float32, fastattr in float64).
 * float64 vs Zennit: z+ 0 (bit-identical here); folding <= 1.0e-12 (Zennit's
   merged BatchNorm still divides by sqrt(1 + eps); eps = 1e-12 here).
 * float64 vs the reference: <= 5.4e-16.
@@ -288,6 +289,53 @@ def test_inplace_relu_matches_captum() -> None:
     x = torch.randn(4, 6, dtype=torch.float64)
     ours = lrp(model, x, target=1, return_convergence_delta=True)
     _check(ours, _captum(model, {}, x, 1, None), torch.float64, "inplace relu")
+
+
+class Residual(nn.Module):
+    """[B, 4, 6, 6] -> [B, 3]: torchvision's BasicBlock, whose addition writes
+    into a layer's output when ``inplace``. The rules wrap each layer's own
+    forward and work on its output tensor itself, so in-place writes after a
+    layer must not change its relevances."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu1 = nn.ReLU(inplace=inplace)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.ident = nn.Identity()
+        self.relu2 = nn.ReLU(inplace=inplace)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.ident(self.bn2(self.conv2(out)))
+        if self.inplace:
+            out += x
+        else:
+            out = out + x
+        return self.fc(self.gap(self.relu2(out)).flatten(1))
+
+
+def test_inplace_writes_after_layers_equal_out_of_place() -> None:
+    """``out += x`` on a BatchNorm's output (the epsilon rule's stabilizer is
+    taken before it), on an nn.Identity with a rule (whose output is its input,
+    a view the rule must copy before the write), and an in-place ReLU with
+    an epsilon rule of its own (run on a copy of its input): relevances and
+    deltas bit for bit those of the out-of-place model."""
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    results = []
+    for inplace in (True, False):
+        model = _seeded(Residual(inplace), 3, torch.float64)
+        model.ident.rule = EpsilonRule()
+        model.relu1.rule = EpsilonRule(0.01)
+        results.append(lrp(model, x, target=1, return_convergence_delta=True, chunk_rows=2))
+    (a, d), (b, e) = results
+    assert torch.equal(a, b) and torch.equal(d, e)
+    assert a.abs().sum() > 0
 
 
 def test_fastattr_rules_on_modules_equal_captum_rules() -> None:

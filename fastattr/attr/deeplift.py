@@ -43,6 +43,7 @@ import functools
 import inspect
 import math
 import sys
+import weakref
 from numbers import Real
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -66,34 +67,95 @@ CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
 
 def _pairs(t: Tensor) -> Tensor:
     """``[2n, *F]`` -> ``[n, 2, *F]`` (input, reference)."""
-    return t.unflatten(0, (-1, 2))
+    return t.reshape(-1, 2, *t.shape[1:])
 
 
 def _pair_delta(t: Tensor) -> Tensor:
     """``[n, 1, *F]``: input minus reference, broadcast over the pair."""
-    p = _pairs(t)
-    return (p[:, 0] - p[:, 1]).unsqueeze(1)
+    return (t[0::2] - t[1::2]).unsqueeze(1)
 
 
-def _rescale(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
-    """``[n, 2, *F]`` rescale gradient (Captum's ``nonlinear``), the same for both rows of a pair."""
-    delta_in, delta_out = _pair_delta(call.input), _pair_delta(call.output)
-    return torch.where(
-        delta_in.abs() < eps, _pairs(grad_input), _pairs(call.grad_output) * delta_out / delta_in
-    )
+@functools.lru_cache(maxsize=64)
+def _threshold(eps: float, dtype: torch.dtype) -> float:
+    """``eps`` rounded to ``dtype``, as a tensor comparison with it rounds it."""
+    return torch.tensor(eps, dtype=dtype).item()
 
 
-def rescale_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
-    """Elementwise nonlinearities: ``grad_out * delta_out / delta_in``, or the
-    ordinary gradient where ``|delta_in| < eps``. Tensors ``[2n, *F]``."""
-    return _rescale(call, grad_input, eps).flatten(0, 1)
+def _maybe_small(magnitude: Tensor, eps: float) -> bool:
+    """Whether some entry of ``magnitude`` may be below ``eps``. Checked on
+    the CPU, where it is one cheap reduction; assumed elsewhere, where the
+    check would wait for the device."""
+    if magnitude.numel() == 0:
+        return False
+    if magnitude.device.type != "cpu":
+        return True
+    return magnitude.amin().item() < _threshold(eps, magnitude.dtype)
 
 
-def softmax_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
+@dataclasses.dataclass(frozen=True)
+class _Divisor:
+    """``delta_in`` ``[n, 1, *F]`` of one call, ready for the rule's division.
+
+    Where ``|delta_in| < eps`` the rule keeps the ordinary gradient. That
+    selection is done with arithmetic, not ``torch.where``: a bool tensor
+    costs several times a float pass on the CPU. ``small`` is 1.0 there and
+    0.0 elsewhere (None: no such entry); ``safe`` is ``delta_in`` with those
+    entries made >= 1 in magnitude, so that the quotients there are finite
+    and ``lerp(quotient, grad_input, small)`` selects exactly.
+    """
+
+    safe: Tensor
+    small: Optional[Tensor]
+
+    @staticmethod
+    def of(delta_in: Tensor, eps: float) -> "_Divisor":
+        magnitude = delta_in.abs()
+        if not _maybe_small(magnitude, eps):
+            return _Divisor(delta_in, None)
+        # sign(eps - |d|) is +1 exactly where |d| < eps: a float mask without a bool tensor.
+        small = (eps - magnitude).sign_().clamp_(min=0)
+        return _Divisor(torch.maximum(magnitude, small).copysign_(delta_in), small)
+
+    def select(self, quotient: Tensor, grad_input: Tensor) -> Tensor:
+        """``grad_input`` where small, else ``quotient`` (broadcast to it).
+        lerp with a weight of exactly 0 or 1 returns ``start`` or ``end``
+        exactly (for finite values), and reads the weight as a float."""
+        if self.small is None:
+            return quotient.expand_as(grad_input)
+        return torch.lerp(quotient, grad_input, self.small)
+
+
+class _PairRule(BackwardRule):
+    """A DeepLIFT rule: the ordinary gradient where ``|x - r| < eps``."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+
+class _Rescale(_PairRule):
+    """Captum's ``nonlinear`` rule on pairs, tensors ``[2n, *F]``: ``grad_out
+    * delta_out / delta_in``, the same for both rows of a pair, or the
+    ordinary gradient where ``|delta_in| < eps``."""
+
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor) -> Tuple[_Divisor, Tensor]:
+        return _Divisor.of(_pair_delta(inp.detach()), self.eps), _pair_delta(out.detach())
+
+    def rescaled(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        """``[n, 2, *F]``."""
+        div, delta_out = call.values
+        return div.select(_pairs(call.grad_output) * delta_out / div.safe, _pairs(grad_input))
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        return self.rescaled(call, grad_input).flatten(0, 1)
+
+
+class _SoftmaxRescale(_Rescale):
     """The rescale gradient minus its mean over all ``2n`` rows (Captum's
     ``softmax``: the mean is over the whole call, not per example)."""
-    unnorm = _rescale(call, grad_input, eps).flatten(0, 1)
-    return unnorm - unnorm.sum() * 1 / grad_input.numel()
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        unnorm = self.rescaled(call, grad_input).flatten(0, 1)
+        return unnorm - unnorm.sum() * 1 / grad_input.numel()
 
 
 _POOLS: Dict[Type[nn.Module], Tuple[Callable[..., Any], Callable[..., Tensor]]] = {
@@ -103,38 +165,55 @@ _POOLS: Dict[Type[nn.Module], Tuple[Callable[..., Any], Callable[..., Tensor]]] 
 }
 
 
-def maxpool_rule(call: ModuleCall, grad_input: Tensor, eps: float) -> Tensor:
-    """Captum's ``maxpool`` rule on pairs, tensors ``[2n, C, *S]``.
+def _pool_indices(mod: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    """The argmax indices of the pooling that made ``out``: the pool's
+    autograd node holds them (2-d and 3-d pools); else pooled again."""
+    saved = getattr(out.grad_fn, "_saved_result1", None)
+    if isinstance(saved, Tensor) and saved.shape == out.shape and saved.dtype == torch.int64:
+        return saved
+    with torch.no_grad():
+        return _POOLS[type(mod)][0](inp, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                                    mod.ceil_mode, True)[1]
+
+
+class _MaxPool(_PairRule):
+    """Captum's ``maxpool`` rule on pairs, tensors ``[2n, C, *S]``: the output
+    differences (against the elementwise max of the pair's pooled outputs)
+    unpooled to each row's argmax, summed over the pair, over ``delta_in``.
 
     Where ``|delta_in| < eps`` Captum takes ``grad_input[0]`` (example 0's
     ordinary gradient, broadcast to every row); here each row takes its own.
     """
-    mod = call.module
-    pool, unpool = _POOLS[type(mod)]
-    with torch.no_grad():
-        out = _pairs(call.output)
-        cross_max = torch.max(out[:, 0], out[:, 1])
-        delta_out = torch.stack((cross_max - out[:, 1], out[:, 0] - cross_max), 1).flatten(0, 1)
-        _, indices = pool(call.input, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                          mod.ceil_mode, True)
-        unpooled = _pairs(unpool(call.grad_output * delta_out, indices, mod.kernel_size,
-                                 mod.stride, mod.padding, list(call.input.shape)))
+
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor
+               ) -> Tuple[_Divisor, Tensor, Tensor, List[int]]:
+        pairs = _pairs(out.detach())
+        cross_max = torch.max(pairs[:, 0], pairs[:, 1])
+        delta_out = torch.stack((cross_max - pairs[:, 1], pairs[:, 0] - cross_max), 1).flatten(0, 1)
+        return (_Divisor.of(_pair_delta(inp.detach()), self.eps), delta_out,
+                _pool_indices(module, inp.detach(), out), list(inp.shape))
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        mod = call.module
+        div, delta_out, indices, shape = call.values
+        unpooled = _pairs(_POOLS[type(mod)][1](call.grad_output * delta_out, indices, mod.kernel_size,
+                                                 mod.stride, mod.padding, shape))
         summed = (unpooled[:, 0] + unpooled[:, 1]).unsqueeze(1)
-    delta_in = _pair_delta(call.input)
-    return torch.where(delta_in.abs() < eps, _pairs(grad_input), summed / delta_in).flatten(0, 1)
+        return div.select(summed / div.safe, _pairs(grad_input)).flatten(0, 1)
 
 
-RULES: Dict[Type[nn.Module], Callable[[ModuleCall, Tensor, float], Tensor]] = {
-    nn.ReLU: rescale_rule,
-    nn.ELU: rescale_rule,
-    nn.LeakyReLU: rescale_rule,
-    nn.Sigmoid: rescale_rule,
-    nn.Tanh: rescale_rule,
-    nn.Softplus: rescale_rule,
-    nn.MaxPool1d: maxpool_rule,
-    nn.MaxPool2d: maxpool_rule,
-    nn.MaxPool3d: maxpool_rule,
-    nn.Softmax: softmax_rule,
+# exact module type -> its rule given eps (Captum's SUPPORTED_NON_LINEAR)
+RULES: Dict[Type[nn.Module], Callable[[float], _PairRule]] = {
+    nn.ReLU: _Rescale,
+    nn.ELU: _Rescale,
+    nn.LeakyReLU: _Rescale,
+    nn.Sigmoid: _Rescale,
+    nn.Tanh: _Rescale,
+    nn.Softplus: _Rescale,
+    nn.MaxPool1d: _MaxPool,
+    nn.MaxPool2d: _MaxPool,
+    nn.MaxPool3d: _MaxPool,
+    nn.Softmax: _SoftmaxRescale,
 }
 
 
@@ -156,10 +235,7 @@ def hooked_modules(model: nn.Module) -> List[nn.Module]:
 
 def deeplift_rules(modules: Sequence[nn.Module], eps: float) -> Callable[[], ContextManager[None]]:
     """A ``Request.rules`` factory installing the rescale rules on ``modules``."""
-    rules: List[Tuple[nn.Module, BackwardRule]] = [
-        (m, functools.partial(RULES[type(m)], eps=eps)) for m in modules
-    ]
-    return functools.partial(backward_rules, rules, keep_values=True)
+    return functools.partial(backward_rules, [(m, RULES[type(m)](eps)) for m in modules])
 
 
 # ---------------------------------------------------------------------------
@@ -182,14 +258,19 @@ class _InputRowsOutput(torch.autograd.Function):
         return grad.unsqueeze(1).expand(-1, 2, *grad.shape[1:])
 
 
-def beside_references(model: nn.Module, n_inputs: int) -> Callable[..., Tensor]:
+class _BesideReferences:
     """``f(*rows, *reference_rows, *args)`` for the engine: the model's output
     at ``rows`` (``[n, C]`` or ``[n]``). With autograd on, the model runs on
     the ``2n`` interleaved input and reference rows, so the rules pair them;
     without (the convergence-delta endpoints), on ``rows`` alone."""
 
-    def forward(*args: Any) -> Tensor:
-        rows, refs, rest = args[:n_inputs], args[n_inputs:2 * n_inputs], args[2 * n_inputs:]
+    def __init__(self, model: nn.Module, n_inputs: int) -> None:
+        self._model = weakref.ref(model)  # cached per model: must not keep it alive
+        self.n_inputs = n_inputs
+
+    def __call__(self, *args: Any) -> Tensor:
+        model, k = self._model(), self.n_inputs
+        rows, refs, rest = args[:k], args[k:2 * k], args[2 * k:]
         if not torch.is_grad_enabled():
             return model(*rows, *rest)
         n = rows[0].shape[0]
@@ -206,7 +287,19 @@ def beside_references(model: nn.Module, n_inputs: int) -> Callable[..., Tensor]:
             )
         return _InputRowsOutput.apply(_pairs(out))
 
-    return forward
+
+_BESIDE: "weakref.WeakKeyDictionary[nn.Module, Dict[int, _BesideReferences]]" = weakref.WeakKeyDictionary()
+
+
+def beside_references(model: nn.Module, n_inputs: int) -> Callable[..., Tensor]:
+    """The engine's model for ``model`` with ``n_inputs`` inputs (see
+    :class:`_BesideReferences`). The same object on every call: the engine
+    caches the activation bytes it measures per model object, and measuring
+    again costs a saved-tensor hook per saved tensor."""
+    per_model = _BESIDE.setdefault(model, {})
+    if n_inputs not in per_model:
+        per_model[n_inputs] = _BesideReferences(model, n_inputs)
+    return per_model[n_inputs]
 
 
 # ---------------------------------------------------------------------------

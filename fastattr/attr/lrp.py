@@ -11,56 +11,65 @@ layers *is* the relevance, as in Captum 0.9's ``LRP``:
   branch's input part) and ``-> x_k * grad`` at each branch input;
 * relevance passes unchanged through the pass-through layers (ReLU, Dropout,
   Tanh, ...: Captum replaces their gradient by the gradient of their output);
-* the model's output scales the seed: the target column's gradient is
-  ``f_t(x)`` instead of 1 (Captum multiplies the normalized relevance by
-  ``f_t(x)`` at the end; LRP is linear in the seed).
+* the relevances of a seed of 1 are multiplied by the model's output
+  ``f_t(x)`` at the end, as Captum does (the outputs are kept from the
+  same forward).
 
 The forward values are the model's own all the way (every layer sees its
 original input, as Captum's second forward does through its pre-hooks), so
 one forward and one backward per chunk do what Captum does in two forwards.
 The caller's parameters are never written: a rule's modified parameters are
 swapped into the module's parameter dict for one ``module.forward`` call and
-swapped back at once.
+swapped back at once. The rules run as wrappers of the layers' forwards (see
+:func:`fastattr.attr.relu_rules.replaced_forwards`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union,
+)
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .. import _validate as v
 from ..engine import run, single_point_plan
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
-from .lrp_rules import FOLD, Branch, Composite, IdentityRule, PropagationRule, Rule, assign_rules, default_composite
-from .relu_rules import ModuleCall, backward_rules, require_module
+from .lrp_rules import (
+    FOLD, Branch, Composite, IdentityRule, PropagationRule, Rule, assign_rules, shared_default_composite,
+)
+from .relu_rules import (
+    BackwardRule, Forward, ForwardWrapper, ModuleCall, replaced_forwards, require_module, watched,
+    writes_input,
+)
 
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # ---------------------------------------------------------------------------
-# The backward pieces (each returns a fresh tensor, so in-place ops on a
-# layer's output, e.g. nn.ReLU(inplace=True), never touch a custom view)
+# The backward pieces
 # ---------------------------------------------------------------------------
 
 
 class _TimesInput(torch.autograd.Function):
-    """Forward: ``part`` (the branch's part of input ``x``); backward: the
-    gradient times ``part``, into ``x``."""
+    """Forward: ``part`` (the branch's part of input ``x``; None: ``x``
+    itself); backward: the gradient times ``part``, into ``x``. The forward
+    gives a view, not a copy, unless asked for one (a layer that writes into
+    its input: a view made by a custom Function must not be written)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, part: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, part: Optional[Tensor], copy: bool) -> Tensor:
+        part = x if part is None else part
         ctx.save_for_backward(part)
-        return part.clone()
+        return part.clone() if copy else part.view_as(part)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
         (part,) = ctx.saved_tensors
-        return grad * part, None
+        return grad * part, None, None
 
 
 class _Relevance(torch.autograd.Function):
@@ -78,56 +87,84 @@ class _Relevance(torch.autograd.Function):
         return None, grad / denom, None
 
 
-class _ScaledByOutput(torch.autograd.Function):
-    """Forward: the model output ``f``; backward: the gradient times ``f``."""
-
-    @staticmethod
-    def forward(ctx: Any, out: Tensor) -> Tensor:
-        ctx.save_for_backward(out.detach())
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        return grad * out
+@functools.lru_cache(maxsize=64)
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A read-only 0-d tensor, made once."""
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 def _stabilized(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Captum's and Zennit's
-    stabilizer), in ``z``'s dtype."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
+    stabilizer), in ``z``'s dtype, in one new tensor. ``copysign`` instead of
+    a comparison and ``torch.where``: bool tensors cost several float passes
+    on the CPU. ``z + 0.0`` turns ``-0.0`` into ``+0.0``, whose sign is
+    ``+1``; writing the copysign into it (``out=``) also runs several times
+    faster than a new tensor broadcast from the 0-d ``epsilon``."""
+    signed = z + 0.0
+    torch.copysign(_scalar(epsilon, z.dtype, z.device), signed, out=signed)
+    return signed.add_(z)
 
 
-def _input_part(x: Tensor, part: str) -> Tensor:
+_Grads = Tuple[Optional[Tensor], ...]
+
+
+def _divided_by(denom: Tensor, output_nr: int) -> Callable[[_Grads], _Grads]:
+    """A pre-hook for an autograd node: its ``output_nr``-th incoming gradient
+    divided by ``denom``."""
+
+    def hook(grads: _Grads) -> _Grads:
+        if grads[output_nr] is None:
+            return grads
+        return (*grads[:output_nr], grads[output_nr] / denom, *grads[output_nr + 1:])
+
+    return hook
+
+
+def _fresh_output(out: Tensor, args: Tuple[Any, ...]) -> Tensor:
+    """``out``, or a copy of it when it shares memory with a floating input
+    (an identity-like layer): the inputs are views for the rule, and a later
+    in-place write to the output must not reach them. Only an input itself
+    or a view can share its memory."""
+    if out._base is None and not any(a is out for a in args):
+        return out
+    ptr = out.untyped_storage().data_ptr()
+    shared = any(isinstance(a, Tensor) and a.is_floating_point() and a.untyped_storage().data_ptr() == ptr
+                 for a in args)
+    return out.clone() if shared else out
+
+
+def _input_part(x: Tensor, part: str, copy: bool) -> Tensor:
     """``x`` (values only) as a branch sees it, with the gradient times that part."""
-    values = x.detach()
     if part == "positive":
-        values = values.clamp(min=0)
-    elif part == "negative":
-        values = values.clamp(max=0)
-    return _TimesInput.apply(x, values)
+        return _TimesInput.apply(x, x.detach().clamp(min=0), copy)
+    if part == "negative":
+        return _TimesInput.apply(x, x.detach().clamp(max=0), copy)
+    return _TimesInput.apply(x, None, copy)
 
 
-def _branch_inputs(args: Tuple[Any, ...], part: str) -> Tuple[Any, ...]:
-    return tuple(_input_part(a, part) if isinstance(a, Tensor) and a.is_floating_point() else a
+def _branch_inputs(args: Tuple[Any, ...], part: str, copy: bool) -> Tuple[Any, ...]:
+    return tuple(_input_part(a, part, copy) if isinstance(a, Tensor) and a.is_floating_point() else a
                  for a in args)
 
 
-def _forward_with(module: nn.Module, params: Mapping[str, Tensor], args: Tuple[Any, ...]) -> Tensor:
-    """``module.forward(*args)`` with ``params`` in place of its own (no hooks run)."""
+def _forward_with(forward: Forward, module: nn.Module, params: Mapping[str, Tensor],
+                  args: Tuple[Any, ...]) -> Tensor:
+    """``forward(*args)`` (the module's own) with ``params`` in place of its parameters."""
     saved = {name: module._parameters[name] for name in params}
     try:
         module._parameters.update(params)
-        return module.forward(*args)
+        return forward(*args)
     finally:
         module._parameters.update(saved)
 
 
-def _rule_output(module: nn.Module, branches: Sequence[Branch], args: Tuple[Any, ...],
+def _rule_output(forward: Forward, module: nn.Module, branches: Sequence[Branch], args: Tuple[Any, ...],
                  base: Optional[Mapping[str, Tensor]] = None) -> Tensor:
     """``z' = sum_k layer_k(x_k)``, each input's gradient times its part;
     a branch's parameters override ``base`` (default: the module's own)."""
-    outs = [_forward_with(module, {**(base or {}), **b.params}, _branch_inputs(args, b.input_part))
+    copy = writes_input(module)
+    outs = [_forward_with(forward, module, {**(base or {}), **b.params},
+                          _branch_inputs(args, b.input_part, copy))
             for b in branches]
     return outs[0] if len(outs) == 1 else functools.reduce(torch.add, outs)
 
@@ -136,15 +173,24 @@ def _layer_params(module: nn.Module, where: str) -> Dict[str, Tensor]:
     """The module's ``weight`` / ``bias`` parameters, detached (those it has)."""
     params = {}
     for name in ("weight", "bias"):
-        if getattr(module, name, None) is None:
-            continue
-        if not isinstance(module._parameters.get(name), Tensor):
+        param = module._parameters.get(name)
+        if isinstance(param, Tensor):
+            params[name] = param.detach()
+        elif name not in module._parameters and _other_attribute(module, name) is not None:
             raise NotImplementedError(
                 f"{where}: its {name} is not a plain parameter (a parametrization or a "
                 "property); LRP rules that modify weights need one"
             )
-        params[name] = module._parameters[name].detach()
     return params
+
+
+def _other_attribute(module: nn.Module, name: str) -> Any:
+    """``module.<name>`` when it is not a registered parameter (a property,
+    a parametrization, a buffer...), else None; without nn.Module.__getattr__
+    raising (and catching) an AttributeError for a layer that has none."""
+    if name in module.__dict__ or name in module._buffers or hasattr(type(module), name):
+        return getattr(module, name, None)
+    return None
 
 
 def _folded_params(layer: nn.Module, bn: nn.Module) -> Dict[str, Tensor]:
@@ -164,116 +210,146 @@ def _folded_params(layer: nn.Module, bn: nn.Module) -> Dict[str, Tensor]:
 
 
 class _CallState:
-    """What the hooks of one call share: the rules' branches per layer,
-    the Linear/Conv outputs of the current forward (for folded BatchNorms),
-    the folded parameters, and the model outputs when deltas are wanted."""
+    """What the wrapped forwards of one call share: the rules' branches per
+    layer, the Linear/Conv outputs of the current forward (for folded
+    BatchNorms), the folded parameters, and the model's outputs."""
 
-    def __init__(self, capture_outputs: bool) -> None:
+    def __init__(self) -> None:
         self.branches: Dict[nn.Module, Optional[Tuple[Branch, ...]]] = {}
-        self.pending_inputs: Dict[nn.Module, Tuple[Any, ...]] = {}
-        self.producers: Dict[int, Tuple[Tensor, nn.Module, PropagationRule, Tuple[Any, ...]]] = {}
+        # id(output) -> (output, layer, its forward, rule, its inputs)
+        self.producers: Dict[int, Tuple[Tensor, nn.Module, Forward, PropagationRule, Tuple[Any, ...]]] = {}
         self.folded: Dict[Tuple[nn.Module, nn.Module], Dict[str, Tensor]] = {}
-        self.outputs: Optional[List[Tensor]] = [] if capture_outputs else None
+        self.outputs: List[Tensor] = []
 
 
-def _hook_rule_layer(module: nn.Module, rule: PropagationRule, state: _CallState,
-                     records_output: bool) -> List[RemovableHandle]:
-    """Hooks applying z-rule ``rule`` to ``module``. A rule without branches
-    (epsilon) reuses the module's own forward, its inputs wrapped by a
-    pre-hook; the others recompute the layer per branch."""
-    branches = state.branches[module]
-    handles = []
+def _rule_layer(rule: PropagationRule, state: _CallState, records_output: bool) -> ForwardWrapper:
+    """The forward applying z-rule ``rule``. A rule without branches
+    (epsilon) reuses the module's own forward; the others recompute the
+    layer per branch."""
 
-    if branches is None:
-        def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            state.pending_inputs[mod] = args
-            return _branch_inputs(args, "all")
-
-        handles.append(module.register_forward_pre_hook(pre_hook))
-
-    def forward_hook(mod: nn.Module, args: Tuple[Any, ...], out: Tensor) -> Tensor:
+    def make(module: nn.Module, inner: Forward) -> Forward:
+        branches = state.branches[module]
         if branches is None:
-            args = state.pending_inputs.pop(mod)
-            through = out
-        else:
-            through = _rule_output(mod, branches, args)
-        ret = _Relevance.apply(out.detach(), through, _stabilized(through.detach(), rule.epsilon))
+            return _epsilon_forward(module, inner, rule, state, records_output)
+
+        def forward(*args: Any, **kwargs: Any) -> Tensor:
+            with torch.no_grad():  # only the values: the relevance flows through the branches
+                out = inner(*args, **kwargs)
+            through = _rule_output(inner, module, branches, args)
+            ret = _Relevance.apply(out, through, _stabilized(through.detach(), rule.epsilon))
+            if records_output:
+                state.producers[id(ret)] = (ret, module, inner, rule, args)
+            return ret
+
+        return forward
+
+    return make
+
+
+def _epsilon_forward(module: nn.Module, inner: Forward, rule: PropagationRule, state: _CallState,
+                     records_output: bool) -> Forward:
+    """The epsilon rule on the module's own forward, its inputs times their
+    gradient. The division by the stabilized output is a pre-hook on the
+    output's autograd node rather than a new output tensor: no copy of the
+    output, and it runs after the tensor hooks on the output (a pass-through
+    layer's), as the division of a separate node after them would."""
+    copy = writes_input(module)
+
+    def forward(*args: Any, **kwargs: Any) -> Tensor:
+        wrapped = _branch_inputs(args, "all", copy)
+        out = _fresh_output(inner(*wrapped, **kwargs), wrapped)
+        if out.grad_fn is not None:
+            denom = _stabilized(out.detach(), rule.epsilon)
+            out.grad_fn.register_prehook(_divided_by(denom, out.output_nr))
         if records_output:
-            state.producers[id(ret)] = (ret, mod, rule, args)
-        return ret
+            state.producers[id(out)] = (out, module, inner, rule, args)
+        return out
 
-    handles.append(module.register_forward_hook(forward_hook))
-    return handles
-
-
-def _hook_folded_batchnorm(bn: nn.Module, where: str, state: _CallState) -> RemovableHandle:
-    """Hook merging ``bn`` into the Linear/Conv that produced its input: the
-    producer's rule on the merged layer, recomputed on the producer's inputs."""
-
-    def forward_hook(mod: nn.Module, args: Tuple[Any, ...], out: Tensor) -> Tensor:
-        record = state.producers.get(id(args[0]))
-        if record is None or record[0] is not args[0]:
-            raise ValueError(
-                f"{where}: a BatchNorm folded by composite.batchnorm='fold' must take the "
-                "output of a Linear or Conv layer directly (with an LRP rule)"
-            )
-        _, layer, rule, layer_args = record
-        key = (layer, mod)
-        if key not in state.folded:
-            state.folded[key] = _folded_params(layer, mod)
-        params = state.folded[key]
-        branches = rule.branches(params) or (Branch("all", params),)
-        through = _rule_output(layer, branches, layer_args, params)
-        return _Relevance.apply(out.detach(), through, _stabilized(through.detach(), rule.epsilon))
-
-    return bn.register_forward_hook(forward_hook)
+    return forward
 
 
-def _relevance_unchanged(call: ModuleCall, grad_input: Tensor) -> Tensor:
+def _folded_batchnorm(where: str, state: _CallState) -> ForwardWrapper:
+    """The forward merging a BatchNorm into the Linear/Conv that produced its
+    input: the producer's rule on the merged layer, recomputed on the
+    producer's inputs."""
+
+    def make(bn: nn.Module, inner: Forward) -> Forward:
+        def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            record = state.producers.get(id(x))
+            if record is None or record[0] is not x:
+                raise ValueError(
+                    f"{where}: a BatchNorm folded by composite.batchnorm='fold' must take the "
+                    "output of a Linear or Conv layer directly (with an LRP rule)"
+                )
+            with torch.no_grad():
+                out = inner(x, *args, **kwargs)
+            _, layer, layer_forward, rule, layer_args = record
+            key = (layer, bn)
+            if key not in state.folded:
+                state.folded[key] = _folded_params(layer, bn)
+            params = state.folded[key]
+            branches = rule.branches(params) or (Branch("all", params),)
+            through = _rule_output(layer_forward, layer, branches, layer_args, params)
+            return _Relevance.apply(out, through, _stabilized(through.detach(), rule.epsilon))
+
+        return forward
+
+    return make
+
+
+def _captured_output(state: _CallState, folding: bool) -> ForwardWrapper:
+    """The root's forward, keeping each output (the relevances are scaled by
+    it, as Captum does); with folded BatchNorms, the layer outputs they look
+    up are cleared at each forward's start and end."""
+
+    def make(model: nn.Module, inner: Forward) -> Forward:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if folding:
+                state.producers.clear()
+            out = inner(*args, **kwargs)
+            if folding:
+                state.producers.clear()
+            if isinstance(out, Tensor):  # else the engine reports it
+                state.outputs.append(out.detach())
+            return out
+
+        return forward
+
+    return make
+
+
+class _Unchanged(BackwardRule):
     """Pass-through: the module's input gets its output's relevance."""
-    return call.grad_output.reshape(grad_input.shape)
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        return call.grad_output.reshape(grad_input.shape)
 
 
-def _hook_model_output(model: nn.Module, state: _CallState) -> List[RemovableHandle]:
-    """Seed scaling by the output (and its capture for deltas) on the root;
-    per-forward state is cleared at each forward's start and end."""
+_RELEVANCE_UNCHANGED = _Unchanged()
 
-    def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> None:
-        state.producers.clear()
 
-    def forward_hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Any:
-        state.producers.clear()
-        if not isinstance(out, Tensor):  # the engine reports it
-            return None
-        if state.outputs is not None:
-            state.outputs.append(out.detach())
-        return _ScaledByOutput.apply(out)
-
-    return [model.register_forward_pre_hook(pre_hook), model.register_forward_hook(forward_hook)]
+def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rule]],
+                    state: _CallState) -> ContextManager[None]:
+    """Install ``layers``' rules and the output capture on ``model`` while
+    the context is open; every forward is restored on exit, also on a raise."""
+    folding = any(rule is FOLD for _, _, rule in layers)
+    wrappers: List[Tuple[nn.Module, ForwardWrapper]] = [(model, _captured_output(state, folding))]
+    for name, module, rule in layers:
+        if isinstance(rule, PropagationRule):
+            wrappers.append((module, _rule_layer(rule, state, folding and isinstance(module, _FOLDABLE))))
+        elif rule is FOLD:
+            wrappers.append((module, _folded_batchnorm(f"model.{name}", state)))
+        else:
+            wrappers.append((module, watched(_RELEVANCE_UNCHANGED)))
+    return _cleared_after(replaced_forwards(wrappers), state)
 
 
 @contextlib.contextmanager
-def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rule]],
-                    state: _CallState) -> Iterator[None]:
-    """Install ``layers``' rules and the output scaling on ``model`` while
-    the context is open; every hook is removed on exit, also on a raise."""
-    handles: List[RemovableHandle] = []
-    folding = any(rule is FOLD for _, _, rule in layers)
-    passthrough = [(m, _relevance_unchanged) for _, m, rule in layers if isinstance(rule, IdentityRule)]
+def _cleared_after(installed: ContextManager[None], state: _CallState) -> Iterator[None]:
     try:
-        with backward_rules(passthrough):
-            handles.extend(_hook_model_output(model, state))
-            for name, module, rule in layers:
-                if isinstance(rule, PropagationRule):
-                    records = folding and isinstance(module, _FOLDABLE)
-                    handles.extend(_hook_rule_layer(module, rule, state, records))
-                elif rule is FOLD:
-                    handles.append(_hook_folded_batchnorm(module, f"model.{name}", state))
+        with installed:
             yield
     finally:
-        for handle in handles:
-            handle.remove()
-        state.pending_inputs.clear()
         state.producers.clear()
 
 
@@ -282,16 +358,18 @@ def _checked_layers(model: nn.Module, composite: Composite, state: _CallState) -
     ``state.branches``."""
     layers = assign_rules(model, composite)
     for name, module, rule in layers:
-        where = f"model.{name}"
         if isinstance(rule, PropagationRule):
-            state.branches[module] = rule.branches(_layer_params(module, where))
+            params = _layer_params(module, f"model.{name}")
+            # The base class's branches() is None whatever the parameters.
+            modifies = type(rule).branches is not PropagationRule.branches
+            state.branches[module] = rule.branches(params) if modifies else None
         elif rule is FOLD and (module.training or module.running_mean is None):
             raise ValueError(
-                f"{where}: composite.batchnorm='fold' needs the BatchNorm in eval mode with "
+                f"model.{name}: composite.batchnorm='fold' needs the BatchNorm in eval mode with "
                 "running statistics (it folds them into the preceding layer)"
             )
         elif not isinstance(rule, IdentityRule) and rule is not FOLD:
-            raise TypeError(f"{where}: unknown LRP rule {rule!r}")
+            raise TypeError(f"model.{name}: unknown LRP rule {rule!r}")
     return layers
 
 
@@ -335,10 +413,10 @@ def lrp(
     """
     require_module(model, "LRP")
     if composite is None:
-        composite = default_composite()
+        composite = shared_default_composite()
     elif not isinstance(composite, Composite):
         raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
-    state = _CallState(capture_outputs=bool(return_convergence_delta))
+    state = _CallState()
     layers = _checked_layers(model, composite, state)
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
@@ -346,10 +424,20 @@ def lrp(
         memory_budget, chunk_rows,
         rules=functools.partial(installed_rules, model, layers, state),
     )
-    relevances = shape_output(run(req).mean, req.inputs, was_tuple)
-    if not return_convergence_delta:
-        return relevances
+    normalized = shape_output(run(req).mean, req.inputs, True)
+    if req.inputs[0].shape[0] == 0:  # nothing ran
+        no_deltas = normalized[0].new_zeros(0) if return_convergence_delta else None
+        return _returned(normalized, was_tuple, no_deltas)
     f_t = _target_outputs(torch.cat(state.outputs), req.target)
-    total = sum(r.reshape(r.shape[0], -1).sum(1, dtype=torch.float64)
-                for r in (relevances if was_tuple else (relevances,)))
-    return relevances, (f_t.to(torch.float64) - total).to(delta_dtype(req.inputs[0]))
+    # Captum's order: relevances for a seed of 1, times f_t(x) at the end.
+    relevances = tuple(r * f_t.reshape(-1, *([1] * (r.dim() - 1))) for r in normalized)
+    if not return_convergence_delta:
+        return _returned(relevances, was_tuple, None)
+    total = sum(r.reshape(r.shape[0], -1).sum(1, dtype=torch.float64) for r in relevances)
+    return _returned(relevances, was_tuple, (f_t.to(torch.float64) - total).to(delta_dtype(req.inputs[0])))
+
+
+def _returned(relevances: Tuple[Tensor, ...], was_tuple: bool, deltas: Optional[Tensor]
+              ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    out = relevances if was_tuple else relevances[0]
+    return out if deltas is None else (out, deltas)

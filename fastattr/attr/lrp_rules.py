@@ -23,7 +23,9 @@ variants and a few more shape-preserving nonlinearities it does not.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
@@ -177,6 +179,14 @@ def default_composite(batchnorm: str = "rule", epsilon: float = 1e-9) -> Composi
     return Composite(rules, batchnorm)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_default_composite() -> Composite:
+    """:func:`default_composite` made once, read-only (``lrp`` without a
+    composite uses it on every call)."""
+    composite = default_composite()
+    return Composite(MappingProxyType(dict(composite.rules_by_type)), composite.batchnorm)
+
+
 def _captum_addition_module() -> Optional[Type[nn.Module]]:
     """Captum's ``Addition_Module`` when Captum is installed (it is optional)."""
     try:
@@ -222,13 +232,32 @@ def as_rule(rule: Any, where: str) -> Optional[Rule]:
 def leaf_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """The modules without children, root excluded, in registration order
     (Captum's ``LRP._get_layers``); a module registered twice appears once."""
-    seen, out = set(), []
-    for name, module in model.named_modules():
-        if module is model or next(module.children(), None) is not None or id(module) in seen:
-            continue
-        seen.add(id(module))
-        out.append((name, module))
+    out: List[Tuple[str, nn.Module]] = []
+    _collect_leaves(model, "", {id(model)}, out)
     return out
+
+
+def _collect_leaves(module: nn.Module, prefix: str, seen: set, out: List[Tuple[str, nn.Module]]) -> None:
+    """``named_modules`` order, walked over ``_modules`` directly: the
+    generator's per-module prefix and memo work is most of a small model's
+    rule assignment, which runs on every call."""
+    for name, child in module._modules.items():
+        if child is None or id(child) in seen:
+            continue
+        seen.add(id(child))
+        if any(c is not None for c in child._modules.values()):
+            _collect_leaves(child, f"{prefix}{name}.", seen, out)
+        else:
+            out.append((prefix + name, child))
+
+
+def _own_rule(module: nn.Module) -> Any:
+    """``module.rule`` or None, without nn.Module.__getattr__ raising (and
+    catching) an AttributeError for the usual module that sets none."""
+    attrs = module.__dict__
+    if "rule" in attrs:
+        return attrs["rule"]
+    return getattr(module, "rule", None) if hasattr(type(module), "rule") else None
 
 
 def assign_rules(model: nn.Module, composite: Composite) -> List[Tuple[str, nn.Module, Rule]]:
@@ -237,17 +266,17 @@ def assign_rules(model: nn.Module, composite: Composite) -> List[Tuple[str, nn.M
     TypeError naming it (as Captum)."""
     out = []
     for name, module in leaf_layers(model):
-        where = f"model.{name}"
-        rule = as_rule(getattr(module, "rule", None), where)
-        if rule is None:
-            if isinstance(module, _BATCHNORMS) and composite.batchnorm != "rule" \
-                    and type(module) in composite.rules_by_type:
-                rule = PASS if composite.batchnorm == "identity" else FOLD
-            else:
-                rule = composite.rules_by_type.get(type(module))
+        rule = _own_rule(module)
+        if rule is not None:
+            rule = as_rule(rule, f"model.{name}")
+        elif isinstance(module, _BATCHNORMS) and composite.batchnorm != "rule" \
+                and type(module) in composite.rules_by_type:
+            rule = PASS if composite.batchnorm == "identity" else FOLD
+        else:
+            rule = composite.rules_by_type.get(type(module))
         if rule is None:
             raise TypeError(
-                f"model: module {where} of type {type(module).__name__} has no LRP rule and "
+                f"model: module model.{name} of type {type(module).__name__} has no LRP rule and "
                 "the composite has no default for its type; set `module.rule` or add the "
                 "type to the composite's rules_by_type"
             )

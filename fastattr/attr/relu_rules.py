@@ -1,47 +1,80 @@
 """Backward rules installed on a model's modules for the length of one call.
 
-Guided backpropagation, deconvnet and DeepLIFT replace the gradient that
-flows back through some modules (nn.ReLU, other nonlinearities) by a rule.
-They do it the way Captum 0.9 does (``captum._utils.common._register_backward_hook``),
-so that they give Captum's numbers: the module's input gets a tensor hook
-that, once the gradient of that input is complete, replaces it by
-``rule(call, grad_input)``, where ``call`` holds the gradient of the module's
-output (caught by a tensor hook on the output) and, for rules that need
-them, copies of the call's input and output. The module works on a clone of
-its input, so in-place modules (``nn.ReLU(inplace=True)``) are handled.
+Guided backprop, deconvnet, DeepLIFT and LRP's pass-through layers replace
+the gradient that flows back through some modules (nn.ReLU, other
+nonlinearities) by a rule. They do it the way Captum 0.9 does
+(``captum._utils.common._register_backward_hook``), so that they give
+Captum's numbers: the module's input gets a tensor hook that, once the
+gradient of that input is complete, replaces it by
+``rule.replace(call, grad_input)``, where ``call`` holds the gradient of the
+module's output (caught by a tensor hook on the output) and whatever
+``rule.record`` kept from the call's input and output at the forward.
+
+The module's ``forward`` is wrapped for the call (an instance attribute, see
+:func:`replaced_forwards`) rather than given forward hooks: a module with
+hooks leaves PyTorch's fast call path, and two hook calls cost more than one
+wrapper. Captum also gives the module a clone of its input; that only
+matters for a module that writes into its input (``inplace=True``, or a
+forward defined outside torch), and only those get one. A module whose
+output *is* its input (nn.Identity, nn.Dropout in eval mode) returns a view
+instead, so that the output hook and the input hook sit on different
+tensors, as Captum's clone makes them.
 
 Unlike Captum, every module call keeps its own state (Captum keeps one
 output gradient per module and device), so a module called several times
 in one forward gets each call's own values.
 
 :func:`backward_rules` is the context manager the engine enters around all
-gradient chunks (``Request.rules``): every hook it registers is removed on
-exit, also when the model raises.
+gradient chunks (``Request.rules``): every forward is restored on exit, also
+when the model raises.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+
+Forward = Callable[..., Any]
+# make(module, forward) -> the forward the module runs while the rules are installed
+ForwardWrapper = Callable[[nn.Module, Forward], Forward]
 
 
-@dataclass
 class ModuleCall:
     """One call of a hooked module, as its backward rule sees it."""
 
-    module: nn.Module
-    input: Optional[Tensor] = None  # detached copy of the input, when the rule needs values
-    output: Optional[Tensor] = None  # detached copy of the output, likewise
-    grad_output: Optional[Tensor] = None  # gradient of the output, once the backward reaches it
+    __slots__ = ("module", "rule", "values", "grad_output")
+
+    def __init__(self, module: nn.Module, rule: "BackwardRule", values: Any) -> None:
+        self.module = module
+        self.rule = rule
+        self.values = values  # what rule.record kept at the forward
+        self.grad_output: Optional[Tensor] = None  # set once the backward reaches the output
+
+    def on_output_grad(self, grad_output: Tensor) -> None:
+        self.grad_output = grad_output
+
+    def on_input_grad(self, grad_input: Tensor) -> Optional[Tensor]:
+        if self.grad_output is None:  # the output is not on the gradient path
+            return None
+        return self.rule.replace(self, grad_input)
 
 
-# rule(call, grad_input) -> the gradient the module's input gets instead of grad_input
-BackwardRule = Callable[[ModuleCall, Tensor], Tensor]
+class BackwardRule:
+    """How a module's input gradient is replaced; subclasses implement
+    :meth:`replace` and, for rules that need the call's values, :meth:`record`."""
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        """The gradient the module's input gets instead of ``grad_input``."""
+        raise NotImplementedError
+
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor) -> Any:
+        """``call.values``, from the call's input and output at the forward.
+        Computing what the rule needs here, rather than keeping the tensors,
+        also keeps it safe from later in-place writes to them."""
+        return None
 
 
 def require_module(model: Any, method: str) -> None:
@@ -51,6 +84,30 @@ def require_module(model: Any, method: str) -> None:
             f"model: expected an nn.Module ({method} installs backward rules on its "
             f"submodules), got {type(model).__name__}"
         )
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def replaced_forwards(wrappers: Sequence[Tuple[nn.Module, ForwardWrapper]]) -> Iterator[None]:
+    """Each module runs ``make(module, its forward)`` instead of its forward
+    while the context is open. The wrapper is an instance attribute, so the
+    module keeps PyTorch's call path (and its own hooks, which run around
+    it); the instance's previous attributes are restored on exit."""
+    saved: List[Tuple[nn.Module, Any]] = []
+    try:
+        for module, make in wrappers:
+            attrs = module.__dict__
+            saved.append((module, attrs.get("forward", _MISSING)))
+            attrs["forward"] = make(module, module.forward)
+        yield
+    finally:
+        for module, own in reversed(saved):
+            if own is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = own
 
 
 def _single_tensor(value: Any, module: nn.Module, what: str) -> Tensor:
@@ -64,71 +121,67 @@ def _single_tensor(value: Any, module: nn.Module, what: str) -> Tensor:
     return value
 
 
-def _hook(module: nn.Module, rule: BackwardRule, keep_values: bool) -> List[RemovableHandle]:
-    """Register ``rule`` on ``module``; returns the handles to remove."""
-    calls: List[Optional[ModuleCall]] = []  # open calls; forwards of one module nest LIFO
-
-    def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
-        inp = _single_tensor(args[0] if args else None, mod, "input")
-        if not inp.requires_grad:  # a branch the explained inputs do not reach
-            calls.append(None)
-            return None
-        call = ModuleCall(mod, inp.detach().clone() if keep_values else None)
-
-        def on_input_grad(grad_input: Tensor) -> Optional[Tensor]:
-            if call.grad_output is None:  # the output is not on the gradient path
-                return None
-            return rule(call, grad_input)
-
-        inp.register_hook(on_input_grad)
-        calls.append(call)
-        return (inp.clone(), *args[1:])
-
-    def forward_hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
-        call = calls.pop()
-        if call is None:
-            return
-        out = _single_tensor(out, mod, "output")
-        if keep_values:
-            call.output = out.detach().clone()
-
-        def on_output_grad(grad_output: Tensor) -> None:
-            call.grad_output = grad_output
-
-        if out.requires_grad:
-            out.register_hook(on_output_grad)
-
-    return [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(forward_hook)]
+def _watch(module: nn.Module, rule: BackwardRule, inp: Tensor, out: Any) -> Any:
+    """Hook one call's input and output; returns the call's output (a view
+    of it when it is the input itself)."""
+    out_tensor = _single_tensor(out, module, "output")
+    if out_tensor is inp:
+        out_tensor = out_tensor.view_as(out_tensor)
+        out = out_tensor if isinstance(out, Tensor) else (out_tensor,)
+    call = ModuleCall(module, rule, rule.record(module, inp, out_tensor))
+    inp.register_hook(call.on_input_grad)
+    if out_tensor.requires_grad:
+        out_tensor.register_hook(call.on_output_grad)
+    return out
 
 
-@contextlib.contextmanager
-def backward_rules(
-    rules: Sequence[Tuple[nn.Module, BackwardRule]], keep_values: bool = False
-) -> Iterator[None]:
-    """Install ``rule`` on each ``(module, rule)`` while the context is open.
-
-    ``keep_values``: give the rules copies of each call's input and output
-    (DeepLIFT needs them; guided backprop does not).
-    """
-    handles: List[RemovableHandle] = []
-    try:
-        for module, rule in rules:
-            handles.extend(_hook(module, rule, keep_values))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def writes_input(module: nn.Module) -> bool:
+    """Whether ``module`` may write into its input: torch's own modules do
+    only with ``inplace=True``; a forward defined elsewhere might."""
+    return bool(getattr(module, "inplace", False)) or not type(module).__module__.startswith("torch.nn.")
 
 
-def guided_rule(call: ModuleCall, grad_input: Tensor) -> Tensor:
+def watched(rule: BackwardRule) -> ForwardWrapper:
+    """The forward wrapper applying ``rule`` to each call of a module."""
+
+    def make(module: nn.Module, inner: Forward) -> Forward:
+        on_copy = writes_input(module)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            inp = _single_tensor(args[0] if args else None, module, "input")
+            if not inp.requires_grad:  # a branch the explained inputs do not reach
+                return inner(*args, **kwargs)
+            if on_copy:  # the hooks stay on the untouched original
+                args = (inp.clone(), *args[1:])
+            return _watch(module, rule, inp, inner(*args, **kwargs))
+
+        return forward
+
+    return make
+
+
+def backward_rules(rules: Sequence[Tuple[nn.Module, BackwardRule]]) -> ContextManager[None]:
+    """Install ``rule`` on each ``(module, rule)`` while the context is open."""
+    return replaced_forwards([(module, watched(rule)) for module, rule in rules])
+
+
+class _Guided(BackwardRule):
     """Guided backprop through a ReLU: ``relu(grad * (x > 0))``, i.e. only
     positive gradients pass where the ReLU was active."""
-    return F.relu(grad_input)
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        return F.relu(grad_input)
 
 
-def deconv_rule(call: ModuleCall, grad_input: Tensor) -> Tensor:
+class _Deconv(BackwardRule):
     """Deconvnet through a ReLU: ``relu(grad of the output)``, whatever the ReLU's input."""
-    return F.relu(call.grad_output)
+
+    def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
+        return F.relu(call.grad_output)
+
+
+guided_rule = _Guided()
+deconv_rule = _Deconv()
 
 
 def relu_rules(model: nn.Module, rule: BackwardRule) -> Callable[[], ContextManager[None]]:
