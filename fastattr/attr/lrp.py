@@ -353,16 +353,15 @@ def _cleared_after(installed: ContextManager[None], state: _CallState) -> Iterat
         state.producers.clear()
 
 
-def _checked_layers(model: nn.Module, composite: Composite, state: _CallState) -> List[Tuple[str, nn.Module, Rule]]:
+def _checked_layers(model: nn.Module, composite: Composite, state: _CallState
+                    ) -> List[Tuple[str, nn.Module, Rule]]:
     """Every leaf layer's rule, checked (before any compute); fills
     ``state.branches``."""
     layers = assign_rules(model, composite)
+    folding = any(rule is FOLD for _, _, rule in layers)
     for name, module, rule in layers:
         if isinstance(rule, PropagationRule):
-            params = _layer_params(module, f"model.{name}")
-            # The base class's branches() is None whatever the parameters.
-            modifies = type(rule).branches is not PropagationRule.branches
-            state.branches[module] = rule.branches(params) if modifies else None
+            state.branches[module] = _branches(rule, module, f"model.{name}", folding)
         elif rule is FOLD and (module.training or module.running_mean is None):
             raise ValueError(
                 f"model.{name}: composite.batchnorm='fold' needs the BatchNorm in eval mode with "
@@ -371,6 +370,16 @@ def _checked_layers(model: nn.Module, composite: Composite, state: _CallState) -
         elif not isinstance(rule, IdentityRule) and rule is not FOLD:
             raise TypeError(f"model.{name}: unknown LRP rule {rule!r}")
     return layers
+
+
+def _branches(rule: PropagationRule, module: nn.Module, where: str, folding: bool
+              ) -> Optional[Tuple[Branch, ...]]:
+    """``rule.branches`` of the layer's parameters. A rule with the base
+    class's (epsilon) runs the layer as it is and needs no parameters,
+    unless a folded BatchNorm may swap in merged ones."""
+    if type(rule).branches is PropagationRule.branches and not (folding and isinstance(module, _FOLDABLE)):
+        return None
+    return rule.branches(_layer_params(module, where))
 
 
 def _target_outputs(outputs: Tensor, target: Union[None, int, Tensor]) -> Tensor:
@@ -428,7 +437,8 @@ def lrp(
     if req.inputs[0].shape[0] == 0:  # nothing ran
         no_deltas = normalized[0].new_zeros(0) if return_convergence_delta else None
         return _returned(normalized, was_tuple, no_deltas)
-    f_t = _target_outputs(torch.cat(state.outputs), req.target)
+    outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
+    f_t = _target_outputs(outputs, req.target)
     # Captum's order: relevances for a seed of 1, times f_t(x) at the end.
     relevances = tuple(r * f_t.reshape(-1, *([1] * (r.dim() - 1))) for r in normalized)
     if not return_convergence_delta:

@@ -184,9 +184,22 @@ guided_rule = _Guided()
 deconv_rule = _Deconv()
 
 
+def submodules(model: nn.Module) -> List[nn.Module]:
+    """The modules of ``model.modules()`` (breadth-first), walked over
+    ``_modules`` directly: the generator's per-module name and memo work is
+    most of the walk, which the rules do on every call."""
+    out, seen = [model], {id(model)}
+    for module in out:  # grows while walked
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
+    return out
+
+
 def relu_rules(model: nn.Module, rule: BackwardRule) -> Callable[[], ContextManager[None]]:
     """A ``Request.rules`` factory: ``rule`` on every ``nn.ReLU`` module of
     ``model`` (subclasses included, as Captum; a functional ``torch.relu``
     keeps its ordinary gradient)."""
-    hooked = [(m, rule) for m in model.modules() if isinstance(m, nn.ReLU)]
+    hooked = [(m, rule) for m in submodules(model) if isinstance(m, nn.ReLU)]
     return functools.partial(backward_rules, hooked)
