@@ -310,11 +310,12 @@ def test_float32_and_batch_one(backend: str, name: str) -> None:
         assert_same_delta(d_ours, d_theirs, ours, tol_delta, f"{name} {dtype} batch {batch}")
 
 
-def test_large_eps_keeps_ordinary_gradient(backend: str) -> None:
+@pytest.mark.parametrize("eps", [0.1, 1.5])
+def test_large_eps_keeps_ordinary_gradient(backend: str, eps: float) -> None:
     """With eps above some |x - r| at a nonlinearity, those entries keep the
-    ordinary gradient (Captum's torch.where branch)."""
+    ordinary gradient (Captum's torch.where branch); fastattr divides by a
+    nonzero stand-in there, made differently for eps <= 1 and above."""
     case, baselines = dl_case("mlp")
-    eps = 0.1
     small = case.model.net[0](case.inputs) - case.model.net[0](torch.as_tensor(baselines))
     assert (small.abs() < eps).any() and (small.abs() >= eps).any()
     ours = deeplift(case.model, case.inputs, baselines, case.target, eps=eps, chunk_rows=2)

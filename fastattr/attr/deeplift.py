@@ -100,8 +100,8 @@ class _Divisor:
     selection is done with arithmetic, not ``torch.where``: a bool tensor
     costs several times a float pass on the CPU. ``small`` is 1.0 there and
     0.0 elsewhere (None: no such entry); ``safe`` is ``delta_in`` with those
-    entries made >= 1 in magnitude, so that the quotients there are finite
-    and ``lerp(quotient, grad_input, small)`` selects exactly.
+    entries made nonzero, so that the quotients there are finite and
+    ``lerp(quotient, grad_input, small)`` selects exactly.
     """
 
     safe: Tensor
@@ -114,6 +114,8 @@ class _Divisor:
             return _Divisor(delta_in, None)
         # sign(eps - |d|) is +1 exactly where |d| < eps: a float mask without a bool tensor.
         small = (eps - magnitude).sign_().clamp_(min=0)
+        if eps <= 1:  # |d| < eps <= 1: d + 1 is not 0 where small; elsewhere d + 0 is d
+            return _Divisor(delta_in + small, small)
         return _Divisor(torch.maximum(magnitude, small).copysign_(delta_in), small)
 
     def select(self, quotient: Tensor, grad_input: Tensor) -> Tensor:
