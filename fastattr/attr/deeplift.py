@@ -27,7 +27,8 @@ with the rescaled one. Captum's numbers keep that (and their convergence
 deltas on such nets are not ~0); fastattr gives the same numbers.
 
 Layout: the engine's rows are the examples (a single-point plan); the model
-handed to the engine is a closure that interleaves each row with its
+handed to the engine (one object per model, so that what the engine
+measures per model object is reused) interleaves each row with its
 reference, ``[x_0, r_0, x_1, r_1, ...]``, runs the real model on the ``2n``
 rows and seeds the target output of both (Captum's forward over
 ``cat(inputs, baselines)`` does the same). The references reach the closure
@@ -119,11 +120,15 @@ class _Divisor:
         return _Divisor(torch.maximum(magnitude, small).copysign_(delta_in), small)
 
     def select(self, quotient: Tensor, grad_input: Tensor) -> Tensor:
-        """``grad_input`` where small, else ``quotient`` (broadcast to it).
-        lerp with a weight of exactly 0 or 1 returns ``start`` or ``end``
-        exactly (for finite values), and reads the weight as a float."""
+        """``grad_input`` where small, else ``quotient`` (broadcast to it; a
+        tensor of this call's own, written in place when shaped like
+        ``grad_input``). lerp with a weight of exactly 0 or 1 returns
+        ``start`` or ``end`` exactly (for finite values), and reads the
+        weight as a float."""
         if self.small is None:
             return quotient.expand_as(grad_input)
+        if quotient.shape == grad_input.shape:
+            return quotient.lerp_(grad_input, self.small)
         return torch.lerp(quotient, grad_input, self.small)
 
 
@@ -145,7 +150,9 @@ class _Rescale(_PairRule):
     def rescaled(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         """``[n, 2, *F]``."""
         div, delta_out = call.values
-        return div.select(_pairs(call.grad_output) * delta_out / div.safe, _pairs(grad_input))
+        # In place on the product, this call's own: one new tensor, not two.
+        quotient = (_pairs(call.grad_output) * delta_out).div_(div.safe)
+        return div.select(quotient, _pairs(grad_input))
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         return self.rescaled(call, grad_input).flatten(0, 1)
@@ -208,8 +215,9 @@ class _MaxPool(_PairRule):
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         div, delta_out, indices, shape = call.values
         unpooled = _pairs(_unpool(call.module, call.grad_output * delta_out, indices, shape))
-        summed = (unpooled[:, 0] + unpooled[:, 1]).unsqueeze(1)
-        return div.select(summed / div.safe, _pairs(grad_input)).flatten(0, 1)
+        # In place on the unpooled tensor, this call's own: no new tensors.
+        quotient = unpooled[:, :1].add_(unpooled[:, 1:]).div_(div.safe)
+        return div.select(quotient, _pairs(grad_input)).flatten(0, 1)
 
 
 # exact module type -> its rule given eps (Captum's SUPPORTED_NON_LINEAR)
