@@ -15,7 +15,7 @@ namespace {
 // at::internal::GRAIN_SIZE, which lives in the heavy TensorIterator.h).
 constexpr int64_t kGrainWork = 32768;
 
-// Noise values made per call of cpu_noise_run: a 2 KiB buffer, kept in L1
+// Noise values made per call of keyed_noise_run: a 2 KiB buffer, kept in L1
 // between the draws and their use. Even, so runs start at even elements.
 constexpr int64_t kNoiseRun = 256;
 
@@ -23,21 +23,86 @@ constexpr int64_t kNoiseRun = 256;
 // arrays (float64), kept in L1 while the group's rows stream past.
 constexpr int64_t kAccumulateBlock = 256;
 
-// keyed_noise_run (csrc/fastattr/keyed_random.h) for the CPU. Its loops
-// vectorize, the Gaussian one only with AVX2 (its selects need 64-bit vector
-// compares and blends, which SSE2 lacks), so it is compiled twice, for AVX2
-// and for baseline x86-64, and the loader picks the clone this CPU runs;
-// flatten inlines the whole body into each clone, so that the AVX2 one runs
-// no baseline code. AVX2 brings no FMA and -ffp-contract=off forbids
-// contraction anyway: both clones do the same correctly rounded operations in
-// the same order and give the same bits.
+// Rows [begin, end) of a row kernel (for_each_row below). A noisy row is made
+// kNoiseRun elements at a time: their noise by keyed_noise_run with Draws
+// (csrc/fastattr/keyed_random.h), then the elements. A row without noise is
+// one loop: the AVX-512 build unrolls a loop of at most kNoiseRun elements
+// fully, into code slower than the baseline build's loop.
+template <typename Draws, typename Kernel>
+inline void rows_task(const Kernel& kernel, int64_t cols, int64_t begin, int64_t end) {
+  const Kernel k = kernel;  // a local copy: stores to out cannot alias its fields
+  double z[kNoiseRun];
+  for (int64_t r = begin; r < end; ++r) {
+    const auto row = k.row(r);
+    if (k.p.noise == Noise::none) {
+      for (int64_t d = 0; d < cols; ++d) {
+        k.element(row, d, 0.0);
+      }
+      continue;
+    }
+    // Runs start at even d, as keyed_noise_run needs.
+    for (int64_t d0 = 0; d0 < cols; d0 += kNoiseRun) {
+      const int64_t n = std::min(kNoiseRun, cols - d0);
+      keyed_noise_run<Draws>(k.p.noise, k.noise_key(row), d0, n, z);
+      for (int64_t i = 0; i < n; ++i) {
+        k.element(row, d0 + i, z[i]);
+      }
+    }
+  }
+}
+
+// rows_task compiled for each x86 vector width, picked at run time
+// (rows_task_for_cpu): with AVX-512 or AVX2, Philox a vector of draws at a
+// time (KeyedDrawsLanes) and the float and element loops vectorized for the
+// same vectors (the Gaussian one needs 64-bit vector compares and blends,
+// which SSE2 lacks); otherwise, baseline x86-64. flatten inlines the whole
+// body into each, so that none runs another's code. AVX-512F has FMA
+// instructions, but -ffp-contract=off forbids contraction: all versions do
+// the same correctly rounded operations in the same order and give the same
+// bits.
+template <typename Kernel>
+__attribute__((flatten)) void rows_task_baseline(const Kernel& kernel, int64_t cols,
+                                                 int64_t begin, int64_t end) {
+  rows_task<KeyedDraws>(kernel, cols, begin, end);
+}
+
 #if defined(__x86_64__)
-__attribute__((target_clones("avx2", "default"), flatten))
-#else
-__attribute__((flatten))
+template <typename Kernel>
+__attribute__((target("avx2"), flatten)) void rows_task_avx2(const Kernel& kernel, int64_t cols,
+                                                             int64_t begin, int64_t end) {
+  rows_task<KeyedDrawsLanes<U64x4>>(kernel, cols, begin, end);
+}
+
+template <typename Kernel>
+__attribute__((target("avx512f,prefer-vector-width=512"), flatten)) void rows_task_avx512(
+    const Kernel& kernel, int64_t cols, int64_t begin, int64_t end) {
+  rows_task<KeyedDrawsLanes<U64x8>>(kernel, cols, begin, end);
+}
+
+enum class VectorIsa { baseline, avx2, avx512 };
+
+// The widest of those builds this CPU (and its OS) runs, found once.
+VectorIsa cpu_vector_isa() {
+  static const VectorIsa isa = __builtin_cpu_supports("avx512f") ? VectorIsa::avx512
+                               : __builtin_cpu_supports("avx2")  ? VectorIsa::avx2
+                                                                 : VectorIsa::baseline;
+  return isa;
+}
 #endif
-void cpu_noise_run(Noise kind, const NoiseKey& key, int64_t first, int64_t count, double* z) {
-  keyed_noise_run(kind, key, first, count, z);
+
+template <typename Kernel>
+void rows_task_for_cpu(const Kernel& kernel, int64_t cols, int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+  switch (cpu_vector_isa()) {
+    case VectorIsa::avx512:
+      return rows_task_avx512(kernel, cols, begin, end);
+    case VectorIsa::avx2:
+      return rows_task_avx2(kernel, cols, begin, end);
+    case VectorIsa::baseline:
+      break;
+  }
+#endif
+  rows_task_baseline(kernel, cols, begin, end);
 }
 
 // at::parallel_for over output elements; a call whose total work is below one
@@ -96,33 +161,15 @@ struct CpuLaunch {
   // rows x cols elements, walked row by row: the kernel's per-row index
   // arithmetic (64-bit divisions, the bulk of a cheap element's cost) is
   // done once per row instead of once per element, and the row's noise is
-  // made kNoiseRun elements at a time by cpu_noise_run (vectorized; each
-  // Gaussian pair made once). Kernel: row(r), noise_key(row), p.noise and
+  // made kNoiseRun elements at a time (vectorized; each Gaussian pair made
+  // once), by rows_task_for_cpu. Kernel: row(r), noise_key(row), p.noise and
   // element(row, d, z), as GenerateRowsKernel (csrc/fastattr/rows.h).
   template <typename Kernel>
   static void for_each_row(c10::Device /*device*/, int64_t rows, int64_t cols,
                            int64_t work_per_element, const Kernel& kernel) {
     const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, work_per_element * cols));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      const Kernel k = kernel;  // a local copy: stores to out cannot alias its fields
-      double z[kNoiseRun];
-      for (int64_t r = begin; r < end; ++r) {
-        const auto row = k.row(r);
-        // Runs start at even d, as keyed_noise_run needs.
-        for (int64_t d0 = 0; d0 < cols; d0 += kNoiseRun) {
-          const int64_t n = std::min(kNoiseRun, cols - d0);
-          if (k.p.noise == Noise::none) {
-            for (int64_t i = 0; i < n; ++i) {
-              k.element(row, d0 + i, 0.0);
-            }
-            continue;
-          }
-          cpu_noise_run(k.p.noise, k.noise_key(row), d0, n, z);
-          for (int64_t i = 0; i < n; ++i) {
-            k.element(row, d0 + i, z[i]);
-          }
-        }
-      }
+      rows_task_for_cpu(kernel, cols, begin, end);
     });
   }
 };

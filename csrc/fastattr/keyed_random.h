@@ -8,10 +8,11 @@
 // The bodies are also written so that GCC vectorizes a loop over elements
 // (keyed_noise_run, the CPU's row loop): no branches (selects instead), no
 // libm calls (frexp and floor are done on the bits), and integer -> double
-// conversions only of integers below 2^52, by exact_double. Each of these
+// conversions only of integers below 2^52, by offset_scaled. Each of these
 // gives the same values as the README's plain formulation.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -44,11 +45,18 @@ FASTATTR_HD double from_bits(uint64_t bits) {
   return x;
 }
 
-// x as a double, exactly, for an integer x < 2^52: the double 2^52 + x has x
-// as its mantissa field, and subtracting 2^52 is exact. (x86 has no vector
-// conversion from 64-bit integers before AVX-512; this is two vector ops.)
+// 2^(52 - k) + x 2^-k, exactly, for an integer x < 2^52: the double with
+// exponent 52 - k and mantissa field x. Subtracting 2^(52 - k) leaves
+// x 2^-k, exactly: the integer converted and scaled by one vector op (x86 has
+// no vector conversion from 64-bit integers before AVX-512), and other exact
+// terms can be folded into that subtraction.
+FASTATTR_HD double offset_scaled(uint64_t x, int k) {
+  return from_bits(x | (static_cast<uint64_t>(1075 - k) << 52));
+}
+
+// x as a double, exactly, for an integer x < 2^52.
 FASTATTR_HD double exact_double(uint64_t x) {
-  return from_bits(x | 0x4330000000000000ull) - 0x1p52;
+  return offset_scaled(x, 0) - 0x1p52;
 }
 
 // c[0] + y (c[1] + y (... + y c[N-1])), evaluated from the inside out
@@ -81,7 +89,8 @@ FASTATTR_HD double fa_log(double u) {
   const uint64_t bits = as_bits(u);
   const uint64_t below = static_cast<int64_t>(bits & kMantissa) < kSqrtHalfMantissa ? 1 : 0;
   const double m = from_bits((bits & kMantissa) | ((uint64_t{1022} + below) << 52));
-  const double e = exact_double((bits >> 52) - below) - 1022.0;
+  // e = (e0 - below) - 1022, made a double in one exact subtraction.
+  const double e = offset_scaled((bits >> 52) - below, 0) - (0x1p52 + 1022.0);
   const double f = (m - 1.0) / (m + 1.0);
   const double f2 = f * f;
   const double s = horner(kLog, f2);
@@ -150,17 +159,23 @@ FASTATTR_HD U32x4 keyed_bits(const NoiseKey& key, int64_t word) {
                     static_cast<uint32_t>((key.seed >> 32) & 0xffffffffu));
 }
 
-// A uniform in [0, 1) on the 2^-53 grid from two words: hi * 2^21 + (lo >> 11)
-// is an integer < 2^53, made exactly from its two parts (each < 2^52) and
-// scaled exactly.
+// A uniform in [0, 1) on the 2^-53 grid from two words: (hi * 2^21 +
+// (lo >> 11)) * 2^-53 = hi * 2^-32 + (lo >> 11) * 2^-53, both terms and
+// their sum exact.
 FASTATTR_HD double uniform53(uint32_t hi, uint32_t lo) {
-  return (exact_double(hi) * 0x1p21 + exact_double(lo >> 11)) * 0x1p-53;
+  return (offset_scaled(hi, 32) - 0x1p20) +
+         (offset_scaled(static_cast<uint64_t>(lo) >> 11, 53) - 0x1p-1);
 }
 
-// Uniform in [-1, 1) for `element`: z = 2 ua - 1, one draw per element.
+// Uniform in [-1, 1) from the first two words of a draw: z = 2 ua - 1.
+FASTATTR_HD double uniform_noise(uint32_t x0, uint32_t x1) {
+  return 2.0 * uniform53(x0, x1) - 1.0;
+}
+
+// Uniform in [-1, 1) for `element`, one draw per element.
 FASTATTR_HD double keyed_uniform(const NoiseKey& key, int64_t element) {
   const U32x4 x = keyed_bits(key, element);
-  return 2.0 * uniform53(x.v[0], x.v[1]) - 1.0;
+  return uniform_noise(x.v[0], x.v[1]);
 }
 
 // Standard normals of elements 2 * pair (even) and 2 * pair + 1 (odd).
@@ -169,15 +184,19 @@ struct GaussianPair {
   double odd;
 };
 
-// Box-Muller, both branches, from the one draw of the pair: the radius from
-// u1 = 1 - ua in (0, 1] (so the logarithm is finite), the angle from the
+// Box-Muller, both branches, from the four words of a pair's draw: the radius
+// from u1 = 1 - ua in (0, 1] (so the logarithm is finite), the angle from the
 // 53-bit integer of words 2 and 3.
-FASTATTR_HD GaussianPair keyed_gaussian_pair(const NoiseKey& key, int64_t pair) {
-  const U32x4 x = keyed_bits(key, pair);
+FASTATTR_HD GaussianPair gaussian_pair(const U32x4& x) {
   const double u1 = 1.0 - uniform53(x.v[0], x.v[1]);
   const double radius = std::sqrt(-2.0 * fa_log(u1));
-  const CosSin angle = fa_cossin_2pi((static_cast<uint64_t>(x.v[2]) << 21) | (x.v[3] >> 11));
+  const CosSin angle =
+      fa_cossin_2pi((static_cast<uint64_t>(x.v[2]) << 21) | (static_cast<uint64_t>(x.v[3]) >> 11));
   return GaussianPair{radius * angle.cos, radius * angle.sin};
+}
+
+FASTATTR_HD GaussianPair keyed_gaussian_pair(const NoiseKey& key, int64_t pair) {
+  return gaussian_pair(keyed_bits(key, pair));
 }
 
 // Standard normal for one element: its pair is made and half of it kept (the
@@ -192,27 +211,118 @@ FASTATTR_HD double keyed_noise(Noise kind, const NoiseKey& key, int64_t element)
   return kind == Noise::gaussian ? keyed_gaussian(key, element) : keyed_uniform(key, element);
 }
 
+// ---- CPU: a row's noise in runs --------------------------------------------
+//
+// Philox and the float steps are separate loops over a block of draws: the
+// words go through a buffer, so each loop has the vector shape it needs
+// (Philox, 64-bit lanes holding 32-bit words; the float steps, doubles).
+
+// Draws per block: the words buffer is 8 KiB, in L1 with the z it feeds.
+constexpr int64_t kDrawBlock = 256;
+
+// Words of the draws first_word + j of one row, j < kDrawBlock: word k of
+// draw j is the low half of x[k][j] (the high half is junk).
+struct DrawBlock {
+  uint64_t x[4][kDrawBlock];
+
+  U32x4 words(int64_t j) const {
+    return U32x4{{static_cast<uint32_t>(x[0][j]), static_cast<uint32_t>(x[1][j]),
+                  static_cast<uint32_t>(x[2][j]), static_cast<uint32_t>(x[3][j])}};
+  }
+};
+
+// Fills words 0 .. kWords - 1 of `count` draws of a DrawBlock, a draw at a
+// time (the baseline; KeyedDrawsLanes is the fast one).
+struct KeyedDraws {
+  template <int kWords>
+  static void fill(const NoiseKey& key, int64_t first_word, int64_t count, DrawBlock& block) {
+    for (int64_t j = 0; j < count; ++j) {
+      const U32x4 x = keyed_bits(key, first_word + j);
+      for (int k = 0; k < kWords; ++k) {
+        block.x[k][j] = x.v[k];
+      }
+    }
+  }
+};
+
+#if defined(__x86_64__) && !defined(__CUDACC__)
+// KeyedDraws with PhiloxLanes<V>, a vector of draws at a time (so it fills up
+// to a vector less one of draws past `count`, which the block has room for).
+// With kWords = 2 (uniform noise) the last round's other product is dead code.
+template <typename V>
+struct KeyedDrawsLanes {
+  static constexpr int64_t kLanes = sizeof(V) / sizeof(uint64_t);
+  static_assert(kDrawBlock % kLanes == 0, "whole vectors of draws fit a block");
+
+  template <int kWords>
+  static void fill(const NoiseKey& key, int64_t first_word, int64_t count, DrawBlock& block) {
+    const PhiloxLanes<V> philox(
+        static_cast<uint32_t>(key.sample), static_cast<uint32_t>(key.example),
+        static_cast<uint32_t>(key.stream), static_cast<uint32_t>(key.seed & 0xffffffffu),
+        static_cast<uint32_t>((key.seed >> 32) & 0xffffffffu));
+    V w;
+    for (int64_t j = 0; j < kLanes; ++j) {
+      w[j] = static_cast<uint64_t>(first_word + j);
+    }
+    for (int64_t j = 0; j < count; j += kLanes) {
+      V x[4];
+      philox(w, x);
+      for (int k = 0; k < kWords; ++k) {
+        std::memcpy(&block.x[k][j], &x[k], sizeof(V));
+      }
+      w += kLanes;
+    }
+  }
+};
+#endif
+
+// z[i] = keyed_uniform(key, first + i) for i < count.
+template <typename Draws>
+inline void uniform_run(const NoiseKey& key, int64_t first, int64_t count, double* z) {
+  DrawBlock block;
+  for (int64_t i0 = 0; i0 < count; i0 += kDrawBlock) {
+    const int64_t n = std::min(kDrawBlock, count - i0);
+    Draws::template fill<2>(key, first + i0, n, block);
+    for (int64_t j = 0; j < n; ++j) {
+      z[i0 + j] = uniform_noise(static_cast<uint32_t>(block.x[0][j]),
+                                static_cast<uint32_t>(block.x[1][j]));
+    }
+  }
+}
+
+// z[i] = keyed_gaussian(key, first + i) for i < count, first even: each pair
+// made once for both of its elements, but the last element of a run of odd
+// length (the end of an odd row), an even element alone.
+template <typename Draws>
+inline void gaussian_run(const NoiseKey& key, int64_t first, int64_t count, double* z) {
+  DrawBlock block;
+  const int64_t pairs = (count + 1) / 2;
+  for (int64_t p0 = 0; p0 < pairs; p0 += kDrawBlock) {
+    const int64_t n = std::min(kDrawBlock, pairs - p0);
+    Draws::template fill<4>(key, first / 2 + p0, n, block);
+    double* out = z + 2 * p0;
+    const int64_t whole = std::min(n, (count - 2 * p0) / 2);  // pairs with both elements here
+    for (int64_t j = 0; j < whole; ++j) {
+      const GaussianPair g = gaussian_pair(block.words(j));
+      out[2 * j] = g.even;
+      out[2 * j + 1] = g.odd;
+    }
+    if (whole < n) {
+      out[2 * whole] = gaussian_pair(block.words(whole)).even;
+    }
+  }
+}
+
 // CPU: z[i] = keyed_noise(kind, key, first + i) for i < count, with `first`
-// even, so that Gaussian pairs lie whole in the run (but the last element of
-// a run of odd length, the end of an odd row, which is an even element
-// alone): each pair is made once for both of its elements. Both loops
-// vectorize.
+// even, so that Gaussian pairs lie whole in the run. Draws makes the words
+// (KeyedDraws or KeyedDrawsLanes); the float loops vectorize.
+template <typename Draws = KeyedDraws>
 inline void keyed_noise_run(Noise kind, const NoiseKey& key, int64_t first, int64_t count,
                             double* z) {
   if (kind == Noise::uniform) {
-    for (int64_t i = 0; i < count; ++i) {
-      z[i] = keyed_uniform(key, first + i);
-    }
-    return;
-  }
-  const int64_t pairs = count / 2;
-  for (int64_t i = 0; i < pairs; ++i) {
-    const GaussianPair g = keyed_gaussian_pair(key, first / 2 + i);
-    z[2 * i] = g.even;
-    z[2 * i + 1] = g.odd;
-  }
-  if (count % 2 != 0) {
-    z[count - 1] = keyed_gaussian_pair(key, first / 2 + pairs).even;
+    uniform_run<Draws>(key, first, count, z);
+  } else {
+    gaussian_run<Draws>(key, first, count, z);
   }
 }
 

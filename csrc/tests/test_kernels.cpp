@@ -154,9 +154,11 @@ void test_noise_moments() {
 
 // The known answers of csrc/README.md section 2 (also in tests/test_ops.py,
 // which checks them and the checksums below on the extension, i.e. on the
-// AVX2 clone of the CPU noise loop where the CPU has AVX2). This binary is
-// built without AVX2: here they check the baseline x86-64 build of the same
-// loop, keyed_noise_run, and the per-element form the GPU runs.
+// version of the CPU noise loop this CPU picks). This binary is built for
+// baseline x86-64: here they check the baseline build of the same loop,
+// keyed_noise_run, its AVX2 and AVX-512 builds (compiled for those by target
+// attributes, checked where the CPU has them), and the per-element form the
+// GPU runs.
 const NoiseKey kKatKey{0x0123456789abcdefull, 3, 5, 2};
 struct NoiseKat {
   int64_t element;
@@ -178,36 +180,61 @@ uint64_t bits_of(double x) {
   return b;
 }
 
-// keyed_noise_run, the CPU's loop, equals the per-element draws (pairs whole
-// or, at the end of an odd run, a lone even element) and the known answers.
-void test_noise_run() {
+using NoiseRun = void (*)(Noise, const NoiseKey&, int64_t, int64_t, double*);
+
+void noise_run_baseline(Noise kind, const NoiseKey& key, int64_t first, int64_t count,
+                        double* z) {
+  keyed_noise_run<KeyedDraws>(kind, key, first, count, z);
+}
+
+#if defined(__x86_64__)
+// As csrc/ops.cpp compiles them.
+__attribute__((target("avx2"), flatten)) void noise_run_avx2(Noise kind, const NoiseKey& key,
+                                                             int64_t first, int64_t count,
+                                                             double* z) {
+  keyed_noise_run<KeyedDrawsLanes<U64x4>>(kind, key, first, count, z);
+}
+
+__attribute__((target("avx512f,prefer-vector-width=512"), flatten)) void noise_run_avx512(
+    Noise kind, const NoiseKey& key, int64_t first, int64_t count, double* z) {
+  keyed_noise_run<KeyedDrawsLanes<U64x8>>(kind, key, first, count, z);
+}
+#endif
+
+// A build of keyed_noise_run, the CPU's loop, equals the per-element draws
+// (pairs whole or, at the end of an odd run, a lone even element) and the
+// known answers.
+void check_noise_run(NoiseRun run, const char* build) {
+  std::printf("keyed_noise_run, %s build\n", build);
   for (Noise kind : {Noise::gaussian, Noise::uniform}) {
     const bool gaussian = kind == Noise::gaussian;
     for (const NoiseKat& k : kNoiseKats) {
       const uint64_t want = gaussian ? k.gaussian : k.uniform;
       expect(bits_of(keyed_noise(kind, kKatKey, k.element)) == want, "known answer, per element");
       double z[2];
-      keyed_noise_run(kind, kKatKey, k.element & ~int64_t{1}, 2, z);
+      run(kind, kKatKey, k.element & ~int64_t{1}, 2, z);
       expect(bits_of(z[k.element & 1]) == want, "known answer, run of a pair");
       if ((k.element & 1) == 0) {
-        keyed_noise_run(kind, kKatKey, k.element, 1, z);  // a lone even element
+        run(kind, kKatKey, k.element, 1, z);  // a lone even element
         expect(bits_of(z[0]) == want, "known answer, lone even element");
       }
     }
-    // Runs of every length up to 67 from several even starts, against the
+    // Runs of every length up to 67 from several even starts (the last two
+    // wrap word 0 past 2^32, the last one for Gaussian draws too), against the
     // per-element form.
     std::vector<double> z(kChecksumD);
     bool same = true;
-    for (int64_t first : {int64_t{0}, int64_t{2}, int64_t{1000}, int64_t{4294967294}}) {
+    for (int64_t first : {int64_t{0}, int64_t{2}, int64_t{1000}, int64_t{4294967294},
+                          int64_t{8589934588}}) {
       for (int64_t count = 0; count <= 67; ++count) {
-        keyed_noise_run(kind, kKatKey, first, count, z.data());
+        run(kind, kKatKey, first, count, z.data());
         for (int64_t i = 0; i < count; ++i) {
           same = same && bits_of(z[i]) == bits_of(keyed_noise(kind, kKatKey, first + i));
         }
       }
     }
     expect(same, "keyed_noise_run == keyed_noise per element");
-    keyed_noise_run(kind, kKatKey, 0, kChecksumD, z.data());
+    run(kind, kKatKey, 0, kChecksumD, z.data());
     uint64_t sum = 0;
     for (int64_t d = 0; d < kChecksumD; ++d) {
       sum += bits_of(z[d]) * static_cast<uint64_t>(2 * d + 1);
@@ -216,6 +243,22 @@ void test_noise_run() {
                 static_cast<unsigned long long>(sum));
     expect(sum == (gaussian ? kGaussianChecksum : kUniformChecksum), "noise checksum");
   }
+}
+
+void test_noise_run() {
+  check_noise_run(noise_run_baseline, "baseline");
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) {
+    check_noise_run(noise_run_avx2, "AVX2");
+  } else {
+    std::printf("no AVX2 here: its build is not checked\n");
+  }
+  if (__builtin_cpu_supports("avx512f")) {
+    check_noise_run(noise_run_avx512, "AVX-512");
+  } else {
+    std::printf("no AVX-512 here: its build is not checked\n");
+  }
+#endif
 }
 
 // One element of generate_rows: B = 2, D = 3, N = 2 samples, S = 4 steps.
