@@ -228,6 +228,10 @@ def format_target(target: TargetType, batch: int, device: torch.device) -> Union
     )
 
 
+# Up to this many target classes are range-checked in Python on the CPU.
+_TARGETS_READ_AS_LIST = 4096
+
+
 def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int]) -> None:
     """Check target classes against the model's output width (None: output is ``[B]``)."""
     if target is None:
@@ -244,11 +248,14 @@ def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int
     else:
         if target.numel() == 0:
             return
-        lo_t, hi_t = torch.aminmax(target)
-        if target.is_cuda:  # one device sync instead of two
-            lo, hi = torch.stack((lo_t, hi_t)).tolist()
+        if not target.is_cuda and target.numel() <= _TARGETS_READ_AS_LIST:
+            # A batch's worth of classes: one copy to Python beats a reduction
+            # and two scalar reads.
+            values = target.tolist()
+            lo, hi = min(values), max(values)
         else:
-            lo, hi = int(lo_t), int(hi_t)
+            lo_t, hi_t = torch.aminmax(target)
+            lo, hi = torch.stack((lo_t, hi_t)).tolist()  # one device sync
     if lo < -n_outputs or hi >= n_outputs:
         raise ValueError(
             f"target: class index out of range for a model with {n_outputs} outputs "

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import fastattr
+from fastattr._validate import check_target_range
 
 B = 4
 
@@ -385,3 +386,17 @@ OUTPUT_CASES = [
 @pytest.mark.parametrize("method", list(METHODS))
 def test_bad_model_output_fails_before_backward(backend, method, output, exc, match):
     _expect(method, exc, match, model=Counting(output=output), forwards=1, chunk_rows=2)
+
+
+@pytest.mark.parametrize("n", [3, 5000], ids=["read-as-list", "reduced"])
+def test_target_range_check_on_both_paths(n):
+    """Small target tensors are range-checked as a Python list, large ones by
+    a reduction: both name the offending class."""
+    target = torch.zeros(n, dtype=torch.int64)
+    check_target_range(target, 3)
+    target[n // 2] = -4
+    with pytest.raises(ValueError, match=r"^target: class index out of range .*\(got -4\)"):
+        check_target_range(target, 3)
+    target[n // 2] = 3
+    with pytest.raises(ValueError, match=r"^target: class index out of range .*\(got 3\)"):
+        check_target_range(target, 3)
