@@ -185,7 +185,66 @@ def layers_activation_key(model: Callable[..., Any], layers: Sequence[nn.Module]
     return model, (kind, tuple(id(layer) for layer in layers), to_layer_input)
 
 
-class LayerSubstitution(nn.Module):
+class _LayerHooked(nn.Module):
+    """What :class:`LayerSubstitution` and :class:`LayerLeaves` share: the
+    model run without autograd until the first hooked layer (whose hook
+    restores the caller's grad mode), each layer checked to run once, and the
+    hooks installed only inside :meth:`installed`."""
+
+    def __init__(self, model: Callable[..., Any], layers: Sequence[nn.Module], names: List[str],
+                 to_layer_input: bool) -> None:
+        super().__init__()
+        self.model = model
+        self._layers = list(layers)  # a plain list: not registered twice as submodules
+        self._names = names
+        self._to_layer_input = to_layer_input
+        self._calls = [0] * len(layers)
+        self._grad_mode = True
+
+    def _hook(self, i: int, produced: Any) -> Any:
+        """What layer ``i``'s hook returns, given what the layer produced (its
+        output, or its positional inputs)."""
+        raise NotImplementedError
+
+    def _enter_layer(self, i: int) -> None:
+        self._calls[i] += 1
+        torch.set_grad_enabled(self._grad_mode)  # the graph starts here
+
+    def _pass_on(self, tensors: Tuple[Tensor, ...], container: Optional[type]) -> Any:
+        """``tensors`` in the form the hook returns them in place of the layer's own."""
+        if self._to_layer_input:
+            return tensors  # a pre-hook's tuple replaces the positional inputs
+        return tensors[0] if container is None else container(tensors)
+
+    def _run(self, model_args: Tuple[Any, ...]) -> Any:
+        """``model(*model_args)``; what precedes the layers needs no graph (the
+        gradient is taken at or after them), so it runs without autograd,
+        saving time and memory, until a hook restores the caller's mode."""
+        self._calls = [0] * len(self._layers)
+        self._grad_mode = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            out = self.model(*model_args)
+        finally:
+            torch.set_grad_enabled(self._grad_mode)
+        _check_ran_once(self._calls, self._names)
+        return out
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_LayerHooked"]:
+        """Hooks on the layers for the duration of the block (removed on exit,
+        also when the model raises)."""
+
+        def make_hook(i: int) -> Callable:
+            def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
+                return self._hook(i, args if self._to_layer_input else out)
+            return hook
+
+        with _hooks(self._layers, self._to_layer_input, make_hook):
+            yield self
+
+
+class LayerSubstitution(_LayerHooked):
     """``model`` with the chosen layers' outputs (or inputs) replaced.
 
     Called as ``substitution(*rows, *model_args)``: ``rows`` are the layers'
@@ -205,65 +264,32 @@ class LayerSubstitution(nn.Module):
         like: LayerValues,
         to_layer_input: bool,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self._layers = list(layers)  # a plain list: not registered twice as submodules
-        self._names = names
+        super().__init__(model, layers, names, to_layer_input)
         self._containers = like.containers
         counts = [len(vals) for vals in like.values]
         self._offsets = [sum(counts[:i]) for i in range(len(counts) + 1)]
-        self._to_layer_input = to_layer_input
         self._rows: Optional[Tuple[Tensor, ...]] = None
-        self._calls = [0] * len(layers)
-        self._grad_mode = True
 
-    def _replacement(self, i: int) -> Any:
-        torch.set_grad_enabled(self._grad_mode)  # the graph starts at the rows
+    def _hook(self, i: int, produced: Any) -> Any:
+        self._enter_layer(i)
         # A copy, so that an in-place op after the layer (ReLU(inplace=True))
         # writes into it rather than into the engine's leaf rows.
         rows = tuple(r.clone() for r in self._rows[self._offsets[i] : self._offsets[i + 1]])
-        if self._to_layer_input:
-            return rows  # a pre-hook's tuple replaces the positional inputs
-        container = self._containers[i]
-        return rows[0] if container is None else container(rows)
+        return self._pass_on(rows, self._containers[i])
 
     def forward(self, *args: Any) -> Any:
         k = self._offsets[-1]
         self._rows = args[:k]
-        self._calls = [0] * len(self._layers)
         # With one example the engine expands per-example arguments to the
         # chunk's rows (stride 0); the model's own inputs must take any view.
         model_args = tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args[k:])
-        # The gradient is taken at the rows only, so what runs before the
-        # layers needs no graph: it runs without autograd (saving neither
-        # time nor memory for a backward that never reaches it) until the
-        # first replacement restores the caller's mode.
-        self._grad_mode = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
         try:
-            out = self.model(*model_args)
+            return self._run(model_args)
         finally:
             self._rows = None
-            torch.set_grad_enabled(self._grad_mode)
-        _check_ran_once(self._calls, self._names)
-        return out
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["LayerSubstitution"]:
-        """Hooks on the layers for the duration of the block (removed on exit,
-        also when the model raises)."""
-
-        def make_hook(i: int) -> Callable:
-            def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
-                self._calls[i] += 1
-                return self._replacement(i)
-            return hook
-
-        with _hooks(self._layers, self._to_layer_input, make_hook):
-            yield self
 
 
-class LayerLeaves(nn.Module):
+class LayerLeaves(_LayerHooked):
     """``model`` with the gradient taken at the chosen layers' outputs (or
     inputs): the engine's model in a :class:`~fastattr.engine.Request` whose
     ``leaves`` is :meth:`leaves`.
@@ -279,50 +305,29 @@ class LayerLeaves(nn.Module):
 
     def __init__(self, model: Callable[..., Any], layers: Sequence[nn.Module], names: List[str],
                  to_layer_input: bool, check: Callable[[LayerValues], None] = lambda values: None) -> None:
-        super().__init__()
-        self.model = model
-        self._layers = list(layers)  # a plain list: not registered twice as submodules
-        self._names = names
-        self._to_layer_input = to_layer_input
+        super().__init__(model, layers, names, to_layer_input)
         self._check = check  # called on the first forward's layer values, before any backward
         self._produced: List[Any] = [None] * len(layers)
-        self._calls = [0] * len(layers)
-        self._leaves: List[Tuple[Tensor, ...]] = []
-        self._grad_mode = True
+        self._leaves: List[Tensor] = []
         self.values: List[LayerValues] = []  # per forward, the layers' values as leaves saw them
 
-    def _leaf_hook(self, i: int) -> Callable:
+    def _hook(self, i: int, produced: Any) -> Any:
+        self._enter_layer(i)
         what = "input" if self._to_layer_input else "output"
-
-        def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
-            self._calls[i] += 1
-            torch.set_grad_enabled(self._grad_mode)  # the graph starts here
-            tensors, container = _split(args if self._to_layer_input else out, f"{self._names[i]} {what}")
-            _check_floating(tensors, self._names[i], what, self._to_layer_input)
-            # A layer's inputs are the model's tensors, which it may still
-            # change in place after the layer: the leaves copy them.
-            leaves = tuple((t.detach().clone() if self._to_layer_input else t.detach()).requires_grad_()
-                           for t in tensors)
-            self._produced[i] = (leaves, container)
-            # Copies go on: an in-place op after the layer (ReLU(inplace=True))
-            # must not write into a leaf.
-            passed = tuple(leaf.clone() for leaf in leaves)
-            if self._to_layer_input:
-                return passed  # a pre-hook's tuple replaces the positional inputs
-            return passed[0] if container is None else container(passed)
-
-        return hook
+        tensors, container = _split(produced, f"{self._names[i]} {what}")
+        _check_floating(tensors, self._names[i], what, self._to_layer_input)
+        # A layer's inputs are the model's tensors, which it may still
+        # change in place after the layer: the leaves copy them.
+        leaves = tuple((t.detach().clone() if self._to_layer_input else t.detach()).requires_grad_()
+                       for t in tensors)
+        self._produced[i] = (leaves, container)
+        # Copies go on: an in-place op after the layer (ReLU(inplace=True))
+        # must not write into a leaf.
+        return self._pass_on(tuple(leaf.clone() for leaf in leaves), container)
 
     def forward(self, *args: Any) -> Any:
-        self._calls = [0] * len(self._layers)
         self._produced = [None] * len(self._layers)
-        self._grad_mode = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-        try:
-            out = self.model(*args)
-        finally:
-            torch.set_grad_enabled(self._grad_mode)
-        _check_ran_once(self._calls, self._names)
+        out = self._run(args)
         values = LayerValues(
             [tuple(leaf.detach() for leaf in leaves) for leaves, _ in self._produced],
             [container for _, container in self._produced],
@@ -347,13 +352,6 @@ class LayerLeaves(nn.Module):
             for per_forward in zip(*(v.values for v in self.values))
         ]
         return LayerValues(joined, first.containers, first.output)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["LayerLeaves"]:
-        """Hooks on the layers for the duration of the block (removed on exit,
-        also when the model raises)."""
-        with _hooks(self._layers, self._to_layer_input, self._leaf_hook):
-            yield self
 
 
 def per_layer(flat: Tuple[Tensor, ...], like: LayerValues, was_list: bool) -> Any:
