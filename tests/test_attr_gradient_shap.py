@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fastattr.attr.gradient_shap import expected_gradients, gradient_shap
 from fastattr.engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW
-from fastattr.engine.draws import group_uniforms
+from fastattr.engine.draws import _CACHED_GROUPS, group_uniforms
 from fastattr import ops
 
 from captum.attr import GradientShap
@@ -233,3 +233,18 @@ def test_bad_reference_counts_and_options(backend: str) -> None:
         args.update(kwargs)
         with pytest.raises(ValueError, match=match):
             gradient_shap(mlp.model, mlp.inputs, torch.zeros(2, 64, dtype=torch.float64), **args)
+
+
+def test_group_uniforms_follow_the_spec(backend: str) -> None:
+    """Every group's pair of uniforms is csrc/README.md section 2's, computed
+    here one group at a time in Python integers, for both counter paths
+    (kept between calls and made afresh) and an offset past 2^32."""
+    seed, stream = (1 << 40) + 12345, 7 * 65536 + 2
+    for batch, n_samples, offset in ((3, 5, 0), (2, _CACHED_GROUPS, (1 << 32) - 1)):
+        ua, ub = group_uniforms(seed, stream, batch, n_samples, torch.device("cpu"), offset)
+        for g in list(range(4)) + [batch * n_samples - 1]:
+            counter = torch.tensor([[0, g % n_samples, (g // n_samples + offset) % 2**32, stream]])
+            key = torch.tensor([seed & 0xFFFFFFFF, seed >> 32])
+            x0, x1, x2, x3 = (int(w) for w in ops.philox4x32(counter, key)[0])
+            assert ua[g].item() == ((x0 << 21) + (x1 >> 11)) * 2.0**-53
+            assert ub[g].item() == ((x2 << 21) + (x3 >> 11)) * 2.0**-53

@@ -187,7 +187,7 @@ class _Loop:
             # One point per group (S = 1): alpha x_n + (1 - alpha) reference, as Captum's GradientShap.
             alpha = req.group_alphas[r0 : r0 + n].view(-1, *([1] * (x.dim() - 1)))
             x_n, base = self.sample_pair(i, r0, r0 + n)
-            return (alpha * x_n + (1 - alpha) * base).requires_grad_()
+            return (alpha * x_n + torch.rsub(alpha, 1) * base).requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
             rows = x[r0 : r0 + n].detach()

@@ -133,13 +133,7 @@ def _broadcastable_attributions(a: Tensor, x: Tensor) -> Tensor:
         raise TypeError(f"attributions: expected a numeric tensor, got {a.dtype}")
     if a.device != x.device:
         raise ValueError(f"attributions: on {a.device}, expected {x.device} like the inputs")
-    ok = a.dim() == x.dim() and a.shape[0] == x.shape[0]
-    if ok:
-        try:
-            ok = torch.broadcast_shapes(a.shape, x.shape) == x.shape
-        except RuntimeError:
-            ok = False
-    if not ok:
+    if not (a.dim() == x.dim() and a.shape[0] == x.shape[0] and v.broadcasts_to(a.shape, x.shape)):
         raise ValueError(
             f"attributions: expected shape [{x.shape[0]}, ...] broadcastable to the input's "
             f"{tuple(x.shape)}, got {tuple(a.shape)}"
