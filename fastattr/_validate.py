@@ -44,27 +44,40 @@ def format_inputs(inputs: TensorOrTuple, allow_integer: bool = False) -> Tuple[T
     tensors = inputs if was_tuple else (inputs,)
     if len(tensors) == 0:
         raise ValueError("inputs: expected a tensor or a non-empty tuple of tensors, got ()")
+    dtypes = _INPUT_DTYPES_WITH_INTEGER if allow_integer else FLOAT_DTYPES
+    first = tensors[0]
     for i, t in enumerate(tensors):
-        name = f"inputs[{i}]" if was_tuple else "inputs"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES and not (allow_integer and t.dtype in INTEGER_DTYPES):
-            kinds = "a floating or integer dtype" if allow_integer else (
-                "a floating dtype (float16, bfloat16, float32, float64)")
-            raise TypeError(f"{name}: expected {kinds}, got {t.dtype}")
-        if t.dim() < 1:
-            raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
-        if t.shape[0] != tensors[0].shape[0]:
-            raise ValueError(
-                f"{name}: batch size {t.shape[0]} differs from inputs[0]'s {tensors[0].shape[0]}"
-            )
-        if t.device != tensors[0].device:
-            raise ValueError(f"{name}: on {t.device}, expected {tensors[0].device} like inputs[0]")
+        # One cheap test per tensor on every call; the message only on failure.
+        if (not isinstance(t, Tensor) or t.dtype not in dtypes or t.dim() < 1
+                or t.shape[0] != first.shape[0] or t.device != first.device):
+            _reject_input(t, _input_name(i, was_tuple), first, allow_integer)
     # Finiteness last: it reads the values, which needs every tensor on a real device.
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not _all_finite(t):
-            raise ValueError(f"{'inputs[%d]' % i if was_tuple else 'inputs'}: contains NaN or Inf")
+            raise ValueError(f"{_input_name(i, was_tuple)}: contains NaN or Inf")
     return tuple(tensors), was_tuple
+
+
+_INPUT_DTYPES_WITH_INTEGER = FLOAT_DTYPES + INTEGER_DTYPES
+
+
+def _input_name(i: int, was_tuple: bool) -> str:
+    return f"inputs[{i}]" if was_tuple else "inputs"
+
+
+def _reject_input(t: Any, name: str, first: Any, allow_integer: bool) -> None:
+    """Raise the error that says why ``t`` is not a valid input."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES and not (allow_integer and t.dtype in INTEGER_DTYPES):
+        kinds = "a floating or integer dtype" if allow_integer else (
+            "a floating dtype (float16, bfloat16, float32, float64)")
+        raise TypeError(f"{name}: expected {kinds}, got {t.dtype}")
+    if t.dim() < 1:
+        raise ValueError(f"{name}: expected shape [B, ...] with a batch dimension, got a 0-d tensor")
+    if t.shape[0] != first.shape[0]:
+        raise ValueError(f"{name}: batch size {t.shape[0]} differs from inputs[0]'s {first.shape[0]}")
+    raise ValueError(f"{name}: on {t.device}, expected {first.device} like inputs[0]")
 
 
 def _first_parameter(module: torch.nn.Module) -> Tuple[Optional[str], Optional[Tensor]]:
@@ -202,10 +215,6 @@ def format_target(target: TargetType, batch: int, device: torch.device) -> Union
     """None, an int (same class for every example) or an int64 tensor ``[B]``."""
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise TypeError("target: expected an int, a list of ints or an int tensor, got bool")
-    if isinstance(target, Integral):
-        return int(target)
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
@@ -219,6 +228,10 @@ def format_target(target: TargetType, batch: int, device: torch.device) -> Union
         if target.device == device and target.dtype == torch.int64:
             return target
         return target.to(device=device, dtype=torch.int64)
+    if isinstance(target, bool):
+        raise TypeError("target: expected an int, a list of ints or an int tensor, got bool")
+    if isinstance(target, Integral):
+        return int(target)
     if isinstance(target, (list, tuple)):
         if len(target) != batch:
             raise ValueError(

@@ -35,9 +35,16 @@ def default_budget(device: torch.device) -> int:
     return DEFAULT_CPU_BUDGET
 
 
-def signature(inputs: Tuple[Tensor, ...]) -> Hashable:
-    """What the activation size per row depends on, besides the model."""
-    return tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in inputs)
+def signature_and_row_bytes(inputs: Tuple[Tensor, ...]) -> Tuple[Hashable, int]:
+    """What the activation size per row depends on, besides the model, and
+    :func:`input_row_bytes`, in one pass (the engine asks on every call)."""
+    sig = []
+    row_bytes = 0
+    for x in inputs:
+        features = x.shape[1:]
+        sig.append((features, x.dtype, x.device))
+        row_bytes += features.numel() * x.element_size()
+    return tuple(sig), row_bytes
 
 
 def cached_activation_bytes(model: object, sig: Hashable) -> Optional[int]:

@@ -11,7 +11,6 @@ model's own batch-size sensitivity).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Hashable, List, Optional, Tuple, Union
@@ -190,7 +189,7 @@ class _Loop:
             return (alpha * x_n + torch.rsub(alpha, 1) * base).requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
-            rows = x[r0 : r0 + n].detach()
+            rows = (x if n == x.shape[0] else x[r0 : r0 + n]).detach()
             return rows if req.leaves is not None else rows.requires_grad_()
         base = self.req.baselines[i] if plan.alphas is not None else None
         rows = ops.generate_rows(
@@ -322,32 +321,42 @@ class _Loop:
             deltas = torch.zeros(0, dtype=torch.float64, device=req.inputs[0].device)
             return Result(empty, empty if req.plan.keep_square else None,
                           deltas if req.want_deltas else None)
-        device = req.inputs[0].device
-        budget = req.memory_budget or _budget.default_budget(device)
+        if req.rules is None:
+            chunk = self.chunks(total)
+        else:
+            with req.rules():  # removed again when a chunk raises
+                chunk = self.chunks(total)
+        # Convergence-delta endpoints are plain forwards, outside the rules.
+        return self.result(chunk)
+
+    def chunks(self, total: int) -> int:
+        """Evaluate and fold rows ``0 .. total-1`` chunk by chunk; return the
+        rows per chunk."""
+        req = self.req
+        budget = req.memory_budget or _budget.default_budget(req.inputs[0].device)
         # Backward rules change what autograd saves per row: measured per rule set.
         rules = getattr(req.rules, "func", req.rules)
         owner, tag = req.activation_key or (self.model, None)
-        sig = (_budget.signature(req.inputs), getattr(rules, "__qualname__", None), tag)
-        row_bytes = _budget.input_row_bytes(req.inputs)
+        inputs_sig, row_bytes = _budget.signature_and_row_bytes(req.inputs)
+        sig = (inputs_sig, getattr(rules, "__qualname__", None), tag)
         measured = _budget.cached_activation_bytes(owner, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
         r0 = 0
-        with req.rules() if req.rules is not None else contextlib.nullcontext():
-            while r0 < total:
-                r1 = min(total, r0 + chunk)
-                if measured is None:
-                    meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
-                    with meter.measuring():
-                        grads = self.gradients(r0, r1)
-                    measured = -(-meter.total // (r1 - r0))
-                    _budget.store_activation_bytes(owner, sig, measured)
-                    chunk = self.chunk_rows(budget, row_bytes, measured, total)
-                else:
+        while r0 < total:
+            r1 = min(total, r0 + chunk)
+            if measured is None:
+                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
+                with meter.measuring():
                     grads = self.gradients(r0, r1)
-                self.fold(grads, r0, r1)
-                del grads
-                r0 = r1
-        return self.result(chunk)
+                measured = -(-meter.total // (r1 - r0))
+                _budget.store_activation_bytes(owner, sig, measured)
+                chunk = self.chunk_rows(budget, row_bytes, measured, total)
+            else:
+                grads = self.gradients(r0, r1)
+            self.fold(grads, r0, r1)
+            del grads
+            r0 = r1
+        return chunk
 
     def chunk_rows(self, budget: int, row_bytes: int, measured: Optional[int], total: int) -> int:
         """Rows per chunk within ``budget``; whole examples when the request asks."""
