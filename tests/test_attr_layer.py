@@ -240,7 +240,14 @@ def test_what_precedes_the_layer_runs_without_autograd(caller_mode: bool) -> Non
     with torch.set_grad_enabled(caller_mode):
         lig = layer_integrated_gradients(model, x, model.conv2, target=1, n_steps=3, chunk_rows=2)
         assert torch.is_grad_enabled() == caller_mode
-    # capture at the inputs and at the baselines, then 3 chunks of the path
+    # The captures at the inputs and at the baselines stop at conv2, before
+    # the point that logs; then 3 chunks of the path.
+    assert model.modes == [(False, True)] * 3
+    model.modes.clear()
+    with torch.set_grad_enabled(caller_mode):
+        _, delta = layer_integrated_gradients(model, x, model.conv2, target=1, n_steps=3, chunk_rows=2,
+                                              return_convergence_delta=True)
+    # The convergence delta needs the model's outputs: the captures run whole.
     assert model.modes == [(False, False)] * 2 + [(False, True)] * 3
     assert_same_attr(lig, reference_layer_ig(model.head, model.upstream(x), model.upstream(0 * x), 1, 3),
                      TOL_F64_REF, "layer IG under no_grad")
@@ -696,6 +703,10 @@ def test_bad_model_and_layer_fail_naming_them() -> None:
     three = ThreeDimOut().double()
     with pytest.raises(ValueError, match=r"model output: expected shape \[3, C\] or \[3\]"):
         grad_cam(three, x, three.fc, target=0)
+    # Layer IG's captures stop at the layer; the engine checks the output of
+    # its first chunk (3 examples x 50 steps), before any backward.
+    with pytest.raises(ValueError, match=r"model output: expected shape \[150, C\] or \[150\]"):
+        layer_integrated_gradients(three, x, three.fc, target=0)
     twice = TwiceNet().double()
     with pytest.raises(ValueError, match="layer: ran 2 times"):
         layer_integrated_gradients(twice, x, twice.fc, target=0)
@@ -712,5 +723,5 @@ def test_bad_model_and_layer_fail_naming_them() -> None:
     tuple_net = _build(TupleLayerNet, torch.float64)
     with pytest.raises(ValueError, match="layer: Guided Grad-CAM needs a layer output of one tensor"):
         guided_grad_cam(tuple_net, torch.zeros(1, 3, 6, 6, dtype=torch.float64), tuple_net.split, 0)
-    for model in (twice, text, relu_net, tuple_net):
+    for model in (three, twice, text, relu_net, tuple_net):
         assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in model.modules())

@@ -4,8 +4,9 @@ Layer methods explain a layer's output (or input) instead of the model's
 inputs. They need two things, both done with hooks that are removed again
 when the call ends, also when the model raises:
 
-* :func:`capture_layers`: one plain forward that records what the chosen
-  layers produced (the activations to explain);
+* :func:`capture_layers`: one plain forward (up to the layers, unless the
+  model's output is needed too) that records what the chosen layers
+  produced (the activations to explain);
 * :class:`LayerSubstitution`: the model as the engine sees it, a callable
   whose first arguments are rows that replace the layers' outputs (or
   inputs), followed by the model's own inputs and extra arguments, which the
@@ -77,7 +78,7 @@ class LayerValues:
 
     values: List[Tuple[Tensor, ...]]  # per layer: its tensors, each [B, *L]
     containers: List[Optional[type]]  # per layer: tuple/list if it gave several, None for one tensor
-    output: Any  # the model's output
+    output: Any  # the model's output (None from a capture that stopped at the layers)
 
     @property
     def flat(self) -> Tuple[Tensor, ...]:
@@ -143,18 +144,27 @@ def layer_names(layers: Sequence[nn.Module], was_list: bool) -> List[str]:
     return [f"layer[{i}]" if was_list else "layer" for i in range(len(layers))]
 
 
+class _LayersCaptured(BaseException):
+    """Ends a capture forward once every layer has been seen. A BaseException,
+    so that a model's own ``except Exception`` does not swallow it."""
+
+
 def capture_layers(
     model: Callable[..., Any],
     layers: Sequence[nn.Module],
     names: List[str],
     to_layer_input: bool,
     model_args: Tuple[Any, ...],
+    need_output: bool = True,
 ) -> LayerValues:
     """Run ``model(*model_args)`` without autograd and return what each layer
     produced (its output, or its positional inputs when ``to_layer_input``).
 
     The values are copies: an in-place op after the layer must not change them.
-    Each layer must run exactly once and produce floating tensors.
+    Each layer must run (at least once here; exactly once is checked by the
+    pass that substitutes it) and produce floating tensors. Without
+    ``need_output`` the forward stops as soon as every layer has run (the
+    rest of the model is not evaluated) and ``output`` is None.
     """
     produced: List[Any] = [None] * len(layers)
     calls = [0] * len(layers)
@@ -163,10 +173,16 @@ def capture_layers(
         def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> None:
             calls[i] += 1
             produced[i] = _copied(args if to_layer_input else out)
+            if not need_output and all(calls):
+                raise _LayersCaptured
         return hook
 
-    with torch.no_grad(), _hooks(layers, to_layer_input, make_hook):
-        output = model(*model_args)
+    output = None
+    try:
+        with torch.no_grad(), _hooks(layers, to_layer_input, make_hook):
+            output = model(*model_args)
+    except _LayersCaptured:
+        pass
     _check_ran_once(calls, names)
     values, containers = [], []
     what = "input" if to_layer_input else "output"

@@ -102,10 +102,15 @@ def layer_integrated_gradients(
     )
     v.check_model_device(model, device)
 
-    at_inputs = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa))
-    check_model_output(at_inputs.output, batch, target_)
+    # The model's outputs are needed only for the convergence delta; without
+    # it the captures stop at the layers, and the engine checks the output
+    # against the target on its first chunk, before any backward.
+    with_outputs = bool(return_convergence_delta)
+    at_inputs = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa), with_outputs)
+    if with_outputs:
+        check_model_output(at_inputs.output, batch, target_)
     base_rows = _baseline_rows(bases, afa, batch)
-    at_bases = capture_layers(model, layers, names, attribute_to_layer_input, (*base_rows, *afa))
+    at_bases = capture_layers(model, layers, names, attribute_to_layer_input, (*base_rows, *afa), with_outputs)
     for name, a, b in zip(names, at_inputs.values, at_bases.values):
         if [t.shape[1:] for t in a] != [t.shape[1:] for t in b]:
             raise ValueError(
