@@ -13,7 +13,10 @@ steps, sampling methods 50 samples. The **floor** is one bare forward +
 backward over exactly the rows the method evaluates (``B``, ``2B`` for
 DeepLIFT's input and reference rows and for Guided Grad-CAM's two passes,
 ``50 B`` for IG, layer IG, SmoothGrad, GradientSHAP), with the rows and
-one-hot seeds made beforehand. Times are the best of several interleaved
+one-hot seeds made beforehand: the very rows fastattr evaluates, recorded
+from one of its calls (``workloads.record_rows``: values matter, kernels
+such as max pooling are data dependent); for the layer methods, whose
+model-input rows are the inputs repeated, those. Times are the best of several interleaved
 repeats (``run.measure``). Before timing, each workload checks that fastattr
 evaluates the floor's number of rows and, for the deterministic methods,
 equals Captum.
@@ -195,34 +198,24 @@ def build(spec: MethodSpec) -> Bench:
     x = torch.rand((spec.batch, *shape), generator=g)
     t = (torch.arange(spec.batch) * 3 + 1).remainder(n_classes)
     refs = torch.rand((8, *shape), generator=g)
-    rows = x.repeat_interleave(METHODS[spec.method][0], dim=0).requires_grad_()
-    onehot = torch.nn.functional.one_hot(t.repeat_interleave(METHODS[spec.method][0]), n_classes).float()
+    fa, cap = _calls(spec, model, x, t, refs)
+    per_example = METHODS[spec.method][0]
+    if spec.method in LAYER_METHODS:
+        # What precedes the layer runs without autograd: the floor is the
+        # model's own rows, the inputs repeated, with autograd throughout.
+        rows = x.repeat_interleave(per_example, dim=0)
+    else:
+        _, rows, _ = W.record_rows(model, fa)  # fastattr's rows, values included
+    rows = rows.requires_grad_()
+    onehot = torch.nn.functional.one_hot(t.repeat_interleave(per_example)[: rows.shape[0]], n_classes).float()
 
     def floor() -> Tensor:
         return torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
 
-    fa, cap = _calls(spec, model, x, t, refs)
     calls = {"fastattr": fa, "captum": cap, "floor": floor}
     if ca is None or cap is None:
         del calls["captum"]
     return Bench(spec, torch.device("cpu"), model, calls)
-
-
-def _rows(model: nn.Module, fn: Callable[[], Any]) -> Tuple[Any, int, int]:
-    """``(result, rows run with autograd, rows run without)`` of one call of
-    ``fn``, counted at the model's top-level forward."""
-    rows = [0, 0]
-
-    def count(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if isinstance(args[0], Tensor):
-            rows[0 if torch.is_grad_enabled() else 1] += args[0].shape[0]
-
-    handle = model.register_forward_pre_hook(count)
-    try:
-        out = fn()
-    finally:
-        handle.remove()
-    return out, rows[0], rows[1]
 
 
 def check(bench: Bench) -> List[str]:
@@ -232,7 +225,8 @@ def check(bench: Bench) -> List[str]:
     its total is checked."""
     problems = []
     spec = bench.spec
-    fa, grad_rows, other_rows = _rows(bench.model, bench.calls["fastattr"])
+    fa, with_grad, without = W.record_rows(bench.model, bench.calls["fastattr"])
+    grad_rows, other_rows = W.row_count(with_grad), W.row_count(without)
     per_example, per_call = CAPTURE_ROWS.get(spec.method, (0, 0))
     capture = spec.batch * per_example + per_call
     if spec.method in LAYER_METHODS:

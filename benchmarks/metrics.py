@@ -17,7 +17,8 @@ baseline for Infidelity):
   and ``captum.metrics.infidelity`` (Gaussian perturbations, 10 samples)
   against fastattr's drop-ins ``fastattr.captum.metrics.sensitivity_max`` /
   ``infidelity`` called the same way with ``fastattr.captum.Saliency``.
-* **floor**: the rows fastattr's call evaluates, counted, then run bare:
+* **floor**: the rows fastattr's call evaluates, recorded with their
+  values (``workloads.record_rows``), then run bare:
   one forward + backward over the rows that need a gradient and one
   no-grad forward over the rest (a perturbed row needs a gradient for an
   explanation, a forward only for a model output). The rows fastattr runs
@@ -129,20 +130,6 @@ class Bench:
     expected: Tuple[int, int]
 
 
-def _count_rows(model: nn.Module, fn: Callable[[], Any]) -> Tuple[int, int]:
-    counts = [0, 0]
-
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        counts[0 if torch.is_grad_enabled() else 1] += args[0].shape[0]
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return counts[0], counts[1]
-
-
 def build(spec: MetricSpec, samples: int) -> Bench:
     ctor, shape = MODELS[spec.model]
     torch.manual_seed(W.SEED)
@@ -152,12 +139,12 @@ def build(spec: MetricSpec, samples: int) -> Bench:
     y = (torch.arange(BATCH) * 3 + 1) % W.N_CLASSES
     calls = _quantus_calls(spec, model, x, y, samples) if spec.api == "quantus" else _captum_calls(
         spec, model, x, y, samples)
-    fa = calls["fastattr"]
-    grad_rows, fwd_rows = _count_rows(model, fa)
-    n_classes = W.N_CLASSES
-    g_rows = x.repeat_interleave(-(-grad_rows // BATCH), dim=0)[:grad_rows].detach().requires_grad_()
-    onehot = torch.nn.functional.one_hot(y.repeat_interleave(-(-grad_rows // BATCH))[:grad_rows], n_classes).float()
-    f_rows = x.repeat_interleave(-(-fwd_rows // BATCH), dim=0)[:fwd_rows] if fwd_rows else None
+    # The floor runs fastattr's own rows, values included.
+    _, g_rows, f_rows = W.record_rows(model, calls["fastattr"])
+    grad_rows, fwd_rows = W.row_count(g_rows), W.row_count(f_rows)
+    if g_rows is not None:
+        g_rows.requires_grad_()
+    onehot = torch.nn.functional.one_hot(y.repeat_interleave(-(-grad_rows // BATCH))[:grad_rows], W.N_CLASSES).float()
 
     def floor() -> Any:
         if grad_rows:
