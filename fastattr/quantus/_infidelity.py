@@ -12,7 +12,7 @@ per (example, sample, step), where Quantus calls ``np.random.uniform``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
-from ..engine import PURPOSE_INFIDELITY, forward_rows
+from ..engine import PURPOSE_INFIDELITY
 from ..engine.draws import group_uniforms
 from ..metrics.deletion import ReplacedRows, curve_outputs, softmax_outputs
 from ._base import QuantusCall, QuantusMetric, baseline_replacement, quantus_function_name
@@ -28,6 +28,10 @@ from ._base import QuantusCall, QuantusMetric, baseline_replacement, quantus_fun
 # Uniform baselines of patch size number p: a sub-stream of the infidelity
 # purpose that no per-input stream (index < 32768) uses.
 _UNIFORM_STREAM = PURPOSE_INFIDELITY * 65536 + 32768
+
+
+def _prepend_zero(t: Tensor) -> Tensor:
+    return torch.cat((t.new_zeros(1), t))
 
 
 def patch_map(height: int, width: int, patch: int, device: torch.device) -> Tensor:
@@ -107,17 +111,19 @@ class Infidelity(QuantusMetric):
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
         attrs = explanation_like(call)
         model = softmax_outputs(call.model) if call.softmax else call.model
-        batch = x.shape[0]
-        clean = forward_rows(model, lambda r0, r1: (x[r0:r1],), batch, 1, (x,), call.y, (),
-                             self.memory_budget, self.chunk_rows)
-        losses = [self._patch_losses(model, x, attrs, call.y, clean, p, i)
-                  for i, p in enumerate(self.perturb_patch_sizes)]
+        losses, clean = [], None
+        for i, p in enumerate(self.perturb_patch_sizes):
+            loss, clean = self._patch_losses(model, x, attrs, call.y, clean, p, i)
+            losses.append(loss)
         return torch.stack(losses).mean(0).mean(1)
 
-    def _patch_losses(self, model: Callable[..., Tensor], x: Tensor, attrs: Tensor, y: Tensor, clean: Tensor,
-                      patch: int, size_index: int) -> Tensor:
-        """float64 ``[B, N]``: the mean squared gap over the steps of patch size ``patch``
-        (``N = 1`` for a deterministic baseline: every sample is the same)."""
+    def _patch_losses(self, model: Callable[..., Tensor], x: Tensor, attrs: Tensor, y: Tensor,
+                      clean: Optional[Tensor], patch: int, size_index: int) -> Tuple[Tensor, Tensor]:
+        """``(float64 [B, N], clean)``: the mean squared gap over the steps of
+        patch size ``patch`` (``N = 1`` for a deterministic baseline: every
+        sample is the same), and the float64 ``[B]`` target outputs at the
+        clean inputs: made here, as a point with nothing replaced, when
+        ``clean`` is None, so that they cost no forward of their own."""
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         patches = patch_map(height, width, patch, x.device)
         n_patches = (height // patch) * (width // patch)
@@ -125,7 +131,12 @@ class Infidelity(QuantusMetric):
         samples = self.n_perturb_samples if uniform else 1
         points = samples * n_patches
         ranks = patches.expand(x.shape[1:]).reshape(1, -1).expand(batch, -1)
-        counts = torch.arange(points, device=x.device) % n_patches + 1
+        step = torch.arange(points, device=x.device)
+        counts = step % n_patches + 1
+        # A point 0 that replaces nothing, when the clean outputs are still to be made.
+        first = 1 if clean is None else 0
+        if first:
+            counts = _prepend_zero(counts)
         flat_patches = ranks[0]
         weighted = (attrs * x).reshape(batch, -1).to(torch.float64)
         per_patch_ax = torch.zeros(batch, n_patches, dtype=torch.float64, device=x.device).index_add_(
@@ -135,18 +146,23 @@ class Infidelity(QuantusMetric):
         if uniform:
             u, _ = group_uniforms(self.seed, _UNIFORM_STREAM + size_index, batch, points, x.device)
             fill = (self.uniform_low + (self.uniform_high - self.uniform_low) * u).view(batch, points).to(x.dtype)
-            offsets = torch.arange(points, device=x.device) // n_patches * n_patches
+            offsets = step // n_patches * n_patches
+            if first:
+                offsets = _prepend_zero(offsets)
             rows = ReplacedRows(x, fill, ranks, tuple(x.shape[1:]), counts, 1, offsets)
             fill_values = fill.to(torch.float64).view(batch, samples, n_patches)
         else:
             fill = self._constant_fill(x)
             rows = ReplacedRows(x, fill, ranks, tuple(x.shape[1:]), counts)
             fill_values = fill.reshape(-1, 1, 1).to(torch.float64)
-        perturbed = curve_outputs(model, rows, x, y, (), self.memory_budget, self.chunk_rows)
-        output_change = clean.view(batch, 1, 1) - perturbed.view(batch, samples, n_patches)
+        outputs = curve_outputs(model, rows, x, y, (), self.memory_budget, self.chunk_rows)
+        if first:
+            clean = outputs[:, 0]
+        perturbed = outputs[:, first:].reshape(batch, samples, n_patches)
+        output_change = clean.view(batch, 1, 1) - perturbed
         # sum a * (x - x_k) over the patches replaced by step k
         predicted = (per_patch_ax.unsqueeze(1) - fill_values * per_patch_a.unsqueeze(1)).cumsum(2)
-        return (output_change - predicted).pow(2).mean(2)
+        return (output_change - predicted).pow(2).mean(2), clean
 
     def _constant_fill(self, x: Tensor) -> Tensor:
         """``[B or 1, 1, 1, 1]``: the example's min (``"black"``), max (``"white"``) or the number."""
