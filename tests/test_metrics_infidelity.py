@@ -237,7 +237,13 @@ def test_dropin_deterministic_perturb_func(max_examples, normalize):
         warnings.simplefilter("ignore")
         expected = captum_infidelity(case.model, perturb, case.inputs, attrs, **kwargs)
     got = dropin_infidelity(case.model, perturb, case.inputs, attrs, **kwargs)
-    assert _rel_err(got, expected) <= 1e-10
+    if normalize:
+        # The 4 samples are the same perturbation: the rescaled prediction
+        # fits exactly and both sides return rounding residues (~1e-20),
+        # which depend on which rows share a forward. Zero at float64 precision.
+        assert expected.abs().max() < 1e-15 and got.abs().max() < 1e-15
+    else:
+        assert _rel_err(got, expected) <= 1e-10
 
 
 @pytest.mark.parametrize("multiply_by_inputs", [True, False])

@@ -72,26 +72,51 @@ def resolve_attributions(
 
 
 class _PerturbedRows:
-    """``rows_for`` of :func:`forward_rows` for infidelity: the perturbed
-    copies ``x - I`` of rows ``r0 .. r1-1`` (row ``b * N + n``: example ``b``,
-    sample ``n``), recording each row's ``I . a`` (float64) on the way, so the
-    perturbations of a chunk are made once and dropped with it."""
+    """``rows_for`` of :func:`forward_rows` for infidelity, ``N + 1`` rows per
+    example: row ``b * (N + 1)`` is the clean example ``b``, whose output the
+    metric compares against, and row ``b * (N + 1) + 1 + n`` its perturbed
+    copy ``x - I`` of sample ``n``, so that both come from one forward. The
+    perturbations of a chunk are made once (by ``make``, for a contiguous
+    range of samples ``g = b * N + n``) and dropped with it; each sample's
+    ``I . a`` (float64) is recorded on the way."""
 
     def __init__(self, xs: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], n_samples: int,
                  make: Callable[[Tensor, int, int], Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]]):
         self.xs, self.n_samples, self.make = xs, n_samples, make
+        self.per_example = n_samples + 1
         self.flat_attrs = tuple(a.reshape(a.shape[0], -1).to(torch.float64) for a in attrs)
         self.dots = torch.empty(xs[0].shape[0] * n_samples, dtype=torch.float64, device=xs[0].device)
 
+    def _sample_index(self, r: int) -> int:
+        """The first sample ``g`` at or after row ``r``."""
+        b, k = divmod(r, self.per_example)
+        return b * self.n_samples + max(k - 1, 0)
+
     def __call__(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
-        examples = row_examples(r0, r1, self.n_samples, self.xs[0].device)
-        perturbations, perturbed = self.make(examples, r0, r1)
+        device = self.xs[0].device
+        g0, g1 = self._sample_index(r0), self._sample_index(r1)
+        if g0 == g1:  # clean rows only
+            examples = row_examples(r0, r1, self.per_example, device)
+            return tuple(x.index_select(0, examples) for x in self.xs)
+        examples = row_examples(g0, g1, self.n_samples, device)
+        perturbations, perturbed = self.make(examples, g0, g1)
         dot = None
         for a, p in zip(self.flat_attrs, perturbations):
-            term = (a.index_select(0, examples) * p.reshape(r1 - r0, -1)).sum(1)
+            term = (a.index_select(0, examples) * p.reshape(g1 - g0, -1)).sum(1)
             dot = term if dot is None else dot + term
-        self.dots[r0:r1] = dot
-        return perturbed
+        self.dots[g0:g1] = dot
+        if g1 - g0 == r1 - r0:  # no clean row in this chunk
+            return perturbed
+        rows = torch.arange(r0, r1, device=device)
+        clean = rows % self.per_example == 0
+        rows_examples = rows // self.per_example
+        out = []
+        for x, p in zip(self.xs, perturbed):
+            chunk = p.new_empty((r1 - r0, *x.shape[1:]))
+            chunk[clean] = x.index_select(0, rows_examples[clean])
+            chunk[~clean] = p
+            out.append(chunk)
+        return tuple(out)
 
 
 def _keyed_gaussian(xs: Tuple[Tensor, ...], n_samples: int, stdevs: Tuple[float, ...], seed: int,
@@ -227,13 +252,11 @@ def infidelity(
     attrs = resolve_attributions(attributions, model, xs, was_tuple, target, additional_forward_args,
                                  explainer_kwargs, memory_budget, example_offset)
 
-    clean = forward_rows(model, lambda r0, r1: tuple(x[r0:r1] for x in xs), batch, 1, xs, fmt_target,
-                         args, memory_budget, chunk_rows)
     rows = _PerturbedRows(xs, attrs, n_samples, make)
-    perturbed = forward_rows(model, rows, batch * n_samples, n_samples, xs, fmt_target, args,
-                             memory_budget, chunk_rows)
+    outputs = forward_rows(model, rows, batch * rows.per_example, rows.per_example, xs, fmt_target, args,
+                           memory_budget, chunk_rows).view(batch, rows.per_example)
     predicted = rows.dots.view(batch, n_samples)  # I . a
-    actual = (clean.unsqueeze(1) - perturbed.view(batch, n_samples))  # f(x) - f(x - I)
+    actual = outputs[:, :1] - outputs[:, 1:]  # f(x) - f(x - I)
     return infidelity_from_gaps(predicted, actual, normalize)
 
 
