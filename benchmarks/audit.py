@@ -49,12 +49,14 @@ def floor(model, x):
     n = x.shape[0]
     grad_rows = n * ((1 + STEPS) * (1 + SAMPLES) + 1 + PGD_STEPS)
     fwd_rows = n * (len(METHODS) * (SAMPLES + 1) + 2)
-    gx = x.repeat((grad_rows + n - 1) // n, 1, 1, 1)[:grad_rows].clone().requires_grad_(True)
+    gx = x.repeat((grad_rows + n - 1) // n, 1, 1, 1)[:grad_rows]
+    # One leaf per chunk: a gradient with respect to all the rows would fill
+    # a whole-size zero gradient for every chunk, on the floor's clock.
+    leaves = [gx[i:i + 4096].clone().requires_grad_(True) for i in range(0, grad_rows, 4096)]
     fx = x.repeat((fwd_rows + n - 1) // n, 1, 1, 1)[:fwd_rows]
     t = time.perf_counter()
-    for i in range(0, grad_rows, 4096):
-        out = model(gx[i:i + 4096])
-        torch.autograd.grad(out[:, 0].sum(), gx)
+    for rows in leaves:
+        torch.autograd.grad(model(rows)[:, 0].sum(), rows)
     with torch.no_grad():
         for i in range(0, fwd_rows, 4096):
             model(fx[i:i + 4096])
