@@ -8,7 +8,6 @@ cached per (model, input signature) so later calls size every chunk right away.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from typing import Dict, Hashable, Iterator, Optional, Sequence, Tuple
 
@@ -79,7 +78,7 @@ def rows_per_chunk(
 
 def input_row_bytes(inputs: Sequence[Tensor]) -> int:
     """Bytes of one row of every input together (each ``[B, *F_i]``)."""
-    return sum(math.prod(x.shape[1:]) * x.element_size() for x in inputs)
+    return signature_and_row_bytes(inputs)[1]
 
 
 def unmeasured_chunk_rows(inputs: Sequence[Tensor], memory_budget: Optional[int], total_rows: int,

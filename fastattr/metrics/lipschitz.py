@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
-import torch
 from torch import Tensor
 
 from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ._explain import ExplainerType
-from .sensitivity import Perturbation, PerturbedExplanations, check_radius, flat_norm
+from .sensitivity import (
+    Perturbation, PerturbedExplanations, check_radius, flat_norm, float64_copies, row_differences,
+)
 
 # Quantus's lipschitz_constant adds it to the input distance (no division by 0).
 LIPSCHITZ_EPS = 1e-10
@@ -22,14 +23,11 @@ def lipschitz_values(audit: PerturbedExplanations, perturbation: Perturbation,
                      ord_explanation: float = 2.0, ord_input: float = 2.0) -> Tensor:
     """float64 ``[B, n_samples]``: ``||a(x') - a(x)|| / (||x' - x|| + 1e-10)``,
     norms (default 2-norms) over all inputs' elements together."""
-    clean, xs = audit.clean, audit.req.inputs
+    clean, xs = float64_copies(audit.clean), float64_copies(audit.req.inputs)
 
     def value(perturbed: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
-        da = [a.to(torch.float64) - c.index_select(0, examples).to(torch.float64)
-              for a, c in zip(attrs, clean)]
-        dx = [p.to(torch.float64) - x.index_select(0, examples).to(torch.float64)
-              for p, x in zip(perturbed, xs)]
-        return flat_norm(da, ord_explanation) / (flat_norm(dx, ord_input) + LIPSCHITZ_EPS)
+        da = flat_norm(row_differences(attrs, clean, examples), ord_explanation)
+        return da / (flat_norm(row_differences(perturbed, xs, examples), ord_input) + LIPSCHITZ_EPS)
 
     return audit.sample_values(perturbation, value, needs_inputs=True)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from numbers import Real
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -80,8 +80,20 @@ def check_norm(norm: Any, name: str = "norm") -> float:
 def flat_norm(parts: Sequence[Tensor], ord: float) -> Tensor:
     """float64 ``[g]``: the ``ord``-norm of each row of ``parts`` (each
     ``[g, *F_i]``) flattened and concatenated across the tuple."""
-    flat = torch.cat([p.reshape(p.shape[0], -1).to(torch.float64) for p in parts], dim=1)
-    return torch.linalg.vector_norm(flat, ord, dim=1)
+    flat = [p.reshape(p.shape[0], -1).to(torch.float64) for p in parts]
+    return torch.linalg.vector_norm(flat[0] if len(flat) == 1 else torch.cat(flat, dim=1), ord, dim=1)
+
+
+def float64_copies(tensors: Sequence[Tensor]) -> List[Tensor]:
+    """Each tensor in float64 (itself if it already is)."""
+    return [t.to(torch.float64) for t in tensors]
+
+
+def row_differences(rows: Sequence[Tensor], per_example: Sequence[Tensor], examples: Tensor) -> List[Tensor]:
+    """float64 ``rows[i] - per_example[i][examples]`` (each ``[g, *F_i]``;
+    ``per_example`` float64 ``[B, *F_i]``). Type promotion computes in float64
+    from the rows as they are: no float64 copy of the rows is made first."""
+    return [r - c.index_select(0, examples) for r, c in zip(rows, per_example)]
 
 
 def rows_target(target: Union[None, int, Tensor], examples: Tensor) -> Union[None, int, Tensor]:
@@ -216,16 +228,14 @@ def sensitivity_values(audit: PerturbedExplanations, perturbation: Perturbation,
     """float64 ``[B, n_samples]``: ``||a(x') - a(x)||_ord``, divided by
     ``||a(x)||_ord_denominator`` (default ``ord``) when ``normalize`` (a zero
     norm divides by 1, as Captum)."""
-    clean = audit.clean
+    clean = float64_copies(audit.clean)
     scale = None
     if normalize:
         norms = flat_norm(clean, ord if ord_denominator is None else ord_denominator)
         scale = torch.where(norms == 0, torch.ones_like(norms), norms)
 
     def value(_xs: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
-        diffs = [a.to(torch.float64) - c.index_select(0, examples).to(torch.float64)
-                 for a, c in zip(attrs, clean)]
-        num = flat_norm(diffs, ord)
+        num = flat_norm(row_differences(attrs, clean, examples), ord)
         return num if scale is None else num / scale.index_select(0, examples)
 
     return audit.sample_values(perturbation, value)

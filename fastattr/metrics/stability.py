@@ -12,17 +12,20 @@ from torch import Tensor
 from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ._explain import ExplainerType
-from .sensitivity import Perturbation, PerturbedExplanations, check_norm, check_radius, flat_norm
+from .sensitivity import (
+    Perturbation, PerturbedExplanations, check_norm, check_radius, flat_norm, float64_copies,
+)
 
 
 def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor], examples: Tensor,
                      eps_min: float) -> Tuple[Tensor, ...]:
-    """float64 ``(old - new) / old`` per element, a zero ``old`` counted as
-    ``eps_min`` (Quantus's guard against division by 0)."""
+    """float64 ``(old - new) / old`` per element (``old`` float64, one row
+    per example, gathered per row), a zero ``old`` counted as ``eps_min``
+    (Quantus's guard against division by 0)."""
     out = []
     for n, o in zip(new, old):
-        o = o.index_select(0, examples).to(torch.float64)
-        out.append((o - n.to(torch.float64)) / torch.where(o == 0, eps_min, o))
+        o = o.index_select(0, examples)
+        out.append((o - n) / torch.where(o == 0, eps_min, o))
     return tuple(out)
 
 
@@ -30,7 +33,7 @@ def stability_values(audit: PerturbedExplanations, perturbation: Perturbation, o
                      eps_min: float) -> Tensor:
     """float64 ``[B, n_samples]``:
     ``||(a - a') / a||_ord / max(||(x - x') / x||_ord, eps_min)``."""
-    clean, xs = audit.clean, audit.req.inputs
+    clean, xs = float64_copies(audit.clean), float64_copies(audit.req.inputs)
 
     def value(perturbed: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
         num = flat_norm(_relative_change(attrs, clean, examples, eps_min), ord)
