@@ -50,7 +50,7 @@ def format_inputs(inputs: TensorOrTuple, allow_integer: bool = False) -> Tuple[T
         # One cheap test per tensor on every call; the message only on failure.
         if (not isinstance(t, Tensor) or t.dtype not in dtypes or t.dim() < 1
                 or t.shape[0] != first.shape[0] or t.device != first.device):
-            _reject_input(t, _input_name(i, was_tuple), first, allow_integer)
+            _reject_input(t, _input_name(i, was_tuple), first, dtypes, allow_integer)
     # Finiteness last: it reads the values, which needs every tensor on a real device.
     for i, t in enumerate(tensors):
         if t.is_floating_point() and not _all_finite(t):
@@ -65,11 +65,11 @@ def _input_name(i: int, was_tuple: bool) -> str:
     return f"inputs[{i}]" if was_tuple else "inputs"
 
 
-def _reject_input(t: Any, name: str, first: Any, allow_integer: bool) -> None:
-    """Raise the error that says why ``t`` is not a valid input."""
+def _reject_input(t: Any, name: str, first: Any, dtypes: Tuple[torch.dtype, ...], allow_integer: bool) -> None:
+    """Raise the error that says why ``t`` is not a valid input (``dtypes``: the accepted ones)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES and not (allow_integer and t.dtype in INTEGER_DTYPES):
+    if t.dtype not in dtypes:
         kinds = "a floating or integer dtype" if allow_integer else (
             "a floating dtype (float16, bfloat16, float32, float64)")
         raise TypeError(f"{name}: expected {kinds}, got {t.dtype}")

@@ -94,10 +94,10 @@ class _PerturbedRows:
 
     def __call__(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
         device = self.xs[0].device
+        rows_examples = row_examples(r0, r1, self.per_example, device)
         g0, g1 = self._sample_index(r0), self._sample_index(r1)
         if g0 == g1:  # clean rows only
-            examples = row_examples(r0, r1, self.per_example, device)
-            return tuple(x.index_select(0, examples) for x in self.xs)
+            return tuple(x.index_select(0, rows_examples) for x in self.xs)
         examples = row_examples(g0, g1, self.n_samples, device)
         perturbations, perturbed = self.make(examples, g0, g1)
         dot = None
@@ -107,9 +107,7 @@ class _PerturbedRows:
         self.dots[g0:g1] = dot
         if g1 - g0 == r1 - r0:  # no clean row in this chunk
             return perturbed
-        rows = torch.arange(r0, r1, device=device)
-        clean = rows % self.per_example == 0
-        rows_examples = rows // self.per_example
+        clean = torch.arange(r0, r1, device=device) % self.per_example == 0
         out = []
         for x, p in zip(self.xs, perturbed):
             chunk = p.new_empty((r1 - r0, *x.shape[1:]))

@@ -26,8 +26,9 @@ def lipschitz_values(audit: PerturbedExplanations, perturbation: Perturbation,
     clean, xs = float64_copies(audit.clean), float64_copies(audit.req.inputs)
 
     def value(perturbed: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
-        da = flat_norm(row_differences(attrs, clean, examples), ord_explanation)
-        return da / (flat_norm(row_differences(perturbed, xs, examples), ord_input) + LIPSCHITZ_EPS)
+        explanation_change = flat_norm(row_differences(attrs, clean, examples), ord_explanation)
+        input_change = flat_norm(row_differences(perturbed, xs, examples), ord_input)
+        return explanation_change / (input_change + LIPSCHITZ_EPS)
 
     return audit.sample_values(perturbation, value, needs_inputs=True)
 
