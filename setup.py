@@ -23,9 +23,14 @@ DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 # -ffp-contract=off / --fmad=false: no fused multiply-add, which is part of the
 # bit-identity contract (csrc/README.md). -fno-math-errno: sqrt need not set
 # errno, so it is one instruction and the CPU noise loop vectorizes (values
-# are unchanged: sqrt stays correctly rounded). No -std: torch's
+# are unchanged: sqrt stays correctly rounded). -fopenmp: at::parallel_for is
+# an inline template that runs serially unless the extension itself is
+# compiled with OpenMP (ATen/Parallel-inl.h tests _OPENMP); linked with it, the
+# extension needs libgomp.so.1, which resolves to the copy torch has already
+# loaded, so the kernels share torch's thread pool. No -std: torch's
 # BuildExtension adds the standard its headers need (C++20 for torch 2.14).
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--fmad=false", "-Xcompiler", "-ffp-contract=off"]
 
 
@@ -61,6 +66,7 @@ def _extension():
             [s for s in sources if not s.endswith(".cu")],
             include_dirs=[str(CSRC)],
             extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
     # -isystem keeps the wheels' headers behind the toolkit's own, which win
     # where both ship a header (cuda_runtime.h, ...).
@@ -72,6 +78,7 @@ def _extension():
         sources,
         include_dirs=[str(CSRC)],
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS + wheel_includes},
+        extra_link_args=LINK_FLAGS,
     )
 
 

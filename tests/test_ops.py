@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import zlib
@@ -603,6 +604,45 @@ def test_accumulate_chunked_equals_whole(backend_name, dtype):
         _run(backend_name, ops.accumulate_, piece, None, values[s : s + c], weights, s, gs, g0)
         acc_pieces[g0 : g1 + 1] = piece
     assert_bitwise_equal(acc_pieces, acc_whole)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_ext
+@pytest.mark.parametrize("noise", NOISES)
+def test_cpu_kernels_same_bits_on_any_thread_count(noise):
+    # Big enough that at::parallel_for splits both ops into several tasks:
+    # rows and accumulator blocks are then made on different threads.
+    g = torch.Generator().manual_seed(6)
+    B, n_samples, S, F = 4, 3, 5, 1100
+    inputs = torch.randn(B, F, generator=g)
+    baselines = torch.randn(1, F, generator=g)
+    alphas = torch.rand(S, generator=g, dtype=torch.float64)
+    weights = torch.rand(S, generator=g, dtype=torch.float64)
+    N = B * n_samples * S
+
+    def run() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = ops.generate_rows(inputs, baselines, alphas, n_samples, noise, 0.3, 9, 1, 0, N, 0)
+        acc = torch.zeros(B * n_samples, F)
+        acc_sq = torch.zeros_like(acc)
+        ops.accumulate_(acc, acc_sq, rows, weights, 0, S, 0)
+        return rows, acc, acc_sq
+
+    with _backend.use("reference"):
+        expected = run()
+    for threads in (1, 2, 3):
+        with _backend.use("extension"), _torch_threads(threads):
+            got = run()
+        for a, b in zip(got, expected):
+            assert_bitwise_equal(a, b)
 
 
 # ---------------------------------------------------------------------------
