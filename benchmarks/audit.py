@@ -22,6 +22,8 @@ from fastattr.cli import main as fastattr_main  # noqa: E402
 from fastattr.cli.data import load_dataset  # noqa: E402
 from fastattr.cli.default_model import default_model  # noqa: E402
 
+import workloads as W  # noqa: E402  (benchmarks/, this script's folder)
+
 METHODS = ("saliency", "integrated_gradients")
 METRICS = ("max_sensitivity", "avg_sensitivity", "infidelity", "fgsm_accuracy", "pgd_accuracy")
 STEPS, SAMPLES, RADIUS, STDEV, EPS, PGD_STEPS = 16, 10, 0.05, 0.1, 0.1, 10
@@ -108,6 +110,7 @@ def main():
     p.add_argument("--examples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
+    heap = W.steady_heap()
     model = default_model()
     data = load_dataset(None, args.examples)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
@@ -118,6 +121,7 @@ def main():
     t_floor = floor(model, x)
     t_cq = run_captum_quantus(model, x, y, args.batch_size)
     print(f"device: cpu, {torch.get_num_threads()} threads; {n} examples; methods {METHODS}; metrics {METRICS}")
+    print(heap)
     print(f"fastattr audit     {t_fast:8.2f} s  {n / t_fast:8.1f} ex/s  (shards; merge, summary and report "
           f"another {t_outputs:.2f} s)")
     print(f"floor              {t_floor:8.2f} s  {n / t_floor:8.1f} ex/s  fastattr/floor = {t_fast / t_floor:.2f}")

@@ -308,6 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         peak_child(args.peak_child)
         return 0
     print(W.environment(torch.device("cpu")))
+    print(W.steady_heap())
     failed = missed = 0
     if not args.memory:
         specs = [s for s in all_specs() if not args.only or re.search(args.only, s.name)]

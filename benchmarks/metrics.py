@@ -217,6 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     specs += [MetricSpec(m, k, "captum") for m in MODELS for k in CAPTUM_METRICS]
     specs = [s for s in specs if not args.only or re.search(args.only, s.name)]
     print(W.environment(torch.device("cpu")) + f" | quantus {getattr(quantus, '__version__', 'NOT INSTALLED')}")
+    print(W.steady_heap())
     print(f"{BATCH} examples, saliency; {samples} samples (Infidelity: {INFIDELITY_SAMPLES}, patch {PATCH}, black); "
           f"best of {repeats} interleaved repeats\n")
     header = (f"{'workload':<36} {'rows grad+fwd':>14} {'floor ms':>10} {'fastattr ms':>12} {'quantus ms':>11} "

@@ -157,6 +157,7 @@ def main(argv: List[str] = None) -> int:
         specs = [s for s in specs if re.search(args.only, s.name)]
 
     print(W.environment(device))
+    print(W.steady_heap())
     other_load = OtherLoad()
     print(f"best of >= {repeats} repeats, each >= {min_repeat_s * 1000:g} ms; "
           f"IG n_steps={W.N_STEPS} (gausslegendre, zero baseline), "
