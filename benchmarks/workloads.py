@@ -17,7 +17,6 @@ same rows and that fastattr's attributions equal Captum's.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ except ImportError:  # pragma: no cover
     captum = None
 
 from fastattr.attr.quadrature import path_rule
+from fastattr.cli.heap import keep_freed_memory
 
 SEED = 0
 N_STEPS = 50  # IG points per example
@@ -387,33 +387,19 @@ def _check(bench: Bench) -> List[str]:
     return problems
 
 
-# glibc's mallopt parameters (malloc.h) and the values steady_heap gives them.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_KEEP_HEAP = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
-_KEEP_HEAP_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**31 - 1), "MALLOC_MMAP_MAX_": "0"}
-
-
 def steady_heap() -> str:
-    """Keep freed memory in this process's heap (and its children's) instead
-    of returning it to the OS; return a line saying which heap the run uses.
+    """Keep freed memory in this process's heap, as the ``fastattr`` command
+    does (``fastattr/cli/heap.py``); return a line saying which heap the run uses.
 
-    By default glibc maps allocations over 32 MiB afresh and trims the heap
-    when more than 64 MiB are free at its top, so every call of a conv
-    workload page-faults its activations back in: 9-28 thousand faults per
-    call, 15-55 ms of kernel time (a third of the call), and how many depends
-    on the process's allocation history, not on the implementation. Kept,
-    the faults stop after the warm-up and the three implementations are
-    timed on the same footing. ``FASTATTR_BENCH_DEFAULT_HEAP=1`` leaves
-    glibc's defaults."""
-    if os.environ.get("FASTATTR_BENCH_DEFAULT_HEAP", "0") not in ("", "0"):
-        return "heap: glibc defaults (FASTATTR_BENCH_DEFAULT_HEAP)"
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
-        return "heap: the C library's defaults (no mallopt)"
-    if not all(mallopt(param, value) == 1 for param, value in _KEEP_HEAP.items()):
-        return "heap: glibc defaults (mallopt refused)"
-    os.environ.update(_KEEP_HEAP_ENV)  # for worker processes
-    return "heap: kept (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB; FASTATTR_BENCH_DEFAULT_HEAP=1 for glibc's defaults)"
+    With glibc's defaults every call of a conv workload page-faults its
+    activations back in: 9-28 thousand faults per call, 15-55 ms of kernel
+    time (up to a third of the call), and how many depends on the process's
+    allocation history, not on the implementation. Kept, the faults stop
+    after the warm-up and all implementations are timed on the same footing.
+    ``FASTATTR_DEFAULT_HEAP=1`` leaves glibc's defaults."""
+    if keep_freed_memory():
+        return "heap: freed memory kept (as the fastattr command does; FASTATTR_DEFAULT_HEAP=1 for glibc's defaults)"
+    return "heap: the C library's defaults"
 
 
 def environment(device: torch.device) -> str:

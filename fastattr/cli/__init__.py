@@ -24,3 +24,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AuditError as e:
         print(f"fastattr audit: error: {e}", file=sys.stderr)
         return 2
+
+
+def console_main() -> int:
+    """Entry point of the ``fastattr`` command and ``python -m fastattr``:
+    :func:`main` in a process that keeps the memory it frees (``cli/heap.py``)."""
+    from .heap import keep_freed_memory
+
+    keep_freed_memory()
+    return main()

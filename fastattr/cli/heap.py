@@ -1,0 +1,40 @@
+"""The ``fastattr`` command's process keeps the memory it frees.
+
+By default glibc gives allocations over 32 MiB their own fresh mapping and
+returns the top of its heap to the OS whenever more than 64 MiB of it are
+free. A gradient loop frees its activations after every chunk and allocates
+the same sizes again for the next one, so each chunk page-faults them back in:
+on the 2-core development machine that made the audit of 256 digits 1.7x
+slower (1.78 s against 1.04 s, ``benchmarks/audit.py``), a conv net's
+SmoothGrad call spent up to a third of its time in the kernel, and how much
+varied from process to process with its allocation history.
+
+The command owns its process, so it switches that off (the settings last for
+the process's life and cannot be undone: glibc has no way back to its
+adaptive defaults). ``fastattr.cli.main`` called from Python leaves the
+caller's allocator alone. ``FASTATTR_DEFAULT_HEAP=1`` keeps glibc's defaults.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# Never trim (the largest value mallopt takes) and no separate mappings: freed
+# memory stays in the heap for the next chunk.
+_KEEP = ((_M_TRIM_THRESHOLD, 2**31 - 1), (_M_MMAP_MAX, 0))
+OPT_OUT = "FASTATTR_DEFAULT_HEAP"
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's C allocator keep freed memory for reuse; True when
+    it did (a glibc process without ``FASTATTR_DEFAULT_HEAP=1``)."""
+    if os.environ.get(OPT_OUT, "0") not in ("", "0"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):  # not glibc: nothing to tune
+        return False
+    return all(mallopt(param, value) == 1 for param, value in _KEEP)
