@@ -2,6 +2,7 @@
 (by function or name) with its options, or any user callable."""
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -21,6 +22,22 @@ _ENGINE_NATIVE: Dict[Callable[..., Any], str] = {
     _attr.input_x_gradient: "input_x_gradient",
     _attr.integrated_gradients: "integrated_gradients",
 }
+
+
+def _takes_example_offset(fn: Callable[..., Any]) -> bool:
+    try:
+        return "example_offset" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _own_explainers() -> Dict[Callable[..., Any], bool]:
+    """fastattr's explainer functions, each with whether it takes
+    ``example_offset``: read once, as ``inspect.signature`` costs tens of
+    microseconds, which a metric on a small model pays on every call."""
+    fns = (getattr(_attr, n) for n in _attr.__all__ if n[0].islower())
+    return {fn: _takes_example_offset(fn) for fn in fns}
 
 
 class Explainer:
@@ -48,11 +65,9 @@ class Explainer:
                 "explainer_kwargs: example_offset is set by the metric for every explained row "
                 "(pass the metric's own example_offset instead)"
             )
-        self.is_fastattr = explainer in {getattr(_attr, n) for n in _attr.__all__ if n[0].islower()}
-        try:
-            self.takes_example_offset = "example_offset" in inspect.signature(explainer).parameters
-        except (TypeError, ValueError):  # builtins and some callables have no signature
-            self.takes_example_offset = False
+        own = _own_explainers()
+        self.is_fastattr = explainer in own
+        self.takes_example_offset = own[explainer] if self.is_fastattr else _takes_example_offset(explainer)
 
     @property
     def engine_name(self) -> Optional[str]:

@@ -218,7 +218,7 @@ def check_attributions(attributions: Any, inputs: Tuple[Tensor, ...], was_tuple:
             f"{[tuple(x.shape) for x in inputs]}, got {got}"
         )
     for a in items:
-        if not a.is_floating_point() or not bool(torch.isfinite(a).all()):
+        if not a.is_floating_point() or not v._all_finite(a):
             raise ValueError(f"{name}: expected finite floating-point values")
     return tuple(a.detach() for a in items)
 

@@ -253,7 +253,7 @@ class QuantusMetric:
                 f"{y.dtype} of shape {tuple(y.shape)}"
             )
         y = y.to(torch.int64)
-        if not bool(torch.isfinite(x).all()):
+        if not v._all_finite(x):
             raise ValueError("x_batch: contains NaN or Inf")
         kwargs = dict(explain_func_kwargs or {})
         explainer = func = None
@@ -272,7 +272,7 @@ class QuantusMetric:
         a = None
         if a_batch is not None:
             a = expand_attribution_channel(_as_tensor(a_batch, "a_batch", dev), tuple(x.shape), "a_batch")
-            if not a.is_floating_point() or not bool(torch.isfinite(a).all()):
+            if not a.is_floating_point() or not v._all_finite(a):
                 raise ValueError("a_batch: expected finite floating-point values")
         s = None if s_batch is None else _as_tensor(s_batch, "s_batch", dev)
         call = QuantusCall(
