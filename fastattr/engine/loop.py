@@ -183,10 +183,12 @@ class _Loop:
         req = self.req
         plan, x = req.plan, req.inputs[i]
         if req.group_alphas is not None:
-            # One point per group (S = 1): alpha x_n + (1 - alpha) reference, as Captum's GradientShap.
+            # One point per group (S = 1): Captum's GradientShap point alpha x_n
+            # + (1 - alpha) reference, as reference + alpha (x_n - reference): one
+            # pass over the difference the attribution multiplies by anyway.
             alpha = req.group_alphas[r0 : r0 + n].view(-1, *([1] * (x.dim() - 1)))
-            x_n, base = self.sample_pair(i, r0, r0 + n)
-            return (alpha * x_n + torch.rsub(alpha, 1) * base).requires_grad_()
+            base, diff = self.start_and_difference(i, r0, r0 + n)
+            return torch.addcmul(base, alpha, diff).requires_grad_()
         if plan.alphas is None and plan.noise == "none":
             # One row per example: the input itself, no copy needed.
             rows = (x if n == x.shape[0] else x[r0 : r0 + n]).detach()
@@ -260,16 +262,18 @@ class _Loop:
         if g_done > g_first:
             self.finish_groups(inner, g_first, g_done)
 
-    def sample_pair(self, i: int, g0: int, g1: int) -> Tuple[Tensor, Tensor]:
-        """``(x_n, baseline)`` of input ``i`` for groups ``g0 .. g1-1``. With
-        drawn references a chunk's rows are its groups: the pair its points
-        were made from is kept for its attributions instead of remade."""
+    def start_and_difference(self, i: int, g0: int, g1: int) -> Tuple[Tensor, Tensor]:
+        """``(baseline, x_n - baseline)`` of input ``i`` for groups ``g0 ..
+        g1-1``. With drawn references a chunk's rows are its groups: the pair
+        its points were made from is kept for its attributions instead of remade."""
         key = (i, g0, g1)
         if key not in self.pairs:
+            base = _group_baselines(self.req, i, g0, g1)
+            pair = (base, sample_inputs(self.req, i, g0, g1) - base)
             if self.req.group_alphas is None:
-                return sample_inputs(self.req, i, g0, g1), _group_baselines(self.req, i, g0, g1)
+                return pair
             self.pairs = {k: v for k, v in self.pairs.items() if k[1] >= g0}  # earlier chunks are done
-            self.pairs[key] = (sample_inputs(self.req, i, g0, g1), _group_baselines(self.req, i, g0, g1))
+            self.pairs[key] = pair
         return self.pairs[key]
 
     def finish_groups(self, inner: List[Tensor], g0: int, g1: int) -> None:
@@ -285,8 +289,7 @@ class _Loop:
             elif t == "times_input":
                 a = g * sample_inputs(req, i, g0, g1)
             else:  # times_input_minus_baseline
-                x_n, base = self.sample_pair(i, g0, g1)
-                a = g * (x_n - base)
+                a = g * self.start_and_difference(i, g0, g1)[1]
             attrs.append(a)
         if req.sample_sink is not None:
             req.sample_sink(tuple(attrs), g0, g1)
