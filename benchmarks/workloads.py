@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover
     captum = None
 
 from fastattr.attr.quadrature import path_rule
-from fastattr.cli.heap import keep_freed_memory
+from fastattr.heap import keep_freed_memory
 
 SEED = 0
 N_STEPS = 50  # IG points per example
@@ -389,7 +389,7 @@ def _check(bench: Bench) -> List[str]:
 
 def steady_heap() -> str:
     """Keep freed memory in this process's heap, as the ``fastattr`` command
-    does (``fastattr/cli/heap.py``); return a line saying which heap the run uses.
+    does (``fastattr/heap.py``); return a line saying which heap the run uses.
 
     With glibc's defaults every call of a conv workload page-faults its
     activations back in: 9-28 thousand faults per call, 15-55 ms of kernel

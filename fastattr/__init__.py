@@ -5,6 +5,7 @@ chunked engine on fused C++/CUDA kernels (or their pure-PyTorch reference
 when the compiled library is missing; see :func:`backend`).
 """
 from ._backend import backend
+from .heap import keep_freed_memory
 from .attr import (
     deconvolution, deeplift, expected_gradients, grad_cam, gradient_shap, guided_backprop,
     guided_grad_cam, input_x_gradient, integrated_gradients, layer_integrated_gradients, lrp,
@@ -15,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backend", "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap",
-    "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients",
+    "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients", "keep_freed_memory",
     "layer_integrated_gradients", "lrp", "saliency", "smoothgrad",
 ]

@@ -28,8 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def console_main() -> int:
     """Entry point of the ``fastattr`` command and ``python -m fastattr``:
-    :func:`main` in a process that keeps the memory it frees (``cli/heap.py``)."""
-    from .heap import keep_freed_memory
+    :func:`main` in a process that keeps the memory it frees (``fastattr/heap.py``)."""
+    from ..heap import keep_freed_memory
 
     keep_freed_memory()
     return main()

@@ -1,6 +1,5 @@
-"""The ``fastattr`` command's process keeps the memory it frees
-(``fastattr/cli/heap.py``), each case in a fresh process so that the test
-process's own allocator is left alone."""
+"""``fastattr.keep_freed_memory`` (``fastattr/heap.py``), each case in a
+fresh process so that the test process's own allocator is left alone."""
 from __future__ import annotations
 
 import os
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # where small allocations in between split the free space).
 _SCRIPT = """
 import resource, torch
-from fastattr.cli.heap import keep_freed_memory
+from fastattr import keep_freed_memory
 kept = keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

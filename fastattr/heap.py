@@ -1,18 +1,21 @@
-"""The ``fastattr`` command's process keeps the memory it frees.
+"""Keep the memory a process frees for reuse, instead of handing it back to
+the OS and page-faulting it in again.
 
 By default glibc gives allocations over 32 MiB their own fresh mapping and
 returns the top of its heap to the OS whenever more than 64 MiB of it are
 free. A gradient loop frees its activations after every chunk and allocates
-the same sizes again for the next one, so each chunk page-faults them back in:
-on the 2-core development machine that made the audit of 256 digits 1.7x
+the same sizes again for the next one, so each chunk page-faults them back in.
+On the 2-core development machine that made the audit of 256 digits 1.7x
 slower (1.78 s against 1.04 s, ``benchmarks/audit.py``), a conv net's
 SmoothGrad call spent up to a third of its time in the kernel, and how much
 varied from process to process with its allocation history.
 
-The command owns its process, so it switches that off (the settings last for
-the process's life and cannot be undone: glibc has no way back to its
-adaptive defaults). ``fastattr.cli.main`` called from Python leaves the
-caller's allocator alone. ``FASTATTR_DEFAULT_HEAP=1`` keeps glibc's defaults.
+It is a setting of the whole process that lasts for its life (glibc has no
+way back to its adaptive defaults), so the library never makes it on its
+own: the ``fastattr`` command does, for its own process (``fastattr.cli.main``
+called from Python leaves the caller's allocator alone), and a script can
+call :func:`keep_freed_memory` at its start. ``FASTATTR_DEFAULT_HEAP=1``
+keeps glibc's defaults in both.
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ OPT_OUT = "FASTATTR_DEFAULT_HEAP"
 
 
 def keep_freed_memory() -> bool:
-    """Make this process's C allocator keep freed memory for reuse; True when
-    it did (a glibc process without ``FASTATTR_DEFAULT_HEAP=1``)."""
+    """Make this process's C allocator keep the memory it frees for reuse
+    (for the rest of the process's life); True when it did, i.e. in a glibc
+    process without ``FASTATTR_DEFAULT_HEAP=1``. Freed memory then stays
+    mapped: the process's resident size stays at its peak."""
     if os.environ.get(OPT_OUT, "0") not in ("", "0"):
         return False
     try:
