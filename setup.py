@@ -26,8 +26,9 @@ DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 # are unchanged: sqrt stays correctly rounded). -fopenmp: at::parallel_for is
 # an inline template that runs serially unless the extension itself is
 # compiled with OpenMP (ATen/Parallel-inl.h tests _OPENMP); linked with it, the
-# extension needs libgomp.so.1, which resolves to the copy torch has already
-# loaded, so the kernels share torch's thread pool. No -std: torch's
+# extension needs libgomp.so.1, which resolves to the copy a pip torch bundles
+# and has already loaded, so the kernels share torch's thread pool (a torch
+# built on another OpenMP runtime would get a second pool). No -std: torch's
 # BuildExtension adds the standard its headers need (C++20 for torch 2.14).
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
