@@ -617,21 +617,22 @@ def _torch_threads(n: int):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 @pytest.mark.parametrize("noise", NOISES)
-def test_cpu_kernels_same_bits_on_any_thread_count(noise):
+def test_cpu_kernels_same_bits_on_any_thread_count(noise, dtype):
     # Big enough that at::parallel_for splits both ops into several tasks:
     # rows and accumulator blocks are then made on different threads.
     g = torch.Generator().manual_seed(6)
     B, n_samples, S, F = 4, 3, 5, 1100
-    inputs = torch.randn(B, F, generator=g)
-    baselines = torch.randn(1, F, generator=g)
+    inputs = torch.randn(B, F, generator=g, dtype=torch.float64).to(dtype)
+    baselines = torch.randn(1, F, generator=g, dtype=torch.float64).to(dtype)
     alphas = torch.rand(S, generator=g, dtype=torch.float64)
     weights = torch.rand(S, generator=g, dtype=torch.float64)
     N = B * n_samples * S
 
     def run() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = ops.generate_rows(inputs, baselines, alphas, n_samples, noise, 0.3, 9, 1, 0, N, 0)
-        acc = torch.zeros(B * n_samples, F)
+        acc = torch.zeros(B * n_samples, F, dtype=acc_dtype(dtype))
         acc_sq = torch.zeros_like(acc)
         ops.accumulate_(acc, acc_sq, rows, weights, 0, S, 0)
         return rows, acc, acc_sq
