@@ -1,12 +1,13 @@
 """Keep the memory a process frees for reuse, instead of handing it back to
 the OS and page-faulting it in again.
 
-By default glibc gives allocations over 32 MiB their own fresh mapping and
-returns the top of its heap to the OS whenever more than 64 MiB of it are
-free. A gradient loop frees its activations after every chunk and allocates
-the same sizes again for the next one, so each chunk page-faults them back in.
-On the 2-core development machine that made the audit of 256 digits 1.7x
-slower (1.78 s against 1.04 s, ``benchmarks/audit.py``), a conv net's
+By default glibc gives allocations above an adaptive threshold (at most 32
+MiB) their own fresh mapping and returns the top of its heap to the OS
+whenever more than twice that is free. A gradient loop frees its activations
+after every chunk and allocates the same sizes again for the next one, so
+each chunk page-faults them back in. On the 2-core development machine that
+made the audit of 256 digits 1.75x slower (2.00 s against 1.14 s, best of 3,
+``benchmarks/audit.py``), a conv net's
 SmoothGrad call spent up to a third of its time in the kernel, and how much
 varied from process to process with its allocation history.
 
