@@ -5,7 +5,8 @@ the few helpers that judge low-precision results.
 """
 from __future__ import annotations
 
-from typing import List
+import contextlib
+from typing import Iterator, List
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "unit_roundoff",
     "assert_error_within",
     "assert_bitwise_equal",
+    "intra_op_threads",
 ]
 
 #: Value dtypes the fused ops accept.
@@ -94,3 +96,15 @@ def assert_bitwise_equal(actual: Tensor, expected: Tensor, msg: str = "") -> Non
             f"{msg} {n} of {diff.numel()} elements differ; first at {list(idx)}: "
             f"{actual.detach().cpu()[idx].item()!r} vs {expected.detach().cpu()[idx].item()!r}"
         )
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` while the context is open; the previous
+    count is restored on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

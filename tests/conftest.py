@@ -7,10 +7,9 @@ reference.
 import os
 
 import pytest
-import torch
 
 from fastattr import _backend
-from fastattr.testing import BACKENDS
+from fastattr.testing import BACKENDS, intra_op_threads
 
 if not _backend.extension_available and os.environ.get("FASTATTR_BACKEND") != "reference":
     raise pytest.UsageError(
@@ -31,9 +30,5 @@ def _one_intra_op_thread():
     """The test models are tiny: intra-op threads only add synchronization,
     and on the 2 shared cores a 2-thread conv on one row measured 16 ms
     against 0.02 ms with 1 thread. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)

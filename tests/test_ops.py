@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 import zlib
@@ -29,6 +28,7 @@ from fastattr.testing import (
     acc_dtype,
     assert_bitwise_equal,
     assert_error_within,
+    intra_op_threads,
 )
 
 EXT = _backend.extension_available
@@ -606,16 +606,6 @@ def test_accumulate_chunked_equals_whole(backend_name, dtype):
     assert_bitwise_equal(acc_pieces, acc_whole)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
 @needs_ext
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
 @pytest.mark.parametrize("noise", NOISES)
@@ -640,7 +630,7 @@ def test_cpu_kernels_same_bits_on_any_thread_count(noise, dtype):
     with _backend.use("reference"):
         expected = run()
     for threads in (1, 2, 3):
-        with _backend.use("extension"), _torch_threads(threads):
+        with _backend.use("extension"), intra_op_threads(threads):
             got = run()
         for a, b in zip(got, expected):
             assert_bitwise_equal(a, b)
