@@ -123,6 +123,7 @@ def grad_cam(
         leaves=leaf_model.leaves,
         activation_key=layers_activation_key(model, layers, attribute_to_layer_input, "leaves"),
     )
+    v.check_model_device(model, req.inputs[0].device)  # build_request saw only the wrapper
     size = tuple(req.inputs[0].shape[2:])  # read by check_layer_values during the run
     with leaf_model.installed():
         grads = run(req).mean

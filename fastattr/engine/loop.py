@@ -66,7 +66,8 @@ class Request:
     # (owner, tag): measured activation sizes are cached under the owner
     # (weakly) and tag instead of under the model, for a model that is a
     # per-call wrapper of the caller's (layer methods), which would otherwise
-    # be measured afresh on every call.
+    # be measured afresh on every call; the owner's parameters are what the
+    # measure leaves out.
     activation_key: Optional[Tuple[object, Hashable]] = None
 
 
@@ -348,7 +349,7 @@ class _Loop:
         while r0 < total:
             r1 = min(total, r0 + chunk)
             if measured is None:
-                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(self.model))
+                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(owner))
                 with meter.measuring():
                     grads = self.gradients(r0, r1)
                 measured = -(-meter.total // (r1 - r0))
