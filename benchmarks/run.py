@@ -9,6 +9,12 @@ workloads, see ``--min-total-s``); a repeat is the mean of k calls, k chosen so
 that a repeat lasts at least ``--min-repeat-ms``. The implementations take
 turns within each repeat (fastattr, captum, floor, fastattr, ...) so machine
 noise hits all of them alike. See benchmarks/README.md.
+
+The ``bare/floor`` column times ``workloads.bare_call``: fastattr's fused ops
+and the floor's forward + backward with nothing else (no checks, no target
+handling, no planning). It is the lowest fa/floor any call can reach here: on
+the tiny rows, what separates it from 1.00 is per-op dispatch, not
+framework overhead.
 """
 from __future__ import annotations
 
@@ -167,7 +173,7 @@ def main(argv: List[str] = None) -> int:
         print("(the targets are defined for the 2-core CPU; on this device the column is informational)")
     print()
     header = (f"{'workload':<22} {'rows':>5} {'floor ms':>10} {'fastattr ms':>12} {'captum ms':>10} "
-              f"{'fa/floor':>9} {'(paired)':>8} {'captum/fa':>10}  target met")
+              f"{'fa/floor':>9} {'(paired)':>8} {'bare/floor':>10} {'captum/fa':>10}  target met")
     print(header)
     print("-" * len(header))
 
@@ -186,8 +192,8 @@ def main(argv: List[str] = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        floor_ms, fa_ms, ca_ms = (min(times[n]) * 1000 if n in times else math.nan
-                                  for n in ("floor", "fastattr", "captum"))
+        floor_ms, fa_ms, ca_ms, bare_ms = (min(times[n]) * 1000 if n in times else math.nan
+                                           for n in ("floor", "fastattr", "captum", "bare"))
         # fastattr / floor within each repeat (adjacent calls), median over repeats:
         # a second estimate, robust to the machine's slow drifts.
         paired = statistics.median(a / b for a, b in zip(times["fastattr"], times["floor"]))
@@ -198,9 +204,11 @@ def main(argv: List[str] = None) -> int:
         elif met != "yes":
             missed.append(spec.name)
         print(f"{spec.name:<22} {spec.rows:>5} {floor_ms:>10.3f} {fa_ms:>12.3f} {ca_ms:>10.3f} "
-              f"{fa_ms / floor_ms:>9.3f} {paired:>8.3f} {ca_ms / fa_ms:>10.2f}  {met}", flush=True)
+              f"{fa_ms / floor_ms:>9.3f} {paired:>8.3f} {bare_ms / floor_ms:>10.3f} {ca_ms / fa_ms:>10.2f}  {met}",
+              flush=True)
         results.append(dict(workload=spec.name, rows=spec.rows, floor_ms=floor_ms, fastattr_ms=fa_ms,
-                            captum_ms=ca_ms, fastattr_over_floor=fa_ms / floor_ms,
+                            captum_ms=ca_ms, bare_ms=bare_ms, fastattr_over_floor=fa_ms / floor_ms,
+                            bare_over_floor=bare_ms / floor_ms,
                             fastattr_over_floor_paired_median=paired,
                             captum_over_fastattr=ca_ms / fa_ms, target_met=met, check=problems,
                             repeats=len(times["floor"]),

@@ -11,6 +11,10 @@ must compute over exactly the same rows:
   / ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad")``), one batch.
 * ``floor``: one bare forward + backward over the ``B * 50`` rows the method
   evaluates (rows and one-hot grad_outputs made once, outside the timing).
+* ``bare``: the least any implementation on this engine does (:func:`bare_call`):
+  the fused row generation, the floor's forward + backward and the fused
+  accumulation, with nothing checked, formatted or planned. ``bare / floor``
+  is the lowest ``fastattr / floor`` a call can reach on this machine.
 
 :func:`check` verifies before any timing that the three really evaluate the
 same rows and that fastattr's attributions equal Captum's.
@@ -38,7 +42,9 @@ try:  # optional, so that the GPU check still times fastattr and the floor witho
 except ImportError:  # pragma: no cover
     captum = None
 
+from fastattr import ops
 from fastattr.attr.quadrature import path_rule
+from fastattr.engine import PURPOSE_SMOOTHGRAD, PointPlan
 from fastattr.heap import keep_freed_memory
 
 SEED = 0
@@ -46,7 +52,7 @@ N_STEPS = 50  # IG points per example
 N_SAMPLES = 50  # SmoothGrad noisy copies per example
 STDEV = 0.15  # SmoothGrad noise: 0.15 of the data range (inputs are in [0, 1])
 N_CLASSES = 10
-IMPLEMENTATIONS = ("fastattr", "captum", "floor")
+IMPLEMENTATIONS = ("fastattr", "captum", "floor", "bare")
 HAVE_CAPTUM = captum is not None
 METHODS = ("ig", "smoothgrad")
 BATCHES = (1, 8)
@@ -248,10 +254,43 @@ def build(spec: Spec, device="cpu") -> Bench:
         out = model(rows)
         return torch.autograd.grad(out, rows, grad_outputs=onehot)[0]
 
-    bench.calls = {"fastattr": fa, "captum": ca, "floor": floor}
+    bench.calls = {"fastattr": fa, "captum": ca, "floor": floor, "bare": bare_call(spec, model, x, onehot)}
     if ca is None:
         del bench.calls["captum"]
     return bench
+
+
+def bare_call(spec: Spec, model: nn.Module, x: Tensor, onehot: Tensor) -> Callable[[], Tensor]:
+    """fastattr's attributions of ``spec`` from the fused ops and one forward +
+    backward alone: no argument checks, no target handling (the floor's
+    one-hot seeds), no planning, and IG's ``x - baseline`` made beforehand.
+    Same rows, same noise keys, same numbers as the ``fastattr`` call."""
+    acc_shape = x.shape
+    if spec.method == "ig":
+        n = x.shape[0] * N_STEPS
+        alphas, weights = (t.to(x.device) for t in path_rule("gausslegendre", N_STEPS))
+        base = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        diff = x - base
+
+        def bare() -> Tensor:
+            rows = ops.generate_rows(x, base, alphas, 1, "none", 0.0, 0, 0, 0, n, 0).requires_grad_()
+            grads = torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
+            acc = torch.zeros(acc_shape, dtype=torch.float32, device=x.device)
+            ops.accumulate_(acc, None, grads, weights, 0, N_STEPS, 0)
+            return acc.mul_(diff)
+        return bare
+
+    stream = PointPlan(alphas=None, step_weights=torch.ones(1), purpose=PURPOSE_SMOOTHGRAD).stream(0)
+    ones = torch.ones(N_SAMPLES, dtype=torch.float64, device=x.device)
+    n = x.shape[0] * N_SAMPLES
+
+    def bare() -> Tensor:
+        rows = ops.generate_rows(x, None, None, N_SAMPLES, "gaussian", STDEV, 0, stream, 0, n, 0).requires_grad_()
+        grads = torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
+        acc = torch.zeros(acc_shape, dtype=torch.float32, device=x.device)
+        ops.accumulate_(acc, None, grads.abs_(), ones, 0, N_SAMPLES, 0)
+        return acc.div_(N_SAMPLES)
+    return bare
 
 
 def synced(fn: Callable[[], Tensor], device: torch.device) -> Callable[[], Tensor]:
@@ -352,6 +391,9 @@ def _check(bench: Bench) -> List[str]:
     if problems:
         return problems
     fa = results["fastattr"]
+    e = _rel_err(results["bare"], fa)
+    if e > 1e-6:  # the same fused ops on the same rows: only the final division may round differently
+        problems.append(f"bare != fastattr (rel err {e:.2e}): it does not time the same work")
     if spec.method == "ig":
         if "captum" in rows:  # Captum builds its rows step-major, fastattr and the floor example-major
             rows["captum"] = rows["captum"].reshape(N_STEPS, spec.batch, -1).transpose(0, 1).reshape(rows["fastattr"].shape)
