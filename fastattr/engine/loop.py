@@ -50,10 +50,13 @@ class Request:
     reference_rows: Optional[Tensor] = None  # int64 [B * N]
     group_alphas: Optional[Tensor] = None  # [B * N], the inputs' dtype
     # Per-sample attributions go to this sink instead of the mean over
-    # samples: sink(attrs, g0, g1) gets groups g0 .. g1-1 (example g // N,
-    # sample g % N), one [g1 - g0, *F_i] tensor per input, in order; metrics
-    # reduce them (e.g. to a norm per sample) without keeping them all.
-    sample_sink: Optional[Callable[[Tuple[Tensor, ...], int, int], None]] = None
+    # samples: sink(attrs, g0, g1, inputs) gets groups g0 .. g1-1 (example
+    # g // N, sample g % N), one [g1 - g0, *F_i] tensor per input, in order,
+    # and a function returning the groups' sample inputs x_n (a tuple like
+    # attrs; the chunk's own rows where they are the x_n, else remade from
+    # their keys); metrics reduce them (e.g. to a norm per sample) without
+    # keeping them all.
+    sample_sink: Optional[Callable[[Tuple[Tensor, ...], int, int, Callable[[], Tuple[Tensor, ...]]], None]] = None
     # Chunks hold whole examples (a multiple of plan.points_per_example rows),
     # for rules that pair an example's rows inside one forward.
     whole_examples: bool = False
@@ -178,6 +181,11 @@ class _Loop:
         self.n_outputs: Optional[int] = None
         self.checked = False
         self.pairs: Dict[Tuple[int, int, int], Tuple[Tensor, Tensor]] = {}
+        # Single-point plans: a chunk's rows are its groups' sample inputs x_n,
+        # kept (rows r0, r1, detached rows) until the chunk is folded, so that
+        # the fold need not remake them.
+        self.rows_are_samples = plan.alphas is None and req.group_alphas is None and req.leaves is None
+        self.chunk_rows_made: Optional[Tuple[int, int, Tuple[Tensor, ...]]] = None
 
     # -- one chunk ---------------------------------------------------------
     def points(self, i: int, r0: int, n: int) -> Tensor:
@@ -224,6 +232,8 @@ class _Loop:
     def gradients(self, r0: int, r1: int) -> Tuple[Tensor, ...]:
         n = r1 - r0
         pts = tuple(self.points(i, r0, n) for i in range(len(self.req.inputs)))
+        if self.rows_are_samples:
+            self.chunk_rows_made = (r0, r1, tuple(p.detach() for p in pts))
         examples = None
         if self.needs_rows_examples:
             examples = row_examples(r0, r1, self.per_example, pts[0].device)
@@ -263,6 +273,14 @@ class _Loop:
         if g_done > g_first:
             self.finish_groups(inner, g_first, g_done)
 
+    def sample_rows(self, i: int, g0: int, g1: int) -> Tensor:
+        """``x_n`` of input ``i`` for groups ``g0 .. g1-1``: the chunk's own
+        rows when they are exactly those, else remade (:func:`sample_inputs`)."""
+        made = self.chunk_rows_made
+        if made is not None and made[0] == g0 and made[1] == g1:
+            return made[2][i]
+        return sample_inputs(self.req, i, g0, g1)
+
     def start_and_difference(self, i: int, g0: int, g1: int) -> Tuple[Tensor, Tensor]:
         """``(baseline, x_n - baseline)`` of input ``i`` for groups ``g0 ..
         g1-1``. With drawn references a chunk's rows are its groups: the pair
@@ -270,7 +288,7 @@ class _Loop:
         key = (i, g0, g1)
         if key not in self.pairs:
             base = _group_baselines(self.req, i, g0, g1)
-            pair = (base, sample_inputs(self.req, i, g0, g1) - base)
+            pair = (base, self.sample_rows(i, g0, g1) - base)
             if self.req.group_alphas is None:
                 return pair
             self.pairs = {k: v for k, v in self.pairs.items() if k[1] >= g0}  # earlier chunks are done
@@ -288,12 +306,14 @@ class _Loop:
             elif t == "abs":
                 a = g.abs()
             elif t == "times_input":
-                a = g * sample_inputs(req, i, g0, g1)
+                a = g * self.sample_rows(i, g0, g1)
             else:  # times_input_minus_baseline
                 a = g * self.start_and_difference(i, g0, g1)[1]
             attrs.append(a)
         if req.sample_sink is not None:
-            req.sample_sink(tuple(attrs), g0, g1)
+            n_inputs = len(req.inputs)
+            req.sample_sink(tuple(attrs), g0, g1,
+                            lambda: tuple(self.sample_rows(i, g0, g1) for i in range(n_inputs)))
         if req.want_deltas:
             self.group_sums.append(
                 sum(a.reshape(a.shape[0], -1).sum(1, dtype=torch.float64) for a in attrs)
@@ -359,6 +379,7 @@ class _Loop:
                 grads = self.gradients(r0, r1)
             self.fold(grads, r0, r1)
             del grads
+            self.chunk_rows_made = None
             r0 = r1
         return chunk
 

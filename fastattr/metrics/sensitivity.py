@@ -160,8 +160,9 @@ class PerturbedExplanations:
                       needs_inputs: bool = False) -> Tensor:
         """float64 ``[B, n_samples]``: ``sample_value`` of every (example, sample).
 
-        ``needs_inputs``: hand ``sample_value`` the perturbed inputs (the
-        engine route regenerates them bit-identically from their keys)."""
+        ``needs_inputs``: hand ``sample_value`` the perturbed inputs (on the
+        engine route, the rows the engine ran when they are those, else
+        remade bit-identically from their keys)."""
         req, n = self.req, perturbation.n_samples
         device = req.inputs[0].device
         total = self.batch * n
@@ -185,8 +186,9 @@ class PerturbedExplanations:
         if total == 0:
             return values.view(self.batch, n)
         if self.explain_rows is None:
-            def sink(attrs: Tuple[Tensor, ...], g0: int, g1: int) -> None:
-                xs = perturbed(g0, g1) if needs_inputs else ()
+            def sink(attrs: Tuple[Tensor, ...], g0: int, g1: int,
+                     sample_inputs: Callable[[], Tuple[Tensor, ...]]) -> None:
+                xs = sample_inputs() if needs_inputs else ()
                 values[g0:g1] = sample_value(xs, finish(attrs), row_examples(g0, g1, n, device))
 
             run(dataclasses.replace(noisy, sample_sink=sink))
