@@ -187,8 +187,8 @@ class PerturbedExplanations:
             return values.view(self.batch, n)
         if self.explain_rows is None:
             def sink(attrs: Tuple[Tensor, ...], g0: int, g1: int,
-                     sample_inputs: Callable[[], Tuple[Tensor, ...]]) -> None:
-                xs = sample_inputs() if needs_inputs else ()
+                     groups_inputs: Callable[[], Tuple[Tensor, ...]]) -> None:
+                xs = groups_inputs() if needs_inputs else ()
                 values[g0:g1] = sample_value(xs, finish(attrs), row_examples(g0, g1, n, device))
 
             run(dataclasses.replace(noisy, sample_sink=sink))
