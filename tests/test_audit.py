@@ -329,6 +329,21 @@ def test_resume_after_sigkill(env, tmp_path):
     assert not [n for n in os.listdir(shards) if n.startswith(".tmp")]
 
 
+def test_resume_removes_a_killed_writers_temp_files(env, tmp_path):
+    # A SIGKILL inside atomic_write leaves its temp file: the resume clears
+    # them (test_resume_after_sigkill hits this only when the kill lands there).
+    args = ["--model", "audit_models:cnn", "--data", env / "digits.npz", "--limit", 8, "--batch-size", 4, *SMALL]
+    out = tmp_path / "o"
+    assert audit(*args, "--out", out) == 0
+    before = read(out)[0]
+    stale = [out / "shards" / ".tmp-abc123shard-000001.npz", out / ".tmp-def456report.html"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    assert audit(*args, "--out", out) == 0
+    assert not [p for p in stale if p.exists()]
+    pd.testing.assert_frame_equal(read(out)[0], before)
+
+
 def test_torchrun_two_processes_equal_one(env, tmp_path):
     args = ["--model", "audit_models:cnn", "--data", str(env / "digits.npz"), "--batch-size", "4",
             "--shard-batches", "1", *SMALL, "--quiet"]

@@ -9,7 +9,7 @@ import os
 from typing import Any, Dict
 
 from .config import AuditError
-from .shards import SHARD_DIR, atomic_write
+from .shards import SHARD_DIR, atomic_write, remove_stale_temps
 
 RUN_FILE = "run.json"
 
@@ -28,7 +28,10 @@ def claim(out: str, run: Dict[str, Any]) -> bool:
         os.unlink(probe)
     except OSError as e:
         raise AuditError(f"--out: cannot write to {out} ({e.strerror or e})") from None
-    if not resumed:
+    if resumed:  # a killed run may have left half-written temp files; no rank writes yet
+        remove_stale_temps(out)
+        remove_stale_temps(os.path.join(out, SHARD_DIR))
+    else:
         atomic_write(os.path.join(out, RUN_FILE),
                      lambda f: f.write(json.dumps(run, indent=2, sort_keys=True).encode()))
     return resumed

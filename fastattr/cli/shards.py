@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 SHARD_DIR = "shards"
+TEMP_PREFIX = ".tmp-"  # atomic_write's temp files: only a killed writer leaves one behind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` all-or-nothing: ``write`` fills a temp file in the same
     folder, which is fsynced and renamed over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=folder)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -69,6 +70,16 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def remove_stale_temps(folder: str) -> None:
+    """Delete the temp files a killed :func:`atomic_write` left in ``folder``.
+    Only safe while nothing writes there (a resume, before any rank commits)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(TEMP_PREFIX):
+            os.unlink(os.path.join(folder, name))
 
 
 def commit_shard(out: str, shard: Shard, arrays: Dict[str, np.ndarray]) -> None:
