@@ -16,8 +16,9 @@ must compute over exactly the same rows:
   accumulation, with nothing checked, formatted or planned. ``bare / floor``
   is the lowest ``fastattr / floor`` a call can reach on this machine.
 
-:func:`check` verifies before any timing that the three really evaluate the
-same rows and that fastattr's attributions equal Captum's.
+:func:`check` verifies before any timing that they all really evaluate the
+same rows, that fastattr's attributions equal Captum's and that ``bare``
+gives fastattr's numbers.
 """
 from __future__ import annotations
 
@@ -372,10 +373,11 @@ def check(bench: Bench) -> List[str]:
 
 def _check(bench: Bench) -> List[str]:
     """Problems found (empty: fine), before any timing. Checks that fastattr,
-    Captum and the floor run the model on the same number of rows, at the same
-    points (IG) or with the same noise scale (SmoothGrad), and that fastattr's
+    Captum, the floor and bare run the model on the same number of rows, at the
+    same points (IG) or with the same noise scale (SmoothGrad), that fastattr's
     attributions equal Captum's and a by-hand computation (IG: from the
-    gradients at the rows; SmoothGrad with the noise off: |gradient at x|)."""
+    gradients at the rows; SmoothGrad with the noise off: |gradient at x|), and
+    that bare gives fastattr's numbers."""
     problems = []
     spec, x, tol = bench.spec, bench.x, tolerance(bench.device)
     want_rows = spec.rows

@@ -182,8 +182,8 @@ class _Loop:
         self.checked = False
         self.pairs: Dict[Tuple[int, int, int], Tuple[Tensor, Tensor]] = {}
         # Single-point plans: a chunk's rows are its groups' sample inputs x_n,
-        # kept (rows r0, r1, detached rows) until the chunk is folded, so that
-        # the fold need not remake them.
+        # kept (rows r0, r1, the leaves) until the chunk is folded, so that
+        # the fold need not remake them; detached only where they are used.
         self.rows_are_samples = plan.alphas is None and req.group_alphas is None and req.leaves is None
         self.chunk_rows_made: Optional[Tuple[int, int, Tuple[Tensor, ...]]] = None
 
@@ -233,7 +233,7 @@ class _Loop:
         n = r1 - r0
         pts = tuple(self.points(i, r0, n) for i in range(len(self.req.inputs)))
         if self.rows_are_samples:
-            self.chunk_rows_made = (r0, r1, tuple(p.detach() for p in pts))
+            self.chunk_rows_made = (r0, r1, pts)
         examples = None
         if self.needs_rows_examples:
             examples = row_examples(r0, r1, self.per_example, pts[0].device)
@@ -278,7 +278,7 @@ class _Loop:
         rows when they are exactly those, else remade (:func:`sample_inputs`)."""
         made = self.chunk_rows_made
         if made is not None and made[0] == g0 and made[1] == g1:
-            return made[2][i]
+            return made[2][i].detach()
         return sample_inputs(self.req, i, g0, g1)
 
     def start_and_difference(self, i: int, g0: int, g1: int) -> Tuple[Tensor, Tensor]:
