@@ -32,3 +32,14 @@ def _one_intra_op_thread():
     against 0.02 ms with 1 thread. Restored afterwards."""
     with intra_op_threads(1):
         yield
+
+
+@pytest.fixture
+def rules_skip_at_every_size(monkeypatch):
+    """Backward rules that replace a module's gradient skip its ordinary
+    backward on inputs of any size (by default only on large ones, where
+    that pays): the test models are small, and this path must match
+    Captum too."""
+    from fastattr.attr import relu_rules
+
+    monkeypatch.setattr(relu_rules, "_SKIP_MIN_NUMEL", 0)

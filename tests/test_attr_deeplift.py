@@ -45,10 +45,14 @@ from test_attr_guided import (
     per_example_gradients, relu_case, swap_modules,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Input Tensor .* did not already require gradients",
-    "ignore:Setting forward, backward hooks",
-)
+# Every rule test also runs the skipped-backward path (conftest.py).
+pytestmark = [
+    pytest.mark.usefixtures("rules_skip_at_every_size"),
+    pytest.mark.filterwarnings(
+        "ignore:Input Tensor .* did not already require gradients",
+        "ignore:Setting forward, backward hooks",
+    ),
+]
 
 # Each a few times the measured figure (module docstring). The MLP stacks six
 # nonlinearities whose rescale factors (f(x) - f(r)) / (x - r) amplify the
@@ -475,3 +479,25 @@ def test_bad_input(backend: str) -> None:
         deeplift(nn.Sequential(case.model, nn.Unflatten(1, (5, 1))), x, target=1)
     with pytest.raises(TypeError, match="custom_attribution_func: expected it to return a tuple of 1"):
         deeplift(model, x, target=1, custom_attribution_func=lambda m: m[0])
+
+
+def _threshold_backward_calls(fn: Any) -> int:
+    """How many times ``fn()`` runs a ReLU's ordinary backward."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == "aten::threshold_backward")
+
+
+def test_relu_ordinary_backward_runs_only_where_kept(backend: str) -> None:
+    """The rescale rule replaces a ReLU's gradient everywhere unless some
+    ``|x - r| < eps`` keeps the ordinary one: only then does the ReLU's own
+    backward run. Both give Captum's numbers."""
+    model = _build(lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                         nn.Linear(8, 3)), torch.float64)
+    x, target = _randn((4, 6), torch.float64, 7), torch.tensor([0, 1, 2, 0])
+    base = torch.zeros_like(x)
+    for eps, runs in ((1e-10, 0), (10.0, 2)):
+        ours = deeplift(model, x, base, target, eps=eps)
+        assert _threshold_backward_calls(lambda: deeplift(model, x, base, target, eps=eps)) == runs
+        theirs = captum.attr.DeepLift(model, eps=eps).attribute(x, base, target=target)
+        assert_same_attr(ours, theirs, TOL_F64_MLP, f"eps={eps}")

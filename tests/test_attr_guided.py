@@ -33,13 +33,19 @@ from torch import Tensor, nn
 import captum.attr
 import fastattr.captum.guided as fa_captum
 from captum_cases import ConvNet, _build, _randn, _rel_err, assert_same_attr
+from fastattr.attr import relu_rules
 from fastattr.attr.guided import deconvolution, guided_backprop
 from fastattr.attr.saliency import saliency
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Input Tensor .* did not already require gradients",
-    "ignore:Setting backward hooks on ReLU",
-)
+# Every rule test also runs the skipped-backward path (conftest.py).
+# Every rule test also runs the skipped-backward path (conftest.py).
+pytestmark = [
+    pytest.mark.usefixtures("rules_skip_at_every_size"),
+    pytest.mark.filterwarnings(
+        "ignore:Input Tensor .* did not already require gradients",
+        "ignore:Setting backward hooks on ReLU",
+    ),
+]
 
 TOL_F64 = 2e-15
 TOL_F32 = 1e-6
@@ -347,6 +353,60 @@ def test_functional_relu_keeps_its_gradient(backend: str) -> None:
         ours = fn(model, x, 2)
         assert_same_attr(ours, plain, 0.0, kind)
         assert_same_attr(ours, captum_cls(model).attribute(x, target=2), TOL_F64, kind)
+
+
+class _BackwardRaises(torch.autograd.Function):
+    """relu forward; a backward that must never run."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        raise AssertionError("the ReLU's ordinary backward ran")
+
+
+class _ReLUWithoutBackward(nn.ReLU):
+    def forward(self, x: Tensor) -> Tensor:
+        return _BackwardRaises.apply(x)
+
+
+def test_deconv_skips_the_ordinary_relu_backward(backend: str) -> None:
+    """Deconvnet replaces a ReLU's gradient by ``relu(grad_output)``, which
+    does not read the ReLU's ordinary gradient: that backward never runs
+    (here it would raise), and the result is deconvnet's on plain ReLUs."""
+    plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    stub = copy.deepcopy(plain)
+    stub[1], stub[3] = _ReLUWithoutBackward(), _ReLUWithoutBackward()
+    x, target = _randn((4, 6), torch.float64, 3), torch.tensor([0, 1, 2, 0])
+    assert_same_attr(deconvolution(stub, x, target), deconvolution(plain, x, target), 0.0, "deconv")
+    with pytest.raises(AssertionError, match="ordinary backward ran"):
+        guided_backprop(stub, x, target)  # guided masks by the ReLU's own gradient
+
+
+def test_small_inputs_keep_the_ordinary_relu_backward(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the ordinary backward is skipped only on ReLU inputs of at
+    least ``_SKIP_MIN_NUMEL`` elements (below, skipping costs more than it
+    saves): on a small batch the stub's raising backward runs."""
+    monkeypatch.undo()  # the default threshold
+    model = nn.Sequential(nn.Linear(6, 8), _ReLUWithoutBackward(), nn.Linear(8, 3)).double()
+    small = _randn((4, 6), torch.float64, 3)
+    with pytest.raises(AssertionError, match="ordinary backward ran"):
+        deconvolution(model, small, 1)
+    large = _randn((relu_rules._SKIP_MIN_NUMEL // 8, 6), torch.float64, 3)
+    assert deconvolution(model, large, 1).shape == large.shape
+
+
+@pytest.mark.parametrize("kind", list(METHODS))
+def test_relu_feeding_a_relu_equals_captum(backend: str, kind: str) -> None:
+    """A hooked ReLU whose output feeds another hooked ReLU directly: in
+    Captum's hook order the first one's rule sees the second's *ordinary*
+    gradient, so the second's ordinary backward must run even for deconvnet."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, target = _randn((4, 6), torch.float64, 5), torch.tensor([0, 1, 2, 0])
+    fn, captum_cls, _ = METHODS[kind]
+    assert_same_attr(fn(model, x, target), captum_cls(model).attribute(x, target=target), TOL_F64, kind)
 
 
 @pytest.mark.parametrize("kind", list(METHODS))

@@ -52,7 +52,9 @@ from fastattr.attr.lrp_rules import (
 )
 from fastattr.captum.lrp import LRP
 
-pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients")
+# Every rule test also runs the skipped-backward path (conftest.py).
+pytestmark = [pytest.mark.usefixtures("rules_skip_at_every_size"),
+              pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients")]
 
 # Each a few times the measured error in the module docstring.
 TOL_F64 = 1e-14
@@ -289,6 +291,37 @@ def test_inplace_relu_matches_captum() -> None:
     x = torch.randn(4, 6, dtype=torch.float64)
     ours = lrp(model, x, target=1, return_convergence_delta=True)
     _check(ours, _captum(model, {}, x, 1, None), torch.float64, "inplace relu")
+
+
+class _BackwardRaises(torch.autograd.Function):
+    """tanh forward; a backward that must never run."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        raise AssertionError("the pass-through layer's ordinary backward ran")
+
+
+class _TanhWithoutBackward(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _BackwardRaises.apply(x)
+
+
+def test_pass_through_layers_skip_their_ordinary_backward() -> None:
+    """Relevance passes a pass-through layer unchanged, whatever its own
+    gradient: that backward never runs (here it would raise), and the
+    relevances are those with nn.Tanh in its place, which equal Captum's."""
+    plain = _seeded(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), 5, torch.float64)
+    stub = copy.deepcopy(plain)
+    stub[1] = _TanhWithoutBackward()
+    stub[1].rule = IdentityRule()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    ours = lrp(stub, x, target=2, return_convergence_delta=True)
+    assert all(torch.equal(a, b) for a, b in zip(ours, lrp(plain, x, target=2, return_convergence_delta=True)))
+    _check(ours, _captum(plain, {}, x, 2, None), torch.float64, "pass-through")
 
 
 class Residual(nn.Module):

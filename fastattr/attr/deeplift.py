@@ -144,8 +144,15 @@ class _Rescale(_PairRule):
     * delta_out / delta_in``, the same for both rows of a pair, or the
     ordinary gradient where ``|delta_in| < eps``."""
 
-    def record(self, module: nn.Module, inp: Tensor, out: Tensor) -> Tuple[_Divisor, Tensor]:
-        return _Divisor.of(_pair_delta(inp.detach()), self.eps), _pair_delta(out.detach())
+    def prepare(self, module: nn.Module, inp: Tensor) -> _Divisor:
+        return _Divisor.of(_pair_delta(inp.detach()), self.eps)
+
+    def needs_grad_input(self, prepared: _Divisor) -> bool:
+        return prepared.small is not None  # the ordinary gradient is kept there
+
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor, prepared: _Divisor
+               ) -> Tuple[_Divisor, Tensor]:
+        return prepared, _pair_delta(out.detach())
 
     def rescaled(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         """``[n, 2, *F]``."""
@@ -204,7 +211,7 @@ class _MaxPool(_PairRule):
     ordinary gradient, broadcast to every row); here each row takes its own.
     """
 
-    def record(self, module: nn.Module, inp: Tensor, out: Tensor
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor, prepared: Any
                ) -> Tuple[_Divisor, Tensor, Tensor, List[int]]:
         pairs = _pairs(out.detach())
         cross_max = torch.max(pairs[:, 0], pairs[:, 1])

@@ -321,6 +321,9 @@ def _captured_output(state: _CallState, folding: bool) -> ForwardWrapper:
 class _Unchanged(BackwardRule):
     """Pass-through: the module's input gets its output's relevance."""
 
+    def needs_grad_input(self, prepared: Any) -> bool:
+        return False
+
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         return call.grad_output.reshape(grad_input.shape)
 
