@@ -317,7 +317,8 @@ def tolerance(device: torch.device) -> float:
     return 2e-2 if device.type == "cuda" else 1e-4
 
 
-def _rel_err(a: Tensor, b: Tensor) -> float:
+def rel_err(a: Tensor, b: Tensor) -> float:
+    """max |a - b| / max |b| (b all zero: max |a - b|)."""
     scale = b.abs().max().item()
     return (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
 
@@ -393,21 +394,21 @@ def _check(bench: Bench) -> List[str]:
     if problems:
         return problems
     fa = results["fastattr"]
-    e = _rel_err(results["bare"], fa)
+    e = rel_err(results["bare"], fa)
     if e > 1e-6:  # the same fused ops on the same rows: only the final division may round differently
         problems.append(f"bare != fastattr (rel err {e:.2e}): it does not time the same work")
     if spec.method == "ig":
         if "captum" in rows:  # Captum builds its rows step-major, fastattr and the floor example-major
             rows["captum"] = rows["captum"].reshape(N_STEPS, spec.batch, -1).transpose(0, 1).reshape(rows["fastattr"].shape)
         for who in rows:
-            e = _rel_err(rows[who], rows["floor"])
+            e = rel_err(rows[who], rows["floor"])
             if e > 1e-6:
                 problems.append(f"{who}'s IG points differ from the floor's (rel err {e:.2e})")
         refs = {"by hand": plain_reference(bench, rows["fastattr"])}
         if "captum" in results:
             refs["Captum"] = results["captum"]
         for who, ref in refs.items():
-            e = _rel_err(fa, ref)
+            e = rel_err(fa, ref)
             if e > tol:
                 problems.append(f"fastattr IG != {who} (rel err {e:.2e} > {tol:.0e})")
     else:
@@ -425,7 +426,7 @@ def _check(bench: Bench) -> List[str]:
                 x, nt_type="smoothgrad", nt_samples=N_SAMPLES, stdevs=0.0, target=bench.target
             )
         for who, ref in refs.items():
-            e = _rel_err(fa0, ref)
+            e = rel_err(fa0, ref)
             if e > tol:
                 problems.append(f"fastattr SmoothGrad(stdev=0) != {who} (rel err {e:.2e} > {tol:.0e})")
     return problems
