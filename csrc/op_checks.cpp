@@ -12,6 +12,7 @@ namespace {
 constexpr const char* kPhilox = "fastattr::philox4x32";
 constexpr const char* kRows = "fastattr::generate_rows";
 constexpr const char* kAccumulate = "fastattr::accumulate_";
+constexpr const char* kStabilize = "fastattr::stabilize";
 
 // The dtype as Python users write it (torch.float32 is "Float" in c10).
 const char* dtype_name(at::ScalarType t) {
@@ -202,6 +203,13 @@ AccumulateParams check_accumulate_args(const at::Tensor& acc,
                 ", outside acc's ", acc.size(0), " groups");
   }
   return p;
+}
+
+void check_stabilize_args(const at::Tensor& z, double epsilon) {
+  TORCH_CHECK(is_kernel_float(z.scalar_type()), kStabilize,
+              ": z must be float16, bfloat16, float32 or float64, got ", dtype_name(z.scalar_type()));
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon >= 0, kStabilize,
+              ": epsilon must be finite and >= 0, got ", epsilon);
 }
 
 }  // namespace fastattr

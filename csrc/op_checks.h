@@ -33,4 +33,7 @@ AccumulateParams check_accumulate_args(const at::Tensor& acc,
                                        int64_t row_start, int64_t group_size,
                                        int64_t group_offset);
 
+// z: a float tensor; epsilon finite, >= 0.
+void check_stabilize_args(const at::Tensor& z, double epsilon);
+
 }  // namespace fastattr

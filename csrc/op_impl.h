@@ -13,11 +13,13 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/string_view.h>
 
 #include "fastattr/accumulate.h"
 #include "fastattr/philox.h"
 #include "fastattr/rows.h"
+#include "fastattr/stabilize.h"
 #include "op_checks.h"
 
 namespace fastattr {
@@ -91,6 +93,23 @@ void accumulate_op(const at::Tensor& acc, const std::optional<at::Tensor>& acc_s
                                      acc_sq.has_value() ? acc_sq->mutable_data_ptr<acc_t>() : nullptr,
                                      v.const_data_ptr<scalar_t>(), w.const_data_ptr<double>()});
   });
+}
+
+// z -> z + eps * sign(z), sign(0) = +1, laid out like z when it is dense
+// (any memory format: walked over its storage), else contiguous.
+template <typename Launch>
+at::Tensor stabilize_op(const at::Tensor& z, double epsilon) {
+  check_stabilize_args(z, epsilon);
+  const at::Tensor zz = z.is_non_overlapping_and_dense() ? z : z.contiguous();
+  at::Tensor out = at::empty_like(zz);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zz.scalar_type(), "stabilize", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Launch::for_each(zz.device(), zz.numel(), 1,
+                     StabilizeKernel<scalar_t, acc_t>{zz.const_data_ptr<scalar_t>(),
+                                                      static_cast<scalar_t>(epsilon),
+                                                      out.mutable_data_ptr<scalar_t>()});
+  });
+  return out;
 }
 
 }  // namespace fastattr

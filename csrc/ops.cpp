@@ -105,6 +105,52 @@ void rows_task_for_cpu(const Kernel& kernel, int64_t cols, int64_t begin, int64_
   rows_task_baseline(kernel, cols, begin, end);
 }
 
+// Elements [begin, end) of an elementwise kernel, compiled for each x86
+// vector width as rows_task is and picked the same way (elements_task_for_cpu):
+// a loop GCC vectorizes, to the CPU's widest vectors (a division runs ~2x
+// faster with AVX2 than with the baseline's SSE2), same bits in every build.
+template <typename Kernel>
+inline void elements_task(const Kernel& kernel, int64_t begin, int64_t end) {
+  const Kernel k = kernel;  // a local copy: stores through its pointers cannot alias its fields
+  for (int64_t i = begin; i < end; ++i) {
+    k(i);
+  }
+}
+
+template <typename Kernel>
+__attribute__((flatten)) void elements_task_baseline(const Kernel& kernel, int64_t begin, int64_t end) {
+  elements_task(kernel, begin, end);
+}
+
+#if defined(__x86_64__)
+template <typename Kernel>
+__attribute__((target("avx2"), flatten)) void elements_task_avx2(const Kernel& kernel, int64_t begin,
+                                                                 int64_t end) {
+  elements_task(kernel, begin, end);
+}
+
+template <typename Kernel>
+__attribute__((target("avx512f,prefer-vector-width=512"), flatten)) void elements_task_avx512(
+    const Kernel& kernel, int64_t begin, int64_t end) {
+  elements_task(kernel, begin, end);
+}
+#endif
+
+template <typename Kernel>
+void elements_task_for_cpu(const Kernel& kernel, int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+  switch (cpu_vector_isa()) {
+    case VectorIsa::avx512:
+      return elements_task_avx512(kernel, begin, end);
+    case VectorIsa::avx2:
+      return elements_task_avx2(kernel, begin, end);
+    case VectorIsa::baseline:
+      break;
+  }
+#endif
+  elements_task_baseline(kernel, begin, end);
+}
+
 // at::parallel_for over output elements; a call whose total work is below one
 // grain runs inline on the calling thread, so tiny chunks pay no thread hop.
 struct CpuLaunch {
@@ -113,9 +159,7 @@ struct CpuLaunch {
                        const Kernel& kernel) {
     const int64_t grain = std::max<int64_t>(1, kGrainWork / work_per_element);
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        kernel(i);
-      }
+      elements_task_for_cpu(kernel, begin, end);
     });
   }
 
@@ -187,6 +231,7 @@ TORCH_LIBRARY(fastattr, m) {
   m.def(
       "accumulate_(Tensor(a!) acc, Tensor(b!)? acc_sq, Tensor values, Tensor weights, "
       "int row_start, int group_size, int group_offset) -> ()");
+  m.def("stabilize(Tensor z, float epsilon) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
@@ -194,4 +239,5 @@ TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
   m.impl("philox4x32", &fastattr::philox4x32_op<CpuLaunch>);
   m.impl("generate_rows", &fastattr::generate_rows_op<CpuLaunch>);
   m.impl("accumulate_", &fastattr::accumulate_op<CpuLaunch>);
+  m.impl("stabilize", &fastattr::stabilize_op<CpuLaunch>);
 }

@@ -65,4 +65,5 @@ TORCH_LIBRARY_IMPL(fastattr, CUDA, m) {
   m.impl("philox4x32", &fastattr::philox4x32_op<CudaLaunch>);
   m.impl("generate_rows", &fastattr::generate_rows_op<CudaLaunch>);
   m.impl("accumulate_", &fastattr::accumulate_op<CudaLaunch>);
+  m.impl("stabilize", &fastattr::stabilize_op<CudaLaunch>);
 }

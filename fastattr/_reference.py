@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["philox4x32", "generate_rows", "accumulate_", "acc_dtype"]
+__all__ = ["philox4x32", "generate_rows", "accumulate_", "stabilize", "acc_dtype"]
 
 # ---------------------------------------------------------------------------
 # Constants (csrc/README.md sections 1 and 2)
@@ -613,3 +613,26 @@ def accumulate_(
         acc2[g0 : g0 + v.shape[0]].add_(wv)
         if sq2 is not None:
             sq2[g0 : g0 + v.shape[0]].add_(wv * v)
+
+
+# ---------------------------------------------------------------------------
+# The LRP stabilizer (csrc/README.md section 5)
+# ---------------------------------------------------------------------------
+
+
+def _check_stabilize(z: Tensor, epsilon: float) -> None:  # mirrors csrc/op_checks.cpp
+    name = "fastattr::stabilize"
+    if not isinstance(z, Tensor) or z.dtype not in _FLOAT_DTYPES:
+        _fail(f"{name}: z must be a float16/bfloat16/float32/float64 tensor, got {_describe(z)}")
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        _fail(f"{name}: epsilon must be finite and >= 0, got {epsilon}")
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (``-0.0`` included),
+    ``epsilon`` rounded to ``z``'s dtype, the sum in ``acc_t`` rounded to it."""
+    _check_stabilize(z, epsilon)
+    acc = acc_dtype(z.dtype)
+    eps = torch.tensor(epsilon, dtype=z.dtype, device=z.device).to(acc)
+    za = z.to(acc)
+    return (za + torch.where(za >= 0, eps, -eps)).to(z.dtype)

@@ -111,6 +111,32 @@ def accumulate_(
         )
 
 
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """LRP's stabilized denominator in one pass: ``z + epsilon * sign(z)``,
+    ``sign(0) = +1`` (also for ``-0.0``), as Captum's and Zennit's stabilizer.
+
+    Args:
+        z: a layer's output, float16/bfloat16/float32/float64, any shape.
+        epsilon: the stabilizer, finite and ``>= 0`` (rounded to the dtype).
+
+    Returns:
+        A new tensor like ``z`` (its memory format when ``z`` is dense, else contiguous).
+    """
+    if _backend.backend() == "extension":
+        return torch.ops.fastattr.stabilize.default(z, epsilon)
+    return _reference.stabilize(z, epsilon)
+
+
+def _non_overlapping_and_dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory exactly (any dimension order), as ATen's check."""
+    expected = 1
+    for size, stride in sorted(((n, s) for n, s in zip(t.shape, t.stride()) if n != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 if _backend.extension_available:
 
     @torch.library.register_fake("fastattr::philox4x32")
@@ -129,3 +155,9 @@ if _backend.extension_available:
         acc, acc_sq, values, weights, row_start, group_size, group_offset
     ) -> None:
         return None
+
+    @torch.library.register_fake("fastattr::stabilize")
+    def _stabilize_fake(z: Tensor, epsilon: float) -> Tensor:
+        if _non_overlapping_and_dense(z):
+            return torch.empty_like(z)
+        return torch.empty_like(z, memory_format=torch.contiguous_format)

@@ -186,10 +186,24 @@ def sample_inputs(device) -> Dict[str, List[tuple]]:
         acc_sq = randn(G, 2, 3, dtype=at).abs() if with_sq else None
         weights = randn(gs, dtype=torch.float64)
         acc_args.append((acc, acc_sq, values, weights, row_start, gs, g_off))
+    # (NaN gets its own test: opcheck compares outputs with NaN != NaN.)
+    specials = torch.tensor([0.0, -0.0, 1e-12, -1e-12, float("inf"), float("-inf")], dtype=torch.float64)
+    z = randn(4, 6, 5)
+    z.view(-1)[: specials.numel()] = specials.to(device)
+    stab = [
+        (z, 1e-9),
+        (z.to(torch.float16).transpose(0, 2), 0.01),  # permuted but dense: its strides kept
+        (z[:, ::2], 0.5),  # not dense: a contiguous result
+        (randn(2, 3, 4, 5).to(memory_format=torch.channels_last), 0.25),  # dense: kept
+        (randn(3, 7, dtype=torch.bfloat16), 1e-6),
+        (z.double(), 0.0),
+        (randn(0, 3), 1e-9),
+    ]
     return {
         "philox4x32": [(counters, key)],
         "generate_rows": gen,
         "accumulate_": acc_args,
+        "stabilize": stab,
     }
 
 
@@ -868,12 +882,60 @@ def test_accumulate_matches_loop(backend_name, dtype):
 
 
 # ---------------------------------------------------------------------------
+# stabilize (LRP's denominator)
+# ---------------------------------------------------------------------------
+
+
+def _stabilized_like_captum(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Captum 0.9's ``_stabilize``: ``z + eps * sign(z)`` with sign 0 made +1,
+    in plain torch ops on ``z``'s dtype."""
+    sign = torch.sign(z)
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return z + torch.tensor(eps, dtype=z.dtype) * sign
+
+
+@needs_ext
+def test_stabilize_reference_equals_extension():
+    for i, (z, eps) in enumerate(sample_inputs("cpu")["stabilize"]):
+        got, want = _apply("stabilize", "extension", (z, eps))[0], _apply("stabilize", "reference", (z, eps))[0]
+        assert_bitwise_equal(got, want, msg=f"sample {i}:")
+        dense = ops._non_overlapping_and_dense(z)
+        assert got.stride() == (z.stride() if dense else z.contiguous().stride())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_stabilize_equals_captums_formula(backend_name, dtype):
+    """Bit for bit Captum's stabilizer (sign 0 -> +1; -0.0 is 0 there too),
+    and within half an ulp of the exact ``z + eps sign z``."""
+    g = torch.Generator().manual_seed(5)
+    z = (torch.randn(2000, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-12, 3, (2000,), generator=g)).to(dtype)
+    z[:5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("nan")], dtype=dtype)
+    for eps in (1e-9, 0.01, 0.5):
+        got = _run(backend_name, ops.stabilize, z, eps)
+        assert torch.allclose(got, _stabilized_like_captum(z, eps), rtol=0, atol=0, equal_nan=True)
+        assert not torch.signbit(got[:2]).any(), "sign(0) and sign(-0.0) are +1"
+        eps_d = torch.tensor(eps, dtype=dtype).double()
+        exact = z.double() + torch.where(z.double() >= 0, eps_d, -eps_d)
+        assert torch.allclose(got, exact.to(dtype), rtol=0, atol=0, equal_nan=True), "one rounding of the exact sum"
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_stabilize_bad_input(backend_name):
+    _run(backend_name, ops.stabilize, torch.randn(3), 1e-9)  # the unchanged call is fine
+    for z, eps, name in ((torch.zeros(3, dtype=torch.int64), 1e-9, "z"), (torch.randn(3), -1.0, "epsilon"),
+                         (torch.randn(3), float("nan"), "epsilon"), (torch.randn(3), float("inf"), "epsilon")):
+        with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
+            _run(backend_name, ops.stabilize, z, eps)
+
+
+# ---------------------------------------------------------------------------
 # opcheck, CUDA == CPU
 # ---------------------------------------------------------------------------
 
 
 @needs_ext
-@pytest.mark.parametrize("op", ["philox4x32", "generate_rows", "accumulate_"])
+@pytest.mark.parametrize("op", ["philox4x32", "generate_rows", "accumulate_", "stabilize"])
 def test_opcheck(op):
     overload = getattr(torch.ops.fastattr, op).default
     for args in sample_inputs("cpu")[op]:

@@ -10,6 +10,7 @@
 #include "fastattr/keyed_random.h"
 #include "fastattr/philox.h"
 #include "fastattr/rows.h"
+#include "fastattr/stabilize.h"
 
 namespace {
 
@@ -322,6 +323,27 @@ void test_accumulate_step() {
   expect(acc[2] == 32.0f && acc_sq[2] == 30.0f, "acc without acc_sq");
 }
 
+// The LRP stabilizer: +eps for z >= 0 (-0.0 included), -eps below, NaN kept.
+void test_stabilize_element() {
+  const float z[7] = {0.0f, -0.0f, 2.0f, -2.0f, 1e-12f, -1e-12f, std::nanf("")};
+  float out[7];
+  const StabilizeKernel<float, float> kernel{z, 0.5f, out};
+  for (int64_t i = 0; i < 7; ++i) {
+    kernel(i);
+  }
+  expect(out[0] == 0.5f && !std::signbit(out[0]), "stabilize(+0) = +eps");
+  expect(out[1] == 0.5f && !std::signbit(out[1]), "stabilize(-0) = +eps");
+  expect(out[2] == 2.5f && out[3] == -2.5f, "stabilize(+-2) = +-2.5");
+  expect(out[4] == 0.5f + 1e-12f && out[5] == -(0.5f + 1e-12f), "one rounding of z + eps");
+  expect(std::isnan(out[6]), "stabilize(NaN) = NaN");
+  const double zd[2] = {1e-300, -1e-300};
+  double outd[2];
+  const StabilizeKernel<double, double> kd{zd, 1e-9, outd};
+  kd(0);
+  kd(1);
+  expect(outd[0] == 1e-9 + 1e-300 && outd[1] == -1e-9 - 1e-300, "float64");
+}
+
 struct Case {
   const char* name;
   void (*run)();
@@ -335,6 +357,7 @@ const Case kCases[] = {
     {"noise_run", test_noise_run},
     {"generate_rows_element", test_generate_rows_element},
     {"accumulate_step", test_accumulate_step},
+    {"stabilize_element", test_stabilize_element},
 };
 
 }  // namespace

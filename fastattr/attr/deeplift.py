@@ -16,7 +16,9 @@ module is replaced by its multiplier ``delta_out / delta_in`` (Captum's
   ``nn.Softmax`` is explained in one chunk).
 
 Functional nonlinearities (``torch.relu``...) and other modules keep their
-ordinary gradient, as in Captum.
+ordinary gradient, as in Captum. A rescaled module call with no
+``|x - r| < eps`` replaces its whole gradient, so its own backward is
+skipped (:class:`fastattr.attr.relu_rules.BackwardRule`).
 
 The rules go in through Captum's tensor-hook mechanism
 (:mod:`fastattr.attr.relu_rules`), with its consequence: when a hooked

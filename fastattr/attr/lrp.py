@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as v
+from .. import ops
 from ..engine import run, single_point_plan
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
@@ -85,24 +86,6 @@ class _Relevance(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
         (denom,) = ctx.saved_tensors
         return None, grad / denom, None
-
-
-@functools.lru_cache(maxsize=64)
-def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A read-only 0-d tensor, made once."""
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
-def _stabilized(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Captum's and Zennit's
-    stabilizer), in ``z``'s dtype, in one new tensor. ``copysign`` instead of
-    a comparison and ``torch.where``: bool tensors cost several float passes
-    on the CPU. ``z + 0.0`` turns ``-0.0`` into ``+0.0``, whose sign is
-    ``+1``; writing the copysign into it (``out=``) also runs several times
-    faster than a new tensor broadcast from the 0-d ``epsilon``."""
-    signed = z + 0.0
-    torch.copysign(_scalar(epsilon, z.dtype, z.device), signed, out=signed)
-    return signed.add_(z)
 
 
 _Grads = Tuple[Optional[Tensor], ...]
@@ -236,7 +219,7 @@ def _rule_layer(rule: PropagationRule, state: _CallState, records_output: bool) 
             with torch.no_grad():  # only the values: the relevance flows through the branches
                 out = inner(*args, **kwargs)
             through = _rule_output(inner, module, branches, args)
-            ret = _Relevance.apply(out, through, _stabilized(through.detach(), rule.epsilon))
+            ret = _Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
             if records_output:
                 state.producers[id(ret)] = (ret, module, inner, rule, args)
             return ret
@@ -259,7 +242,7 @@ def _epsilon_forward(module: nn.Module, inner: Forward, rule: PropagationRule, s
         wrapped = _branch_inputs(args, "all", copy)
         out = _fresh_output(inner(*wrapped, **kwargs), wrapped)
         if out.grad_fn is not None:
-            denom = _stabilized(out.detach(), rule.epsilon)
+            denom = ops.stabilize(out.detach(), rule.epsilon)
             out.grad_fn.register_prehook(_divided_by(denom, out.output_nr))
         if records_output:
             state.producers[id(out)] = (out, module, inner, rule, args)
@@ -290,7 +273,7 @@ def _folded_batchnorm(where: str, state: _CallState) -> ForwardWrapper:
             params = state.folded[key]
             branches = rule.branches(params) or (Branch("all", params),)
             through = _rule_output(layer_forward, layer, branches, layer_args, params)
-            return _Relevance.apply(out, through, _stabilized(through.detach(), rule.epsilon))
+            return _Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
 
         return forward
 
