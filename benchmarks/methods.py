@@ -301,6 +301,14 @@ def verdict(floor_ms: float, fa_ms: float, ca_ms: float) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux carries
+    that over ``exec`` from the forked parent, so a child started by a
+    benchmark process that already holds gigabytes would report them."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
@@ -319,7 +327,7 @@ def peak_child(who: str) -> None:
         ca.IntegratedGradients(model).attribute(x, target=3, n_steps=PEAK_STEPS)
     else:
         fastattr.integrated_gradients(model, x, target=3, n_steps=PEAK_STEPS, memory_budget=PEAK_BUDGET)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss_bytes()
     print(f"peak {max(0, peak - before)}")
 
 
