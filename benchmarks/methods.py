@@ -21,7 +21,9 @@ repeats (``run.measure``). Before timing, each workload checks that fastattr
 evaluates the floor's number of rows and, for the deterministic methods,
 equals Captum.
 
-The **bare/floor** column (saliency, input x gradient, IG, SmoothGrad)
+The **(paired)** columns are run.py's: the ratio within each repeat (adjacent
+calls), median over repeats, a second estimate that slow drifts of the
+machine do not skew. The **bare/floor** column (saliency, input x gradient, IG, SmoothGrad)
 times the floor's forward + backward plus the fewest ops that finish the
 method's result, with no argument checks, target handling or planning
 (``_bare_call``; checked to give fastattr's numbers): no implementation of
@@ -360,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         repeats = args.repeats or (2 if args.quick else 7)
         load = R.OtherLoad()
         header = (f"{'workload':<40} {'rows':>5} {'floor ms':>10} {'fastattr ms':>12} {'captum ms':>10} "
-                  f"{'fa/floor':>9} {'bare/floor':>10} {'captum/fa':>10}  target met")
+                  f"{'fa/floor':>9} {'(paired)':>8} {'bare/floor':>10} {'captum/fa':>10} {'(paired)':>8}  target met")
         print(f"best of >= {repeats} interleaved repeats; {STEPS} steps / {SAMPLES} samples\n")
         print(header)
         print("-" * len(header))
@@ -381,7 +383,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed += bool(problems)
             missed += met.startswith("NO")
             print(f"{spec.name:<40} {spec.rows:>5} {floor_ms:>10.3f} {fa_ms:>12.3f} {ca_ms:>10.3f} "
-                  f"{fa_ms / floor_ms:>9.3f} {bare_ms / floor_ms:>10.3f} {ca_ms / fa_ms:>10.2f}  {met}", flush=True)
+                  f"{fa_ms / floor_ms:>9.3f} {R.paired_ratio(times, 'fastattr', 'floor'):>8.3f} "
+                  f"{bare_ms / floor_ms:>10.3f} {ca_ms / fa_ms:>10.2f} {R.paired_ratio(times, 'captum', 'fastattr'):>8.2f}"
+                  f"  {met}", flush=True)
         print(load.report())
         print(f"targets missed: {missed}; checks failed or errors: {failed}")
     if not args.no_memory and ca is not None:

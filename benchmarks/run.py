@@ -83,6 +83,15 @@ def measure(bench: W.Bench, repeats: int, warmup: int, min_repeat_s: float,
     return times
 
 
+def paired_ratio(times: Dict[str, List[float]], a: str, b: str) -> float:
+    """``a / b`` within each repeat (adjacent calls), median over repeats: a
+    second estimate beside the ratio of best times, robust to the machine's
+    slow drifts; nan when either was not timed."""
+    if a not in times or b not in times:
+        return math.nan
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def verdict(spec: W.Spec, floor_ms: float, fa_ms: float, ca_ms: float) -> str:
     limit = RATIO_BIG if floor_ms >= TINY_FLOOR_MS else RATIO_TINY
     misses = []
@@ -194,9 +203,7 @@ def main(argv: List[str] = None) -> int:
             continue
         floor_ms, fa_ms, ca_ms, bare_ms = (min(times[n]) * 1000 if n in times else math.nan
                                            for n in ("floor", "fastattr", "captum", "bare"))
-        # fastattr / floor within each repeat (adjacent calls), median over repeats:
-        # a second estimate, robust to the machine's slow drifts.
-        paired = statistics.median(a / b for a, b in zip(times["fastattr"], times["floor"]))
+        paired = paired_ratio(times, "fastattr", "floor")
         met = verdict(spec, floor_ms, fa_ms, ca_ms)
         if problems:
             met = "CHECK FAILED"
