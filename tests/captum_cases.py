@@ -83,6 +83,19 @@ class ScalarOut(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x))).squeeze(1) + (x * x).sum(1) * 0.1
 
 
+class ForwardOnly(torch.autograd.Function):
+    """``fn(x)`` forward; a backward that must never run: a module built on it
+    shows whether a backward rule skipped the module's ordinary gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, fn: Any, x: Tensor) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        raise AssertionError("the module's ordinary backward ran")
+
+
 def _build(cls: type, dtype: torch.dtype, seed: int = 0) -> nn.Module:
     """A seeded ``cls()`` in eval mode; batch norms get non-trivial statistics.
     The global RNG is left as it was."""

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 import captum.attr
 import fastattr.captum.guided as fa_captum
-from captum_cases import ConvNet, _build, _randn, _rel_err, assert_same_attr
+from captum_cases import ConvNet, ForwardOnly, _build, _randn, _rel_err, assert_same_attr
 from fastattr.attr import relu_rules
 from fastattr.attr.guided import deconvolution, guided_backprop
 from fastattr.attr.saliency import saliency
@@ -355,21 +355,9 @@ def test_functional_relu_keeps_its_gradient(backend: str) -> None:
         assert_same_attr(ours, captum_cls(model).attribute(x, target=2), TOL_F64, kind)
 
 
-class _BackwardRaises(torch.autograd.Function):
-    """relu forward; a backward that must never run."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        raise AssertionError("the ReLU's ordinary backward ran")
-
-
 class _ReLUWithoutBackward(nn.ReLU):
     def forward(self, x: Tensor) -> Tensor:
-        return _BackwardRaises.apply(x)
+        return ForwardOnly.apply(torch.relu, x)
 
 
 def test_deconv_skips_the_ordinary_relu_backward(backend: str) -> None:

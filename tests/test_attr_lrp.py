@@ -45,6 +45,7 @@ from torch import Tensor, nn
 import captum.attr
 from captum.attr._utils import lrp_rules as cr
 from captum.attr._utils.custom_modules import Addition_Module
+from captum_cases import ForwardOnly
 
 from fastattr.attr.lrp import lrp
 from fastattr.attr.lrp_rules import (
@@ -293,21 +294,9 @@ def test_inplace_relu_matches_captum() -> None:
     _check(ours, _captum(model, {}, x, 1, None), torch.float64, "inplace relu")
 
 
-class _BackwardRaises(torch.autograd.Function):
-    """tanh forward; a backward that must never run."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        raise AssertionError("the pass-through layer's ordinary backward ran")
-
-
 class _TanhWithoutBackward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
-        return _BackwardRaises.apply(x)
+        return ForwardOnly.apply(torch.tanh, x)
 
 
 def test_pass_through_layers_skip_their_ordinary_backward() -> None:
