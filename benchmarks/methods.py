@@ -27,8 +27,8 @@ machine do not skew. The **bare/floor** column (saliency, input x gradient, IG, 
 times the floor's forward + backward plus the fewest ops that finish the
 method's result, with no argument checks, target handling or planning
 (``_bare_call``; checked to give fastattr's numbers): no implementation of
-the method can go below it, so where it is above the target, the target is
-out of reach on this machine.
+the method can go below it, so where it stays above the target run after
+run, the target is out of reach on this machine.
 
 Targets (2-core CPU): fastattr/floor <= 1.10 where the floor takes >= 1 ms,
 <= 1.20 below; fastattr never slower than Captum. Peak memory: fastattr with

@@ -38,7 +38,6 @@ from fastattr.attr.guided import deconvolution, guided_backprop
 from fastattr.attr.saliency import saliency
 
 # Every rule test also runs the skipped-backward path (conftest.py).
-# Every rule test also runs the skipped-backward path (conftest.py).
 pytestmark = [
     pytest.mark.usefixtures("rules_skip_at_every_size"),
     pytest.mark.filterwarnings(

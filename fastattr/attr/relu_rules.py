@@ -172,9 +172,9 @@ def _watch(module: nn.Module, rule: BackwardRule, inp: Tensor, out: Any, prepare
 class _GradientReplaced(torch.autograd.Function):
     """Forward: ``forward(x)`` without a graph; backward: a stand-in for the
     gradient of ``x`` (the gradient itself reshaped, or zeros). The rule's
-    hook on ``x`` replaces whatever reaches it, so only the stand-in's shape
-    matters, and the module's ordinary backward (a ReLU's masking pass) is
-    never run."""
+    hook on the module's input replaces whatever reaches it (the stand-in,
+    plus any other use's gradient), so only the stand-in's shape matters,
+    and the module's ordinary backward (a ReLU's masking pass) never runs."""
 
     @staticmethod
     def forward(ctx: Any, forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
