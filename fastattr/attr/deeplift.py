@@ -140,14 +140,14 @@ class _PairRule(BackwardRule):
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
+    def prepare(self, module: nn.Module, inp: Tensor) -> _Divisor:
+        return _Divisor.of(_pair_delta(inp.detach()), self.eps)
+
 
 class _Rescale(_PairRule):
     """Captum's ``nonlinear`` rule on pairs, tensors ``[2n, *F]``: ``grad_out
     * delta_out / delta_in``, the same for both rows of a pair, or the
     ordinary gradient where ``|delta_in| < eps``."""
-
-    def prepare(self, module: nn.Module, inp: Tensor) -> _Divisor:
-        return _Divisor.of(_pair_delta(inp.detach()), self.eps)
 
     def needs_grad_input(self, prepared: _Divisor) -> bool:
         return prepared.small is not None  # the ordinary gradient is kept there
@@ -211,15 +211,16 @@ class _MaxPool(_PairRule):
 
     Where ``|delta_in| < eps`` Captum takes ``grad_input[0]`` (example 0's
     ordinary gradient, broadcast to every row); here each row takes its own.
+    The pool keeps its own backward (the default ``needs_grad_input``): its
+    autograd node holds the argmax indices the rule unpools to.
     """
 
-    def record(self, module: nn.Module, inp: Tensor, out: Tensor, prepared: Any
+    def record(self, module: nn.Module, inp: Tensor, out: Tensor, prepared: _Divisor
                ) -> Tuple[_Divisor, Tensor, Tensor, List[int]]:
         pairs = _pairs(out.detach())
         cross_max = torch.max(pairs[:, 0], pairs[:, 1])
         delta_out = torch.stack((cross_max - pairs[:, 1], pairs[:, 0] - cross_max), 1).flatten(0, 1)
-        return (_Divisor.of(_pair_delta(inp.detach()), self.eps), delta_out,
-                _pool_indices(module, inp.detach(), out), list(inp.shape))
+        return prepared, delta_out, _pool_indices(module, inp.detach(), out), list(inp.shape)
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         div, delta_out, indices, shape = call.values
