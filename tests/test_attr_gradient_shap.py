@@ -23,8 +23,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fastattr.attr.gradient_shap import expected_gradients, gradient_shap
-from fastattr.engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW
+from fastattr.attr.gradient_shap import expected_gradients, gradient_shap, reference_draws
+from fastattr.engine import PURPOSE_GRADIENT_SHAP
 from fastattr.engine.draws import _CACHED_GROUPS, group_uniforms
 from fastattr import ops
 
@@ -46,8 +46,7 @@ def _references(case: Case, m: int = M, seed: int = 50) -> Tuple[Tensor, ...]:
 
 def _draws(case: Case, n_samples: int, seed: int, m: int) -> Tuple[np.ndarray, np.ndarray]:
     """fastattr's (reference rows, path positions) for every (example, sample)."""
-    position, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, case.batch, n_samples,
-                                     torch.device("cpu"))
+    position, which = reference_draws(seed, case.batch, n_samples, torch.device("cpu"))
     return (which * m).long().numpy(), position.numpy()
 
 
@@ -188,18 +187,50 @@ def test_linear_model_closed_form(backend: str) -> None:
     assert (attr - expected).abs().max() < 4 * (w.abs() * refs.std(0)).max() / n**0.5
 
 
-def test_draws_are_uniform(backend: str) -> None:
-    position, which = group_uniforms(0, PURPOSE_REFERENCE_DRAW * 65536, 500, 40, torch.device("cpu"))
+def test_draws_are_a_latin_hypercube(backend: str) -> None:
+    """Per example, the N reference draws and the N positions each hold one
+    sample in every stratum of width 1/N, uniformly inside it, and which
+    position stratum goes with which reference stratum is a permutation that
+    differs between examples."""
+    batch, n = 300, 40
+    position, which = reference_draws(0, batch, n, torch.device("cpu"))
     rows = (which * M).long()
-    counts = torch.bincount(rows, minlength=M).double()
-    expected = rows.numel() / M
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
-    assert chi2 < 25.7, chi2  # 99.99% quantile of chi2 with 5 degrees of freedom
-    assert abs(float(position.mean()) - 0.5) < 4 * (1 / 12 / position.numel()) ** 0.5
-    assert float(position.min()) >= 0 and float(position.max()) < 1
-    # Positions and reference draws of the same block are not correlated.
+    counts = torch.bincount(rows.view(batch, n)[0], minlength=M)
+    assert int(counts.max() - counts.min()) <= 1  # stratified: balanced over references
+    for draws in (position, which):
+        strata = (draws * n).floor().long().view(batch, n)
+        assert (strata.sort(dim=1).values == torch.arange(n)).all()
+        within = draws * n - (draws * n).floor()
+        assert abs(float(within.mean()) - 0.5) < 4 * (1 / 12 / within.numel()) ** 0.5
+    assert ((which * n).floor().view(batch, n) == torch.arange(n)).all()
+    permutations = (position * n).floor().long().view(batch, n)
+    assert len({tuple(p) for p in permutations.tolist()}) == batch
+    # Position strata and reference strata are not correlated.
     c = torch.corrcoef(torch.stack([position, which]))[0, 1]
     assert abs(float(c)) < 4 / position.numel() ** 0.5
+
+
+def test_stratified_positions_bound_the_path_integral_error(backend: str) -> None:
+    """With one reference and no noise GradientSHAP estimates IG's path
+    integral of h(alpha) = grad f(ref + alpha (x - ref)) * (x - ref). One
+    position per stratum of width 1/N misses each stratum's mean of h by at
+    most h's variation inside it, so the error is at most V / N (V: h's total
+    variation, read off a fine grid), where i.i.d. positions give ~sd / sqrt(N)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).double()
+    x, ref = torch.randn(4, 6, dtype=torch.float64), torch.randn(1, 6, dtype=torch.float64)
+    grid = 8192
+    alphas = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    points = (ref + alphas[:, None, None] * (x - ref)).reshape(-1, 6).requires_grad_()
+    (g,) = torch.autograd.grad(model(points)[:, 1].sum(), points)
+    h = g.reshape(grid, 4, 6) * (x - ref)  # [grid, B, F]
+    exact = h.mean(0)
+    variation = (h[1:] - h[:-1]).abs().sum(0)
+    n = 64
+    attr = gradient_shap(model, x, ref, target=1, n_samples=n, seed=3)
+    # exact's own midpoint error is at most variation / grid.
+    assert ((attr - exact).abs() <= variation / n + variation / grid + 1e-12).all()
+    assert (variation > 0).any()
 
 
 @pytest.mark.parametrize(

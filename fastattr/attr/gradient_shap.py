@@ -3,11 +3,22 @@ the gradient at a random point between each input and a reference drawn from
 a distribution, times their difference, averaged over draws; as Captum's
 ``GradientShap``, with every draw keyed by the seed.
 
-Per (example ``b``, sample ``n``), keyed by ``(seed, b, n)``:
-reference ``k`` uniform over the ``M`` rows of the distribution, position
-``alpha ~ U[0, 1)``, and (with ``stdev > 0``) Gaussian noise on the input:
+Per (example ``b``, sample ``n``), keyed by ``(seed, b, n)``: a reference
+``k`` among the ``M`` rows of the distribution, a path position ``alpha``,
+and (with ``stdev > 0``) Gaussian noise on the input:
 ``x_n = x_b + stdev * eps``. The point is ``alpha x_n + (1 - alpha) ref_k``
 and its attribution ``grad * (x_n - ref_k)``.
+
+The ``N`` (reference, position) pairs of an example are a Latin hypercube
+sample (:func:`reference_draws`): each of ``N`` equal strata of the
+reference draw and of the position holds one sample, paired by a keyed
+random permutation. Each pair is still uniform over references and
+positions, so the estimate is Captum's expectation, unbiased; but its error
+shrinks faster than with Captum's i.i.d. draws (with one reference, from
+``O(N^-1/2)`` to ``O(N^-1)`` for the step-like path integrands of ReLU nets):
+at ``N = 2000`` i.i.d. positions left errors of 4%, so that one example's
+attribution changed with the other examples in its call (each gets its own
+draws).
 """
 from __future__ import annotations
 
@@ -23,6 +34,25 @@ from ..engine.draws import group_uniforms
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
 from .smoothgrad import check_seed
+
+
+def reference_draws(seed: int, batch: int, n_samples: int, device: torch.device,
+                    example_offset: int = 0) -> Tuple[Tensor, Tensor]:
+    """``(position, which)``, float64 ``[batch * n_samples]`` each, for group
+    ``g = b * n_samples + n``: a Latin hypercube sample of (path position,
+    reference) per example. ``which`` (``floor(which * M)`` picks the
+    reference row) lies in the ``n``-th of ``N`` equal strata of ``[0, 1)``,
+    ``position`` in stratum ``perm_b(n)``, ``perm_b`` a keyed permutation of
+    ``0 .. N-1``; each within its stratum uniformly."""
+    u_position, u_which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, batch, n_samples, device,
+                                         example_offset)
+    order, _ = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536 + 1, batch, n_samples, device,
+                              example_offset)
+    strata = torch.arange(n_samples, dtype=torch.float64, device=device).repeat(batch)
+    permuted = order.view(batch, n_samples).argsort(dim=1).view(-1).to(torch.float64)
+    position = permuted.add_(u_position).div_(n_samples)
+    which = strata.add_(u_which).div_(n_samples)
+    return position, which
 
 
 def gradient_shap(
@@ -88,8 +118,7 @@ def gradient_shap(
     )
     references = v.format_baseline_distribution(baselines, req.inputs, was_tuple)
     x = req.inputs[0]
-    position, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, x.shape[0], n_samples, x.device,
-                                     example_offset)
+    position, which = reference_draws(seed, x.shape[0], n_samples, x.device, example_offset)
     req = dataclasses.replace(
         req,
         baselines=references,
