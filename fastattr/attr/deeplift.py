@@ -30,10 +30,12 @@ deltas on such nets are not ~0); fastattr gives the same numbers.
 
 Layout: the engine's rows are the examples (a single-point plan); the model
 handed to the engine (one object per model, so that what the engine
-measures per model object is reused) interleaves each row with its
-reference, ``[x_0, r_0, x_1, r_1, ...]``, runs the real model on the ``2n``
-rows and seeds the target output of both (Captum's forward over
-``cat(inputs, baselines)`` does the same). The references reach the closure
+measures per model object is reused) puts the rows' references after them,
+``[x_0, ..., x_{n-1}, r_0, ..., r_{n-1}]``, runs the real model on the ``2n``
+rows and seeds the target output of both: Captum's forward over
+``cat(inputs, baselines)``, the same batch, so that a chunk holding the
+whole batch rounds as Captum's forward does (a float32 model with large
+activations amplifies a different row order's rounding visibly). The references reach the closure
 through ``additional_args``, which the engine index-selects per row. A
 ``[input, reference]`` two-point path plan would need ``whole_examples`` and
 would generate the input row as ``r + 1 * (x - r)``, which is not ``x`` in
@@ -64,18 +66,24 @@ CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
 
 
 # ---------------------------------------------------------------------------
-# Rules on interleaved rows: row 2k is example k's input, row 2k+1 its reference
+# Rules on paired rows: row k is example k's input, row n + k its reference
 # ---------------------------------------------------------------------------
 
 
 def _pairs(t: Tensor) -> Tensor:
-    """``[2n, *F]`` -> ``[n, 2, *F]`` (input, reference)."""
-    return t.reshape(-1, 2, *t.shape[1:])
+    """``[2n, *F]`` -> ``[n, 2, *F]`` (input, reference): a view."""
+    return t.view(2, -1, *t.shape[1:]).transpose(0, 1)
+
+
+def _unpairs(p: Tensor) -> Tensor:
+    """``[n, 2, *F]`` -> ``[2n, *F]``: the inverse of :func:`_pairs`."""
+    return p.transpose(0, 1).reshape(-1, *p.shape[2:])
 
 
 def _pair_delta(t: Tensor) -> Tensor:
     """``[n, 1, *F]``: input minus reference, broadcast over the pair."""
-    return (t[0::2] - t[1::2]).unsqueeze(1)
+    n = t.shape[0] // 2
+    return (t[:n] - t[n:]).unsqueeze(1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -164,7 +172,7 @@ class _Rescale(_PairRule):
         return div.select(quotient, _pairs(grad_input))
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
-        return self.rescaled(call, grad_input).flatten(0, 1)
+        return _unpairs(self.rescaled(call, grad_input))
 
 
 class _SoftmaxRescale(_Rescale):
@@ -172,7 +180,7 @@ class _SoftmaxRescale(_Rescale):
     ``softmax``: the mean is over the whole call, not per example)."""
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
-        unnorm = self.rescaled(call, grad_input).flatten(0, 1)
+        unnorm = _unpairs(self.rescaled(call, grad_input))
         return unnorm - unnorm.sum() * 1 / grad_input.numel()
 
 
@@ -219,7 +227,7 @@ class _MaxPool(_PairRule):
                ) -> Tuple[_Divisor, Tensor, Tensor, List[int]]:
         pairs = _pairs(out.detach())
         cross_max = torch.max(pairs[:, 0], pairs[:, 1])
-        delta_out = torch.stack((cross_max - pairs[:, 1], pairs[:, 0] - cross_max), 1).flatten(0, 1)
+        delta_out = torch.cat((cross_max - pairs[:, 1], pairs[:, 0] - cross_max))
         return prepared, delta_out, _pool_indices(module, inp.detach(), out), list(inp.shape)
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
@@ -227,7 +235,7 @@ class _MaxPool(_PairRule):
         unpooled = _pairs(_unpool(call.module, call.grad_output * delta_out, indices, shape))
         # In place on the unpooled tensor, this call's own: no new tensors.
         quotient = unpooled[:, :1].add_(unpooled[:, 1:]).div_(div.safe)
-        return div.select(quotient, _pairs(grad_input)).flatten(0, 1)
+        return _unpairs(div.select(quotient, _pairs(grad_input)))
 
 
 # exact module type -> its rule given eps (Captum's SUPPORTED_NON_LINEAR)
@@ -289,8 +297,8 @@ class _InputRowsOutput(torch.autograd.Function):
 
 class _BesideReferences:
     """``f(*rows, *reference_rows, *args)`` for the engine: the model's output
-    at ``rows`` (``[n, C]`` or ``[n]``). With autograd on, the model runs on
-    the ``2n`` interleaved input and reference rows, so the rules pair them;
+    at ``rows`` (``[n, *O]``). With autograd on, the model runs on
+    the ``2n`` rows ``cat(rows, references)``, so the rules pair them;
     without (the convergence-delta endpoints), on ``rows`` alone."""
 
     def __init__(self, model: nn.Module, n_inputs: int) -> None:
@@ -303,15 +311,15 @@ class _BesideReferences:
         if not torch.is_grad_enabled():
             return model(*rows, *rest)
         n = rows[0].shape[0]
-        paired = tuple(torch.stack((x, r), 1).flatten(0, 1) for x, r in zip(rows, refs))
+        paired = tuple(torch.cat((x, r)) for x, r in zip(rows, refs))
         paired_args = tuple(
-            a.repeat_interleave(2, 0) if isinstance(a, Tensor) and a.dim() > 0 else a for a in rest
+            torch.cat((a, a)) if isinstance(a, Tensor) and a.dim() > 0 else a for a in rest
         )
         out = model(*paired, *paired_args)
-        if not isinstance(out, Tensor) or out.dim() not in (1, 2) or out.shape[0] != 2 * n:
+        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != 2 * n:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
-                f"model output: expected shape [{2 * n}, C] or [{2 * n}] for {2 * n} rows "
+                f"model output: expected shape [{2 * n}, ...] (one entry per row) for {2 * n} rows "
                 f"({n} inputs and their baselines), got {got}"
             )
         return _InputRowsOutput.apply(_pairs(out))
