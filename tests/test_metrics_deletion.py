@@ -168,6 +168,38 @@ def quantus_case(batch=3):
     return case, case.inputs.numpy(), np.array(case.target), a
 
 
+def batch_size_sensitivity(model, x: Tensor, softmax: bool, sizes=range(1, 65)) -> float:
+    """The largest change of an output (as the curves read it) when its row
+    is evaluated in a batch of ``s`` rows instead of with the ``B`` examples,
+    over ``sizes``: 0 where this CPU's kernels round the same at every batch
+    size, a few ulps where they do not (AVX-512 GEMMs pick kernels by size)."""
+    def outputs(rows):
+        out = model(rows)
+        return torch.softmax(out, 1) if softmax else out
+
+    worst = 0.0
+    with torch.no_grad():
+        ref = outputs(x)
+        for s in sizes:
+            rows = x.repeat(-(-s // x.shape[0]), *([1] * (x.dim() - 1)))[:s]
+            k = min(s, x.shape[0])
+            worst = max(worst, (outputs(rows)[:k] - ref[:k]).abs().max().item())
+    return worst
+
+
+def assert_curves_match_quantus(got, expected, model, x: Tensor, softmax: bool = True) -> None:
+    """fastattr evaluates the perturbed rows in chunks of its own size,
+    Quantus one batch of B per step: bit-identical curves where the model is
+    batch-size invariant on this CPU (measured first), else within 4x the
+    measured batch-size sensitivity of its outputs."""
+    assert isinstance(got, list) and all(isinstance(r, list) for r in got)
+    sensitivity = batch_size_sensitivity(model, x, softmax)
+    if sensitivity == 0:
+        assert got == expected
+    else:
+        assert np.allclose(np.array(got), np.array(expected), rtol=0, atol=4 * sensitivity), sensitivity
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(features_in_step=16),
@@ -180,8 +212,7 @@ def test_quantus_pixel_flipping_equal(kwargs, softmax):
     expected = quantus.PixelFlipping(disable_warnings=True, **kwargs)(
         model=case.model, x_batch=x, y_batch=y, a_batch=a, device="cpu", softmax=softmax)
     got = PixelFlipping(chunk_rows=17, **kwargs)(model=case.model, x_batch=x, y_batch=y, a_batch=a, softmax=softmax)
-    assert isinstance(got, list) and all(isinstance(r, list) for r in got)
-    assert got == expected
+    assert_curves_match_quantus(got, expected, case.model, case.inputs, softmax)
 
 
 def test_quantus_pixel_flipping_auc_and_aggregate():
@@ -202,7 +233,7 @@ def test_quantus_pixel_flipping_explain_func():
     expected = quantus.PixelFlipping(features_in_step=16, disable_warnings=True)(
         model=case.model, x_batch=x, y_batch=y, a_batch=a, device="cpu")
     got = PixelFlipping(features_in_step=16)(model=case.model, x_batch=x, y_batch=y, explain_func=saliency)
-    assert got == expected
+    assert_curves_match_quantus(got, expected, case.model, case.inputs)
 
 
 def test_quantus_pixel_flipping_uniform_on_the_same_draws():
@@ -217,7 +248,7 @@ def test_quantus_pixel_flipping_uniform_on_the_same_draws():
         expected = quantus.PixelFlipping(disable_warnings=True, **kwargs)(
             model=case.model, x_batch=x, y_batch=y, a_batch=a, device="cpu")
     got = PixelFlipping(seed=seed, **kwargs)(model=case.model, x_batch=x, y_batch=y, a_batch=a)
-    assert got == expected
+    assert_curves_match_quantus(got, expected, case.model, case.inputs)
 
 
 def test_quantus_pixel_flipping_uniform_statistics():
