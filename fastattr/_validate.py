@@ -16,7 +16,7 @@ from torch import Tensor
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 BaselineType = Union[None, int, float, Tensor, Tuple[Union[int, float, Tensor], ...]]
-TargetType = Union[None, int, Sequence[int], Tensor]
+TargetType = Union[None, int, Tuple[int, ...], Sequence[int], Sequence[Tuple[int, ...]], Tensor]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -181,6 +181,12 @@ def format_baseline_distribution(
         takes_inputs = len(inspect.signature(baselines).parameters) > 0
         given = inputs if was_tuple else inputs[0]
         baselines = baselines(given) if takes_inputs else baselines()
+        items = baselines if isinstance(baselines, tuple) else (baselines,)
+        if not all(isinstance(b, (Tensor, Real)) and not isinstance(b, bool) for b in items):
+            raise ArgumentTypeError(
+                "baselines: the callable must return a tensor [M, *F], a number or a tuple of "
+                f"those per input, got {type(baselines).__name__}"
+            )
     if baselines is None:
         raise ValueError("baselines: required: a reference distribution [M, *F] per input")
     items = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
@@ -211,74 +217,89 @@ def format_baseline_distribution(
     return tuple(t.expand(m, *t.shape[1:]) for t in formatted)
 
 
-def format_target(target: TargetType, batch: int, device: torch.device) -> Union[None, int, Tensor]:
-    """None, an int (same class for every example) or an int64 tensor ``[B]``."""
+class ArgumentError(ValueError, AssertionError):
+    """A bad argument value or shape. Also an AssertionError: Captum asserts
+    on the same mistakes, and code written for it catches that."""
+
+
+class ArgumentTypeError(TypeError, AssertionError):
+    """An argument of the wrong type where Captum asserts (see :class:`ArgumentError`)."""
+
+
+class TargetError(ArgumentError):
+    """A ``target`` the model's output cannot be indexed with."""
+
+
+# Formatted targets: None; an int (the same index into dim 1 for every
+# example); a tuple of ints (the same index into dims 1..k); int64 [B] (one
+# index into dim 1 per example); int64 [B, k] (one index into dims 1..k per
+# example).
+FormattedTarget = Union[None, int, Tuple[int, ...], Tensor]
+
+
+def format_target(target: Any, batch: int, device: torch.device) -> FormattedTarget:
+    """Captum's target forms, checked against the batch size only (the model's
+    output shape is checked on the first forward, by
+    :func:`fastattr.engine.outputs.flat_target`).
+
+    Accepts None (the output is one value per example); an int (an index into
+    dim 1 of every example's output); a tuple of ints (indices into dims 1..k,
+    for outputs ``[B, C, L, ...]``); a list of ``B`` ints or of ``B`` tuples
+    (one per example); an integer tensor of one element (for every example)
+    or of shape ``[B]`` (one per example).
+    """
     if target is None:
         return None
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
-        if target.dim() == 0:
+        if target.dim() == 1 and target.shape[0] == batch:
+            if target.device == device and target.dtype == torch.int64:
+                return target
+            return target.to(device=device, dtype=torch.int64)
+        if target.numel() == 1:
             return int(target.item())
-        if target.dim() != 1 or target.shape[0] != batch:
-            raise ValueError(
-                f"target: expected a 1-D tensor of length {batch} (one class per "
-                f"example), got shape {tuple(target.shape)}"
-            )
-        if target.device == device and target.dtype == torch.int64:
-            return target
-        return target.to(device=device, dtype=torch.int64)
+        raise TargetError(
+            f"target: expected an integer tensor of one element (for every example) or "
+            f"of shape [{batch}] (one per example), got shape {tuple(target.shape)}"
+        )
     if isinstance(target, bool):
-        raise TypeError("target: expected an int, a list of ints or an int tensor, got bool")
+        raise TypeError("target: expected an int, a tuple, a list or an int tensor, got bool")
     if isinstance(target, Integral):
         return int(target)
-    if isinstance(target, (list, tuple)):
+    if isinstance(target, tuple):
+        index = _index_tuple(target, "target")
+        return None if not index else index[0] if len(index) == 1 else index
+    if isinstance(target, list):
         if len(target) != batch:
-            raise ValueError(
-                f"target: expected {batch} entries (one class per example), got {len(target)}"
+            raise TargetError(
+                f"target: expected {batch} entries (one per example), got {len(target)}"
             )
+        if target and all(isinstance(t, tuple) for t in target):
+            rows = [_index_tuple(t, f"target[{i}]") for i, t in enumerate(target)]
+            if len({len(r) for r in rows}) != 1:
+                raise TargetError(f"target: every tuple must have the same length, got {target!r}")
+            table = torch.tensor(rows, dtype=torch.int64).reshape(batch, -1)
+            if table.shape[1] == 0:
+                return None
+            return (table[:, 0] if table.shape[1] == 1 else table).to(device)
         for t in target:
             if isinstance(t, bool) or not isinstance(t, Integral):
-                raise TypeError(f"target: list entries must be ints, got {type(t).__name__}")
+                raise TypeError(
+                    f"target: list entries must be all ints or all tuples of ints, got {type(t).__name__}"
+                )
         return torch.tensor(list(target), dtype=torch.int64, device=device)
     raise TypeError(
-        f"target: expected None, an int, a list of ints or an int tensor, got {type(target).__name__}"
+        "target: expected None, an int, a tuple of ints, a list of ints or tuples, or an int "
+        f"tensor, got {type(target).__name__}"
     )
 
 
-# Up to this many target classes are range-checked in Python on the CPU.
-_TARGETS_READ_AS_LIST = 4096
-
-
-def check_target_range(target: Union[None, int, Tensor], n_outputs: Optional[int]) -> None:
-    """Check target classes against the model's output width (None: output is ``[B]``)."""
-    if target is None:
-        if n_outputs is not None and n_outputs != 1:
-            raise ValueError(
-                f"target: required because the model returns {n_outputs} outputs per "
-                "example; pass the class index to explain"
-            )
-        return
-    if n_outputs is None:
-        raise ValueError("target: must be None for a model whose output is [B] (one value per example)")
-    if isinstance(target, int):
-        lo = hi = target
-    else:
-        if target.numel() == 0:
-            return
-        if not target.is_cuda and target.numel() <= _TARGETS_READ_AS_LIST:
-            # A batch's worth of classes: one copy to Python beats a reduction
-            # and two scalar reads.
-            values = target.tolist()
-            lo, hi = min(values), max(values)
-        else:
-            lo_t, hi_t = torch.aminmax(target)
-            lo, hi = torch.stack((lo_t, hi_t)).tolist()  # one device sync
-    if lo < -n_outputs or hi >= n_outputs:
-        raise ValueError(
-            f"target: class index out of range for a model with {n_outputs} outputs "
-            f"(got {lo if lo < -n_outputs else hi})"
-        )
+def _index_tuple(t: Tuple[Any, ...], name: str) -> Tuple[int, ...]:
+    for i in t:
+        if isinstance(i, bool) or not isinstance(i, Integral):
+            raise TypeError(f"{name}: expected a tuple of ints (one index per output dim), got {t!r}")
+    return tuple(int(i) for i in t)
 
 
 def format_additional_args(args: Any, batch: int) -> Tuple[Any, ...]:

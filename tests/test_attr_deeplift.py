@@ -21,11 +21,13 @@
 
 Measured (max |fastattr - other| / max |other|, against Captum and against
 the reference; all 0 at batch 1, so the differences come from the batch
-size ``chunk_rows`` gives the matmuls): float64 <= 1.1e-15, float32 <=
-1.2e-7; convergence deltas <= 1.2e-16 (float64) and 4.3e-8 (float32) x the
-largest per-example sum of |attributions|. The MLP, whose six stacked
-rescale factors amplify those differences: float64 <= 2.4e-14 (deltas
-2.3e-14), float32 <= 7.7e-6 (deltas 1.7e-5).
+size ``chunk_rows`` gives the matmuls): float64 <= 1.1e-15; convergence
+deltas <= 1.2e-16 x the largest per-example sum of |attributions|. The MLP,
+whose six stacked rescale factors amplify those differences: float64 <=
+2.4e-14 (deltas 2.3e-14). float32 is held to Captum's own float32 error
+against float64, measured in the same run (it was 1.4e-4 on the MLP on an
+AVX-512 CPU, fastattr's 2.0e-4), not to a constant: that error depends on
+the CPU's vector width.
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ import torch
 from torch import Tensor, nn
 
 import captum.attr
-from captum_cases import _build, _delta_scale, _randn, assert_same_attr, assert_same_delta
+from captum_cases import (
+    _build, _delta_scale, _randn, assert_as_accurate_as_captum, assert_delta_as_accurate_as_captum,
+    assert_same_attr, assert_same_delta,
+)
 from fastattr.attr.deeplift import RULES, deeplift
 from fastattr.captum.deeplift import DeepLift
 from test_attr_guided import (
@@ -60,16 +65,11 @@ pytestmark = [
 TOL_F64 = 6e-15
 TOL_F64_DELTA = 8e-16
 TOL_F64_MLP = 1.5e-13
-TOL_F32 = 1e-6
-TOL_F32_DELTA = 3e-7
-TOL_F32_MLP = 5e-5
-TOL_F32_MLP_DELTA = 1e-4
 
 
-def tols(name: str, dtype: torch.dtype = torch.float64) -> Tuple[float, float]:
-    """(attribution tolerance, delta tolerance) for case ``name`` in ``dtype``."""
-    if dtype == torch.float32:
-        return (TOL_F32_MLP, TOL_F32_MLP_DELTA) if name == "mlp" else (TOL_F32, TOL_F32_DELTA)
+def tols(name: str) -> Tuple[float, float]:
+    """(attribution tolerance, delta tolerance) for float64 case ``name``
+    (float32 is measured against Captum's own float32 error instead)."""
     return (TOL_F64_MLP, TOL_F64_MLP) if name == "mlp" else (TOL_F64, TOL_F64_DELTA)
 
 
@@ -300,8 +300,19 @@ def test_baseline_forms(backend: str) -> None:
                      deeplift(case.model, x, row, case.target), 0.0, "[*F] baseline")
 
 
+def _float64_twin(case: Case, baselines: Any) -> Tuple[Case, Any]:
+    """The same model, inputs and baselines, upcast to float64 (exactly)."""
+    def up(a: Any) -> Any:
+        if isinstance(a, tuple):
+            return tuple(up(t) for t in a)
+        return a.double() if isinstance(a, Tensor) and a.is_floating_point() else a
+    return Case(copy.deepcopy(case.model).double(), up(case.inputs), case.target, up(case.afa)), up(baselines)
+
+
 @pytest.mark.parametrize("name", ["conv", "mlp", "two_input", "pools"])
 def test_float32_and_batch_one(backend: str, name: str) -> None:
+    """float32 against Captum's float32, both measured against float64 (the
+    tolerance is Captum's own error in this run); float64 at batch one."""
     for dtype, batch in ((torch.float32, 3), (torch.float64, 1)):
         case, baselines = dl_case(name, dtype, batch)
         if isinstance(case.target, list):
@@ -309,9 +320,15 @@ def test_float32_and_batch_one(backend: str, name: str) -> None:
         ours, d_ours = deeplift(case.model, case.inputs, baselines, case.target, case.afa,
                                 return_convergence_delta=True, chunk_rows=2)
         theirs, d_theirs = captum_deeplift(case, baselines, return_convergence_delta=True)
-        tol, tol_delta = tols(name, dtype)
-        assert_same_attr(ours, theirs, tol, f"{name} {dtype} batch {batch}")
-        assert_same_delta(d_ours, d_theirs, ours, tol_delta, f"{name} {dtype} batch {batch}")
+        what = f"{name} {dtype} batch {batch}"
+        if dtype == torch.float32:
+            truth, d_truth = captum_deeplift(*_float64_twin(case, baselines), return_convergence_delta=True)
+            assert_as_accurate_as_captum(ours, theirs, truth, what)
+            assert_delta_as_accurate_as_captum(d_ours, d_theirs, d_truth, theirs, truth, what)
+            continue
+        tol, tol_delta = tols(name)
+        assert_same_attr(ours, theirs, tol, what)
+        assert_same_delta(d_ours, d_theirs, ours, tol_delta, what)
 
 
 @pytest.mark.parametrize("eps", [0.1, 1.5])
@@ -473,10 +490,15 @@ def test_bad_input(backend: str) -> None:
     with pytest.raises(TypeError, match="model: expected an nn.Module"):
         DeepLift(lambda t: t)
     # What only the output (or the custom function's result) tells.
-    with pytest.raises(ValueError, match="target: class index out of range"):
+    with pytest.raises(ValueError, match="target: index out of range"):
         deeplift(model, x, target=5)
-    with pytest.raises(ValueError, match=r"model output: expected shape \[6, C\] or \[6\]"):
-        deeplift(nn.Sequential(case.model, nn.Unflatten(1, (5, 1))), x, target=1)
+    with pytest.raises(ValueError, match=r"model output: expected shape \[6, \.\.\.\] \(one entry per row\)"):
+        deeplift(nn.Sequential(case.model, nn.Flatten(0)), x, target=1)
+    with pytest.raises(ValueError, match=r"target: selects 5 values per example"):
+        deeplift(nn.Sequential(case.model, nn.Unflatten(1, (1, 5))), x, target=0)
+    # An output [B, 5, 1] takes a class index, as Captum's selection does.
+    torch.testing.assert_close(deeplift(nn.Sequential(case.model, nn.Unflatten(1, (5, 1))), x, target=1),
+                               deeplift(model, x, target=1), rtol=0, atol=0)
     with pytest.raises(TypeError, match="custom_attribution_func: expected it to return a tuple of 1"):
         deeplift(model, x, target=1, custom_attribution_func=lambda m: m[0])
 

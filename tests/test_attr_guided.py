@@ -464,7 +464,7 @@ def test_bad_input(backend: str, kind: str) -> None:
         (dict(inputs=x.long()), TypeError, "inputs: expected a floating dtype"),
         (dict(inputs=(x, x[:2])), ValueError, r"inputs\[1\]: batch size 2"),
         (dict(target=[1, 2]), ValueError, "target: expected 3 entries"),
-        (dict(target=torch.zeros(3, 1, dtype=torch.long)), ValueError, "target: expected a 1-D tensor"),
+        (dict(target=torch.zeros(3, 1, dtype=torch.long)), ValueError, "target: expected an integer tensor of one element"),
         (dict(chunk_rows=0), ValueError, "chunk_rows: expected an integer >= 1"),
         (dict(additional_forward_args=torch.ones(2, 3)), ValueError, r"additional_forward_args\[0\]"),
     ]
@@ -476,7 +476,9 @@ def test_bad_input(backend: str, kind: str) -> None:
     with pytest.raises(TypeError, match="model: expected an nn.Module"):
         fa_cls(lambda t: t)
     # What only the output tells: after the first forward, before any backward.
-    with pytest.raises(ValueError, match="target: class index out of range"):
+    with pytest.raises(ValueError, match="target: index out of range"):
         fn(model, x, 5)
-    with pytest.raises(ValueError, match="model output: expected shape"):
-        fn(nn.Sequential(case.model, nn.Unflatten(1, (5, 1))), x, 1)
+    with pytest.raises(ValueError, match=r"model output: expected shape \[3, \.\.\.\]"):
+        fn(nn.Sequential(case.model, nn.Flatten(0)), x, [1, 0, 1])
+    with pytest.raises(ValueError, match="target: selects 5 values per example"):
+        fn(nn.Sequential(case.model, nn.Unflatten(1, (1, 5))), x, 0)

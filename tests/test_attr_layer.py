@@ -530,9 +530,22 @@ def test_dropin_rejects_what_it_does_not_support() -> None:
     with pytest.raises(NotImplementedError, match="grad_kwargs"):
         fastattr.captum.layer.LayerGradCam(m, m.conv2).attribute(x, 0, grad_kwargs={"retain_graph": True})
     with pytest.raises(NotImplementedError, match="grad_kwargs"):
-        fastattr.captum.layer.LayerIntegratedGradients(m, m.conv2).attribute(x, target=0, grad_kwargs={})
-    with pytest.raises(NotImplementedError, match="target"):
+        fastattr.captum.layer.LayerIntegratedGradients(m, m.conv2).attribute(
+            x, target=0, grad_kwargs={"create_graph": True})
+    with pytest.raises(ValueError, match=r"target: indexes 2 output dim\(s\), but the model's output \[n, 5\]"):
         fastattr.captum.layer.LayerGradCam(m, m.conv2).attribute(x, target=(0, 1))
+
+
+def test_dropin_accepts_materialize_grads() -> None:
+    """The engine always materializes unused gradients as zeros, which is what
+    Captum's grad_kwargs={"materialize_grads": True} asks for."""
+    m = _build(ReluConvNet, torch.float64)
+    x = _randn((2, 3, 8, 8), torch.float64, 1)
+    for cls, kwargs in ((fastattr.captum.layer.LayerGradCam, {}),
+                        (fastattr.captum.layer.LayerIntegratedGradients, {"n_steps": 4})):
+        plain = cls(m, m.conv2).attribute(x, target=0, **kwargs)
+        asked = cls(m, m.conv2).attribute(x, target=0, grad_kwargs={"materialize_grads": True}, **kwargs)
+        torch.testing.assert_close(asked, plain, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -676,8 +689,8 @@ def _bad_cases(m: CountingNet, x: Tensor) -> Dict[str, Tuple[Callable[[], Any], 
         # These need the model's output or the layer's activations: one
         # forward (Grad-CAM's builds its graph from the layer on, layer IG's
         # none), never a backward.
-        "target_range": (lambda: gc(m, x, m.conv2, 5), ValueError, "target: class index out of range", 1),
-        "target_range_lig": (lambda: lig(m, x, m.conv2, target=-6), ValueError, "target: class index out of range", 1),
+        "target_range": (lambda: gc(m, x, m.conv2, 5), ValueError, "target: index out of range", 1),
+        "target_range_lig": (lambda: lig(m, x, m.conv2, target=-6), ValueError, "target: index out of range", 1),
         "target_none": (lambda: gc(m, x, m.conv2), ValueError, "target: required", 1),
         "upsample": (lambda: gc(m, x, m.fc, 0, upsample_to_input=True), ValueError,
                      "upsample_to_input: the Grad-CAM map has 0 spatial dims", 1),
@@ -701,11 +714,11 @@ def test_bad_input_fails_early_naming_the_argument(name: str) -> None:
 def test_bad_model_and_layer_fail_naming_them() -> None:
     x = torch.randn(3, 4, dtype=torch.float64)
     three = ThreeDimOut().double()
-    with pytest.raises(ValueError, match=r"model output: expected shape \[3, C\] or \[3\]"):
+    with pytest.raises(ValueError, match=r"target: selects 2 values per example from the model's output \[n, 3, 2\]"):
         grad_cam(three, x, three.fc, target=0)
     # Layer IG's captures stop at the layer; the engine checks the output of
     # its first chunk (3 examples x 50 steps), before any backward.
-    with pytest.raises(ValueError, match=r"model output: expected shape \[150, C\] or \[150\]"):
+    with pytest.raises(ValueError, match=r"target: selects 2 values per example from the model's output \[n, 3, 2\]"):
         layer_integrated_gradients(three, x, three.fc, target=0)
     twice = TwiceNet().double()
     with pytest.raises(ValueError, match="layer: ran 2 times"):

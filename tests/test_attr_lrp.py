@@ -620,8 +620,8 @@ def _bad_model() -> nn.Sequential:
     ("batchnorm_mode", ValueError, "batchnorm: expected one of"),
     ("fold_train_mode", ValueError, r"model\.bn: composite\.batchnorm='fold' needs the BatchNorm in eval"),
     ("input_dtype", TypeError, "inputs: expected a floating dtype"),
-    ("target_range", ValueError, "target: class index out of range"),
-    ("output_shape", ValueError, r"model output: expected shape \[4, C\] or \[4\]"),
+    ("target_range", ValueError, "target: index out of range"),
+    ("output_shape", ValueError, r"target: selects 3 values per example from the model's output \[n, 1, 3\]"),
     ("chunk_rows", ValueError, "chunk_rows: expected an integer >= 1"),
 ])
 def test_bad_input(case: str, error: type, match: str) -> None:
@@ -652,7 +652,7 @@ def test_bad_input(case: str, error: type, match: str) -> None:
     elif case == "target_range":
         kw["target"] = 3
     elif case == "output_shape":
-        model = nn.Sequential(model, nn.Unflatten(1, (3, 1)))
+        model = nn.Sequential(model, nn.Unflatten(1, (1, 3)))
         model[1].rule = IdentityRule()
     elif case == "chunk_rows":
         kw["chunk_rows"] = 0
@@ -665,7 +665,27 @@ def test_bad_input(case: str, error: type, match: str) -> None:
             LRP(model)
 
 
-def test_captum_drop_in_rejects_unsupported_target() -> None:
-    model, x, _, _ = _case("mlp")
-    with pytest.raises(NotImplementedError, match="tuple targets"):
-        LRP(model).attribute(x, target=(1, 2))
+class GridOutput(nn.Module):
+    """A [B, 4]-output model's outputs as [B, 2, 2] (reshaped in the forward,
+    not by a module: Captum's LRP has no rule for nn.Unflatten)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x).view(-1, 2, 2)
+
+
+@pytest.mark.parametrize("target", [(1, 0), [(1, 0), (0, 1), (1, 1), (0, 0), (1, 0)], torch.tensor([1])])
+def test_captum_drop_in_indexes_outputs_of_any_rank(target: Any) -> None:
+    """Outputs [B, 2, 2]: a tuple, a list of tuples (one per example), a
+    one-element tensor (index 1 of dim 1 for all: [B, 2] left, refused)."""
+    mlp, x, _, _ = _case("mlp")
+    model = GridOutput(mlp)
+    if isinstance(target, Tensor):
+        with pytest.raises(AssertionError):  # Captum's error class, also a ValueError here
+            LRP(model).attribute(x, target=target)
+        return
+    ours = LRP(model).attribute(x, target=target, return_convergence_delta=True)
+    _check(ours, _captum(model, {}, x, target, None), torch.float64, f"target {target}")

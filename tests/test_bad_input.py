@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import fastattr
-from fastattr._validate import check_target_range
+from fastattr.engine.outputs import flat_target
 
 B = 4
 
@@ -177,25 +177,25 @@ def test_bad_baselines(backend, method, inputs, baselines, exc, match):
 
 TARGET_CASES_BEFORE = [
     pytest.param([0, 1, 2], ValueError, r"^target: expected 4 entries", id="list-too-short"),
-    pytest.param(torch.tensor([0, 1, 2, 0, 1]), ValueError, r"^target: expected a 1-D tensor of length 4", id="tensor-too-long"),
+    pytest.param(torch.tensor([0, 1, 2, 0, 1]), ValueError, r"^target: expected an integer tensor of one element .* or of shape \[4\]", id="tensor-too-long"),
     pytest.param(torch.tensor([0.0, 1.0, 2.0, 0.0]), TypeError, r"^target: expected an integer tensor", id="float-tensor"),
-    pytest.param(torch.zeros(B, 1, dtype=torch.long), ValueError, r"^target: expected a 1-D tensor", id="2-d-tensor"),
+    pytest.param(torch.zeros(B, 1, dtype=torch.long), ValueError, r"^target: expected an integer tensor of one element .* or of shape \[4\]", id="2-d-tensor"),
     pytest.param(True, TypeError, r"^target: .*bool", id="bool"),
     pytest.param(torch.ones(B, dtype=torch.bool), TypeError, r"^target: expected an integer tensor", id="bool-tensor"),
     pytest.param(1.0, TypeError, r"^target: expected None, an int", id="float"),
     pytest.param("1", TypeError, r"^target: expected None, an int", id="str"),
-    pytest.param([0, 1.0, 2, 0], TypeError, r"^target: list entries must be ints", id="list-with-float"),
-    pytest.param([0, True, 2, 0], TypeError, r"^target: list entries must be ints", id="list-with-bool"),
+    pytest.param([0, 1.0, 2, 0], TypeError, r"^target: list entries must be all ints or all tuples", id="list-with-float"),
+    pytest.param([0, True, 2, 0], TypeError, r"^target: list entries must be all ints or all tuples", id="list-with-bool"),
     pytest.param(np.array([0, 1, 2, 0]), TypeError, r"^target: expected None, an int", id="ndarray"),
 ]
 
 # Knowable only from the output's width: after one forward, before backward.
 TARGET_CASES_AFTER_FORWARD = [
-    pytest.param(3, r"^target: class index out of range .* 3 outputs \(got 3\)", id="int-too-large"),
-    pytest.param(-4, r"^target: class index out of range .* 3 outputs \(got -4\)", id="int-too-negative"),
-    pytest.param([0, 1, 5, 2], r"^target: class index out of range .*\(got 5\)", id="list-too-large"),
-    pytest.param(torch.tensor([0, -4, 1, 2]), r"^target: class index out of range .*\(got -4\)", id="tensor-too-negative"),
-    pytest.param(torch.tensor(7), r"^target: class index out of range", id="0-d-tensor"),
+    pytest.param(3, r"^target: index out of range for output dim 1 of size 3 .*got 3\)", id="int-too-large"),
+    pytest.param(-4, r"^target: index out of range for output dim 1 of size 3 .*got -4\)", id="int-too-negative"),
+    pytest.param([0, 1, 5, 2], r"^target: index out of range .*got 5\)", id="list-too-large"),
+    pytest.param(torch.tensor([0, -4, 1, 2]), r"^target: index out of range .*got -4\)", id="tensor-too-negative"),
+    pytest.param(torch.tensor(7), r"^target: index out of range", id="0-d-tensor"),
     pytest.param(None, r"^target: required because the model returns 3 outputs", id="none-multi-output"),
 ]
 
@@ -217,7 +217,7 @@ def test_bad_target_fails_before_backward(backend, method, target, match):
 def test_target_for_single_output_model(backend, method, target):
     """A ``[B]`` output has no classes: any target is an error (after one forward)."""
     model = Counting(output=lambda out: out[:, 0])
-    _expect(method, ValueError, r"^target: must be None for a model whose output is \[B\]",
+    _expect(method, ValueError, r"^target: indexes 1 output dim\(s\), but the model's output \[n\] has 0 .*use target=None",
             model=model, forwards=1, target=target)
 
 
@@ -372,10 +372,11 @@ OUTPUT_CASES = [
     pytest.param(lambda out: [out], TypeError, r"^model output: expected a tensor, got list", id="list"),
     pytest.param(lambda out: {"logits": out}, TypeError, r"^model output: expected a tensor, got dict", id="dict"),
     pytest.param(lambda out: out.detach().numpy(), TypeError, r"^model output: expected a tensor, got ndarray", id="ndarray"),
-    pytest.param(lambda out: out.unsqueeze(2), ValueError, r"^model output: expected shape \[\d+, C\] or \[\d+\] .*got \(\d+, 3, 1\)", id="3-d"),
+    pytest.param(lambda out: out.unsqueeze(2).expand(-1, -1, 2), ValueError,
+                 r"^target: selects 2 values per example from the model's output \[n, 3, 2\]", id="3-d"),
     pytest.param(lambda out: out.sum(), ValueError, r"^model output: expected shape .*got \(\)", id="0-d"),
-    pytest.param(lambda out: out[1:], ValueError, r"^model output: expected shape \[\d+, C\].* input rows", id="one-row-short"),
-    pytest.param(lambda out: torch.cat([out, out]), ValueError, r"^model output: expected shape \[\d+, C\].* input rows", id="twice-the-rows"),
+    pytest.param(lambda out: out[1:], ValueError, r"^model output: expected shape \[\d+, \.\.\.\] \(one entry per input row\)", id="one-row-short"),
+    pytest.param(lambda out: torch.cat([out, out]), ValueError, r"^model output: expected shape \[\d+, \.\.\.\] \(one entry per input row\)", id="twice-the-rows"),
     pytest.param(lambda out: out.t(), ValueError, r"^model output: expected shape", id="transposed"),
     pytest.param(lambda out: out.long(), TypeError, r"^model output: expected a floating dtype, got torch\.int64", id="int64"),
     pytest.param(lambda out: out > 0, TypeError, r"^model output: expected a floating dtype, got torch\.bool", id="bool"),
@@ -391,12 +392,16 @@ def test_bad_model_output_fails_before_backward(backend, method, output, exc, ma
 @pytest.mark.parametrize("n", [3, 5000], ids=["read-as-list", "reduced"])
 def test_target_range_check_on_both_paths(n):
     """Small target tensors are range-checked as a Python list, large ones by
-    a reduction: both name the offending class."""
+    a reduction: both name the offending index."""
     target = torch.zeros(n, dtype=torch.int64)
-    check_target_range(target, 3)
+    assert flat_target(target, (3,)) is target
     target[n // 2] = -4
-    with pytest.raises(ValueError, match=r"^target: class index out of range .*\(got -4\)"):
-        check_target_range(target, 3)
+    with pytest.raises(ValueError, match=r"^target: index out of range .*got -4\)"):
+        flat_target(target, (3,))
     target[n // 2] = 3
-    with pytest.raises(ValueError, match=r"^target: class index out of range .*\(got 3\)"):
-        check_target_range(target, 3)
+    with pytest.raises(ValueError, match=r"^target: index out of range .*got 3\)"):
+        flat_target(target, (3,))
+    table = torch.zeros(n, 2, dtype=torch.int64)
+    table[n // 2, 1] = 5
+    with pytest.raises(ValueError, match=r"^target: index out of range for output dim 2 of size 4 .*got 5\)"):
+        flat_target(table, (3, 4))

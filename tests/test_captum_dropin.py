@@ -74,11 +74,65 @@ def test_target_forms(backend: str, target: Any) -> None:
     assert_same_attr(ours, theirs, TOL_POINT, f"target {target!r}")
 
 
-@pytest.mark.parametrize("target", [(1, 2), [(1, 2), (0, 1), (1, 1)]])
-def test_multi_dim_targets_are_refused(backend: str, target: Any) -> None:
-    case = _case("conv")
-    with pytest.raises(NotImplementedError, match="target"):
-        fastattr.captum.Saliency(case.model).attribute(case.inputs, target=target)
+class SequenceNet(torch.nn.Module):
+    """[B, 2, 7] -> [B, 4, 7]: an output a target indexes with (channel, position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv1d(2, 3, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv1d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.conv1(x)))
+
+
+def _sequence_case() -> Case:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = SequenceNet().double().eval()
+    return Case("sequence", model, _randn((3, 2, 7), torch.float64, 4), None)
+
+
+SEQUENCE_SCRIPTS = {
+    "saliency": lambda m, c, t: m.Saliency(c.model).attribute(c.inputs, target=t, abs=False),
+    "input_x_gradient": lambda m, c, t: m.InputXGradient(c.model).attribute(c.inputs, target=t),
+    "integrated_gradients": lambda m, c, t: m.IntegratedGradients(c.model).attribute(
+        c.inputs, target=t, n_steps=6, internal_batch_size=5, return_convergence_delta=True),
+    "guided_backprop": lambda m, c, t: m.GuidedBackprop(c.model).attribute(c.inputs, target=t),
+    "deconvolution": lambda m, c, t: m.Deconvolution(c.model).attribute(c.inputs, target=t),
+    "deeplift": lambda m, c, t: m.DeepLift(c.model).attribute(
+        c.inputs, baselines=0.1, target=t, return_convergence_delta=True),
+    "layer_grad_cam": lambda m, c, t: m.LayerGradCam(c.model, c.model.conv1).attribute(c.inputs, target=t),
+    "layer_integrated_gradients": lambda m, c, t: m.LayerIntegratedGradients(c.model, c.model.conv1).attribute(
+        c.inputs, target=t, n_steps=5, return_convergence_delta=True),
+}
+
+
+@pytest.mark.parametrize("target", [(2, 5), (-1, 0), [(1, 0), (3, 6), (0, -3)]])
+@pytest.mark.parametrize("method", list(SEQUENCE_SCRIPTS))
+def test_targets_index_outputs_of_any_rank(backend: str, method: str, target: Any) -> None:
+    """An output [B, C, L]: a (channel, position) tuple for every example or a
+    list of them, one per example, as Captum indexes it."""
+    case = _sequence_case()
+    ours, theirs = _both(lambda m, c: SEQUENCE_SCRIPTS[method](m, c, target), case)
+    if method in ("integrated_gradients", "deeplift", "layer_integrated_gradients"):
+        (ours, d_ours), (theirs, d_theirs) = ours, theirs
+        assert_same_delta(d_ours, d_theirs, ours, TOL_DELTA, f"{method} {target!r}")
+    tol = TOL_IG if "integrated" in method else TOL_POINT
+    assert_same_attr(ours, theirs, tol, f"{method} {target!r}")
+
+
+def test_target_that_leaves_several_outputs_is_refused_as_by_captum(backend: str) -> None:
+    """An int target on [B, C, L] leaves L values per example: Captum asserts,
+    fastattr raises an error that is both a ValueError and an AssertionError."""
+    case = _sequence_case()
+    for target in (1, torch.tensor(1), [1, 2, 3], None):
+        for module in (captum.attr, fastattr.captum):
+            with pytest.raises(AssertionError):
+                module.Saliency(case.model).attribute(case.inputs, target=target)
+        with pytest.raises(ValueError, match="^target: "):
+            fastattr.captum.Saliency(case.model).attribute(case.inputs, target=target)
 
 
 def _partitioned_noise(case: Case, n: int, per_partition: int, stdevs: Tuple[float, ...],

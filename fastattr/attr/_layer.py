@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .. import _validate as v
 from ..engine.loop import row_examples
-from ..engine.outputs import target_outputs
+from ..engine.outputs import FlatTarget, target_outputs
 
 LayerType = Union[nn.Module, Sequence[nn.Module]]
 
@@ -64,12 +64,12 @@ def format_model_inputs(inputs: Any) -> Tuple[Tuple[Tensor, ...], bool]:
     return tuple(t.clone() if t.is_inference() else t.detach() for t in xs), was_tuple
 
 
-def selected_outputs(out: Tensor, target: Union[None, int, Tensor], batch: int) -> Tensor:
-    """float64 ``[B]``: ``out[b, target_b]`` (``out`` ``[B or 1, C]`` or ``[B or 1]``,
-    already checked by :func:`fastattr.engine.outputs.check_model_output`)."""
+def selected_outputs(out: Tensor, target: FlatTarget, batch: int) -> Tensor:
+    """float64 ``[B]``: each example's target output, ``out`` ``[B or 1, *O]``
+    and ``target`` the flat target :func:`fastattr.engine.outputs.check_model_output`
+    returned for it."""
     out = out.expand(batch, *out.shape[1:])
-    n_outputs = None if out.dim() == 1 else out.shape[1]
-    return target_outputs(out, target, row_examples(0, batch, 1, out.device), n_outputs)
+    return target_outputs(out, target, row_examples(0, batch, 1, out.device))
 
 
 @dataclass

@@ -108,7 +108,7 @@ def layer_integrated_gradients(
     with_outputs = bool(return_convergence_delta)
     at_inputs = capture_layers(model, layers, names, attribute_to_layer_input, (*xs, *afa), with_outputs)
     if with_outputs:
-        check_model_output(at_inputs.output, batch, target_)
+        flat_target = check_model_output(at_inputs.output, batch, target_)
     base_rows = _baseline_rows(bases, afa, batch)
     at_bases = capture_layers(model, layers, names, attribute_to_layer_input, (*base_rows, *afa), with_outputs)
     for name, a, b in zip(names, at_inputs.values, at_bases.values):
@@ -133,7 +133,7 @@ def layer_integrated_gradients(
     # Captum's delta: the model at the inputs and at the baselines themselves
     # (not with only the layer replaced: other paths from the inputs count too).
     attr_sums = sum(a.reshape(batch, -1).sum(1, dtype=torch.float64) for a in result.mean)
-    gap = selected_outputs(at_inputs.output, req.target, batch) - selected_outputs(
-        at_bases.output, req.target, batch
+    gap = selected_outputs(at_inputs.output, flat_target, batch) - selected_outputs(
+        at_bases.output, flat_target, batch
     )
     return attributions, (attr_sums - gap).to(delta_dtype(req.inputs[0]))

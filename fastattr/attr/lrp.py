@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from .. import _validate as v
 from .. import ops
 from ..engine import run, single_point_plan
+from ..engine.loop import row_examples
+from ..engine.outputs import check_model_output, target_outputs
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
 from .lrp_rules import (
@@ -368,15 +370,6 @@ def _branches(rule: PropagationRule, module: nn.Module, where: str, folding: boo
     return rule.branches(_layer_params(module, where))
 
 
-def _target_outputs(outputs: Tensor, target: Union[None, int, Tensor]) -> Tensor:
-    """``[B]``: each example's target output from the model outputs ``[B, C]`` or ``[B]``."""
-    if target is None:
-        return outputs.reshape(outputs.shape[0])
-    if isinstance(target, int):
-        return outputs[:, target]
-    return outputs.gather(1, target.remainder(outputs.shape[1]).unsqueeze(1)).squeeze(1)
-
-
 def lrp(
     model: nn.Module,
     inputs: v.TensorOrTuple,
@@ -424,7 +417,9 @@ def lrp(
         no_deltas = normalized[0].new_zeros(0) if return_convergence_delta else None
         return _returned(normalized, was_tuple, no_deltas)
     outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
-    f_t = _target_outputs(outputs, req.target)
+    batch = outputs.shape[0]
+    f_t = target_outputs(outputs, check_model_output(outputs, batch, req.target),
+                         row_examples(0, batch, 1, outputs.device)).to(outputs.dtype)
     # Captum's order: relevances for a seed of 1, times f_t(x) at the end.
     relevances = tuple(r * f_t.reshape(-1, *([1] * (r.dim() - 1))) for r in normalized)
     if not return_convergence_delta:

@@ -170,13 +170,38 @@ def default_composite(batchnorm: str = "rule", epsilon: float = 1e-9) -> Composi
     BatchNorm layers, Captum's ``Addition_Module``; ReLU, Dropout, Tanh passed
     through) extended to the 1-d/3-d variants and the layers in
     :data:`PASSTHROUGH_TYPES`."""
+    return Composite(_rules(EPSILON_TYPES, PASSTHROUGH_TYPES, epsilon), batchnorm)
+
+
+def _rules(epsilon_types: Tuple[Type[nn.Module], ...], passthrough_types: Tuple[Type[nn.Module], ...],
+           epsilon: float) -> Dict[Type[nn.Module], Rule]:
+    """The epsilon rule on ``epsilon_types`` and Captum's ``Addition_Module``,
+    relevance passed through ``passthrough_types``."""
     rule = EpsilonRule(epsilon)
-    rules: Dict[Type[nn.Module], Rule] = {t: rule for t in EPSILON_TYPES}
-    rules.update({t: PASS for t in PASSTHROUGH_TYPES})
+    rules: Dict[Type[nn.Module], Rule] = {t: rule for t in epsilon_types}
+    rules.update({t: PASS for t in passthrough_types})
     addition = _captum_addition_module()
     if addition is not None:
         rules[addition] = rule
-    return Composite(rules, batchnorm)
+    return rules
+
+
+# Captum 0.9's SUPPORTED_LAYERS_WITH_RULES (epsilon rule) and
+# SUPPORTED_NON_LINEAR_LAYERS (passed through), exactly.
+CAPTUM_EPSILON_TYPES: Tuple[Type[nn.Module], ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.Linear, nn.BatchNorm2d,
+)
+CAPTUM_PASSTHROUGH_TYPES: Tuple[Type[nn.Module], ...] = (nn.ReLU, nn.Dropout, nn.Tanh)
+
+
+@functools.lru_cache(maxsize=None)
+def captum_composite() -> Composite:
+    """Captum 0.9's default rules and nothing more, read-only: the Captum
+    drop-in's, so that a layer Captum has no default for is refused there
+    too (a TypeError), as Captum's users expect. :func:`default_composite`
+    knows more layers."""
+    return Composite(MappingProxyType(_rules(CAPTUM_EPSILON_TYPES, CAPTUM_PASSTHROUGH_TYPES, EpsilonRule.epsilon)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,9 +3,13 @@ its ``get_name`` / ``has_convergence_delta`` / ``multiplies_by_inputs``
 queries, and the one way an unsupported argument is refused."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import functools
+from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor
+
+from .. import _validate as v
+from ..attr.convergence import convergence_delta
 
 
 class Attribution:
@@ -17,6 +21,11 @@ class Attribution:
     # Whether attribute() takes return_convergence_delta=True (Captum's
     # has_convergence_delta()); set by the subclasses that do.
     has_delta = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" in vars(cls):
+            cls.attribute = _wrapped(cls.attribute)
 
     def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = False) -> None:
         if not callable(forward_func):
@@ -41,6 +50,27 @@ class Attribution:
         """Whether attributions are multiplied by ``inputs - baselines`` (global)."""
         return self._multiply_by_inputs
 
+    def attribute_future(self) -> None:
+        """Not implemented (as in Captum for every gradient method)."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
+
+
+class GradientAttribution(Attribution):
+    """Captum's ``GradientAttribution``: an attribution with the completeness check."""
+
+    def compute_convergence_delta(
+        self,
+        attributions: v.TensorOrTuple,
+        start_point: v.BaselineType,
+        end_point: v.TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """``[B]``: ``sum(attributions) - (f(end_point)[target] - f(start_point)[target])``,
+        as :func:`fastattr.attr.convergence.convergence_delta`."""
+        return convergence_delta(self.forward_func, attributions, start_point, end_point,
+                                 target, additional_forward_args)
+
 
 def reject(name: str, value: Any, supported: Any = None, why: Optional[str] = None) -> None:
     """Raise when the caller set Captum argument ``name`` to a value fastattr
@@ -53,21 +83,30 @@ def reject(name: str, value: Any, supported: Any = None, why: Optional[str] = No
         )
 
 
+def _wrapped(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` behind a wrapper that names it ``__wrapped__``, as Captum's
+    ``attribute`` methods sit behind its ``log_usage`` decorator: code that
+    reads a drop-in's argument names from ``attribute.__wrapped__`` (Captum's
+    own tests do) finds them."""
 
-def captum_target(target: Any) -> Any:
-    """Captum's target forms as fastattr's: a 1-tuple ``(c,)`` is class ``c``;
-    a longer tuple or a list of tuples indexes an output with more than two
-    dims, which fastattr's engine (outputs ``[B, C]`` or ``[B]``) does not take."""
-    if isinstance(target, tuple):
-        if len(target) == 1:
-            return target[0]
+    @functools.wraps(method)
+    def attribute(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return attribute
+
+
+def check_grad_kwargs(grad_kwargs: Optional[Dict[str, Any]]) -> None:
+    """Captum passes ``grad_kwargs`` to ``torch.autograd.grad``; the engine
+    takes its gradients itself, always with ``materialize_grads`` (zeros for
+    a layer the target does not depend on), so that is the one key accepted."""
+    if grad_kwargs is None:
+        return
+    if not isinstance(grad_kwargs, dict):
+        raise TypeError(f"grad_kwargs: expected a dict or None, got {type(grad_kwargs).__name__}")
+    others = sorted(set(grad_kwargs) - {"materialize_grads"})
+    if others:
         raise NotImplementedError(
-            f"target={target!r}: tuple targets index outputs with more than 2 dims; "
-            "fastattr explains outputs of shape [B, C] or [B] (pass a class index)"
+            f"grad_kwargs: {others} not supported by fastattr: the engine takes its own gradients "
+            "(only materialize_grads, which it always does, is accepted)"
         )
-    if isinstance(target, list) and any(isinstance(t, tuple) for t in target):
-        raise NotImplementedError(
-            "target: a list of tuples indexes outputs with more than 2 dims; fastattr "
-            "explains outputs of shape [B, C] or [B] (pass one class index per example)"
-        )
-    return target

@@ -6,12 +6,13 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor, nn
 
 from .. import _validate as v
-from ..attr.deeplift import CustomAttributionFunc, deeplift
+from ..attr.deeplift import CustomAttributionFunc, deeplift, hooked_modules
 from ..attr.relu_rules import require_module
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
+from ._reuse import refuse_reused_modules
 
 
-class DeepLift(Attribution):
+class DeepLift(GradientAttribution):
     """Captum's ``DeepLift(model, multiply_by_inputs=True, eps=1e-10)`` (rescale rule)."""
 
     has_delta = True
@@ -33,8 +34,10 @@ class DeepLift(Attribution):
     ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
         """As :func:`fastattr.attr.deeplift.deeplift`: attributions shaped like
         ``inputs``, with ``return_convergence_delta`` also the deltas ``[B]``."""
+        refuse_reused_modules(self.model, hooked_modules(self.model), inputs, additional_forward_args,
+                              "DeepLift", "deeplift")
         return deeplift(
-            self.model, inputs, baselines=baselines, target=captum_target(target),
+            self.model, inputs, baselines=baselines, target=target,
             additional_forward_args=additional_forward_args,
             return_convergence_delta=return_convergence_delta,
             custom_attribution_func=custom_attribution_func,

@@ -8,10 +8,10 @@ from torch import Tensor
 from .. import _validate as v
 from ..attr.input_x_gradient import input_x_gradient
 from ..attr.saliency import saliency
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
 
 
-class Saliency(Attribution):
+class Saliency(GradientAttribution):
     """Captum's ``Saliency(forward_func)``: the gradient (``abs`` by default)."""
 
     def attribute(
@@ -22,11 +22,11 @@ class Saliency(Attribution):
         additional_forward_args: Any = None,
     ) -> v.TensorOrTuple:
         """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.saliency`."""
-        return saliency(self.forward_func, inputs, target=captum_target(target), abs=abs,
+        return saliency(self.forward_func, inputs, target=target, abs=abs,
                         additional_forward_args=additional_forward_args)
 
 
-class InputXGradient(Attribution):
+class InputXGradient(GradientAttribution):
     """Captum's ``InputXGradient(forward_func)``: the gradient times the input."""
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
@@ -39,5 +39,5 @@ class InputXGradient(Attribution):
         additional_forward_args: Any = None,
     ) -> v.TensorOrTuple:
         """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.input_x_gradient`."""
-        return input_x_gradient(self.forward_func, inputs, target=captum_target(target),
+        return input_x_gradient(self.forward_func, inputs, target=target,
                                 additional_forward_args=additional_forward_args)

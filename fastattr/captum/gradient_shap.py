@@ -7,10 +7,10 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..attr.gradient_shap import gradient_shap
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
 
 
-class GradientShap(Attribution):
+class GradientShap(GradientAttribution):
     """Captum's ``GradientShap(forward_func, multiply_by_inputs=True)``; ``seed``
     (fastattr's addition) keys the reference draws, positions and noise, so
     repeated calls give the same result (Captum draws from the global RNGs)."""
@@ -34,7 +34,7 @@ class GradientShap(Attribution):
     ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
         """As :func:`fastattr.gradient_shap`; deltas ``[B * n_samples]``."""
         return gradient_shap(
-            self.forward_func, inputs, baselines, target=captum_target(target),
+            self.forward_func, inputs, baselines, target=target,
             n_samples=n_samples, stdev=stdevs, seed=self.seed,
             additional_forward_args=additional_forward_args,
             return_convergence_delta=return_convergence_delta,

@@ -8,10 +8,10 @@ from torch import nn
 from .. import _validate as v
 from ..attr.guided import deconvolution, guided_backprop
 from ..attr.relu_rules import require_module
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
 
 
-class _ModifiedReluGradient(Attribution):
+class _ModifiedReluGradient(GradientAttribution):
     """Captum's ``ModifiedReluGradientAttribution``: the model must be an
     ``nn.Module`` (its ``nn.ReLU`` modules get the rule); subclasses name the
     fastattr function that computes their attributions."""
@@ -30,7 +30,7 @@ class _ModifiedReluGradient(Attribution):
         additional_forward_args: Any = None,
     ) -> v.TensorOrTuple:
         """Attributions ``[B, *F]`` (or a tuple), as the fastattr function of the class."""
-        return self._function(self.model, inputs, target=captum_target(target),
+        return self._function(self.model, inputs, target=target,
                               additional_forward_args=additional_forward_args)
 
 

@@ -7,10 +7,10 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..attr.integrated_gradients import integrated_gradients
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
 
 
-class IntegratedGradients(Attribution):
+class IntegratedGradients(GradientAttribution):
     """Captum's ``IntegratedGradients(forward_func, multiply_by_inputs=True)``."""
 
     has_delta = True
@@ -32,7 +32,7 @@ class IntegratedGradients(Attribution):
         """As :func:`fastattr.integrated_gradients`; ``internal_batch_size``
         caps the rows per forward (on top of the memory budget)."""
         return integrated_gradients(
-            self.forward_func, inputs, baselines=baselines, target=captum_target(target),
+            self.forward_func, inputs, baselines=baselines, target=target,
             additional_forward_args=additional_forward_args, n_steps=n_steps, method=method,
             return_convergence_delta=return_convergence_delta,
             multiply_by_inputs=self._multiply_by_inputs, chunk_rows=internal_batch_size,

@@ -1,16 +1,18 @@
 """``LayerGradCam``, ``GuidedGradCam`` and ``LayerIntegratedGradients`` as Captum 0.9's."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _validate as v
 from ..attr._layer import LayerType
-from ..attr.grad_cam import grad_cam, guided_grad_cam
+from ..attr.grad_cam import INTERPOLATE_MODES, grad_cam, guided_grad_cam
 from ..attr.layer_integrated_gradients import LayerAttributions, layer_integrated_gradients
-from ._base import Attribution, captum_target, reject
+from ._base import Attribution, GradientAttribution, check_grad_kwargs, reject
 
 _NO_DATA_PARALLEL = "fastattr runs the model on one device; pass the module itself, not device ids"
 
@@ -32,7 +34,7 @@ class LayerAttribution(Attribution):
         return F.interpolate(layer_attribution, interpolate_dims, mode=interpolate_mode)
 
 
-class LayerGradCam(LayerAttribution):
+class LayerGradCam(LayerAttribution, GradientAttribution):
     """Captum's ``LayerGradCam(forward_func, layer, device_ids=None)``."""
 
     def attribute(
@@ -47,16 +49,16 @@ class LayerGradCam(LayerAttribution):
     ) -> v.TensorOrTuple:
         """Grad-CAM map ``[B, 1, *S]`` of the layer (a tuple for a layer with
         several tensors), as :func:`fastattr.attr.grad_cam.grad_cam`."""
-        reject("grad_kwargs", grad_kwargs, why="the engine takes its own gradients")
+        check_grad_kwargs(grad_kwargs)
         return grad_cam(
-            self.forward_func, inputs, self.layer, target=captum_target(target),
+            self.forward_func, inputs, self.layer, target=target,
             additional_forward_args=additional_forward_args,
             attribute_to_layer_input=attribute_to_layer_input,
             relu_attributions=relu_attributions, attr_dim_summation=attr_dim_summation,
         )
 
 
-class GuidedGradCam(Attribution):
+class GuidedGradCam(GradientAttribution):
     """Captum's ``GuidedGradCam(model, layer, device_ids=None)``."""
 
     def __init__(self, model: nn.Module, layer: nn.Module, device_ids: Union[None, List[int]] = None) -> None:
@@ -73,15 +75,25 @@ class GuidedGradCam(Attribution):
         interpolate_mode: str = "nearest",
         attribute_to_layer_input: bool = False,
     ) -> v.TensorOrTuple:
-        """Attributions shaped like ``inputs``, as :func:`fastattr.attr.grad_cam.guided_grad_cam`."""
+        """Attributions shaped like ``inputs``, as :func:`fastattr.attr.grad_cam.guided_grad_cam`.
+        As in Captum, an ``interpolate_mode`` that ``F.interpolate`` does not
+        know gives every input an empty tensor ``[0]``, with a warning."""
+        if interpolate_mode not in INTERPOLATE_MODES:
+            xs, was_tuple = v.format_inputs(inputs)
+            warnings.warn(
+                f"interpolate_mode={interpolate_mode!r} is not one of {list(INTERPOLATE_MODES)}: "
+                "the Grad-CAM map cannot be upsampled to any input, whose attributions are "
+                "empty tensors (Captum's behaviour)", stacklevel=2)
+            empty = tuple(torch.empty(0, dtype=x.dtype, device=x.device) for x in xs)
+            return empty if was_tuple else empty[0]
         return guided_grad_cam(
-            self.forward_func, inputs, self.layer, target=captum_target(target),
+            self.forward_func, inputs, self.layer, target=target,
             additional_forward_args=additional_forward_args, interpolate_mode=interpolate_mode,
             attribute_to_layer_input=attribute_to_layer_input,
         )
 
 
-class LayerIntegratedGradients(LayerAttribution):
+class LayerIntegratedGradients(LayerAttribution, GradientAttribution):
     """Captum's ``LayerIntegratedGradients(forward_func, layer, device_ids=None,
     multiply_by_inputs=True)``; ``layer`` may be a list of layers."""
 
@@ -107,10 +119,10 @@ class LayerIntegratedGradients(LayerAttribution):
     ) -> Union[LayerAttributions, Tuple[LayerAttributions, Tensor]]:
         """As :func:`fastattr.attr.layer_integrated_gradients.layer_integrated_gradients`;
         ``internal_batch_size`` caps the rows per forward (on top of the memory budget)."""
-        reject("grad_kwargs", grad_kwargs, why="the engine takes its own gradients")
+        check_grad_kwargs(grad_kwargs)
         return layer_integrated_gradients(
             self.forward_func, inputs, self.layer, baselines=baselines,
-            target=captum_target(target), additional_forward_args=additional_forward_args,
+            target=target, additional_forward_args=additional_forward_args,
             n_steps=n_steps, method=method, internal_batch_size=internal_batch_size,
             return_convergence_delta=return_convergence_delta,
             attribute_to_layer_input=attribute_to_layer_input,

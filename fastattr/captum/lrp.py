@@ -7,14 +7,18 @@ from torch import Tensor, nn
 
 from .. import _validate as v
 from ..attr.lrp import lrp
-from ..attr.lrp_rules import PropagationRule, as_rule, assign_rules, default_composite
+from ..attr.lrp_rules import PropagationRule, as_rule, assign_rules, captum_composite
 from ..attr.relu_rules import require_module
-from ._base import Attribution, captum_target
+from ._base import GradientAttribution
+from ._reuse import refuse_reused_modules
 
 
-class LRP(Attribution):
+class LRP(GradientAttribution):
     """Captum's ``LRP(model)``: rules from each layer's ``module.rule``
-    (Captum's rule classes or fastattr's), else Captum's defaults.
+    (Captum's rule classes or fastattr's), else Captum's defaults
+    (:func:`~fastattr.attr.lrp_rules.captum_composite`: a layer type Captum
+    has no default for is a TypeError, as in Captum; :func:`fastattr.lrp`
+    knows more).
 
     Unlike Captum, the rules set on the modules are left in place after a
     call (Captum deletes them), and so is everything else on the model.
@@ -40,19 +44,15 @@ class LRP(Attribution):
         """Relevances ``[B, *F]`` (or a tuple) summing to the target output, as
         :func:`fastattr.attr.lrp.lrp`; with ``return_convergence_delta`` also
         ``[B]`` deltas. ``verbose`` prints the rule of each layer with one."""
+        layers = assign_rules(self.model, captum_composite())
         if verbose:
-            for _, module, rule in assign_rules(self.model, default_composite()):
+            for _, module, rule in layers:
                 if isinstance(rule, PropagationRule):
                     print(f"Applied {rule} on layer {module}")
-        return lrp(self.model, inputs, target=captum_target(target),
-                   additional_forward_args=additional_forward_args,
-                   return_convergence_delta=return_convergence_delta)
-
-    def attribute_future(self) -> None:
-        """Not implemented for LRP (as in Captum)."""
-        raise NotImplementedError("attribute_future is not implemented for LRP")
-
-
+        refuse_reused_modules(self.model, [m for _, m, rule in layers if isinstance(rule, PropagationRule)],
+                              inputs, additional_forward_args, "LRP", "lrp")
+        return lrp(self.model, inputs, target=target, additional_forward_args=additional_forward_args,
+                   composite=captum_composite(), return_convergence_delta=return_convergence_delta)
 
     def compute_convergence_delta(self, attributions: v.TensorOrTuple, output: Tensor) -> Tensor:
         """``output.flatten() - sum(attributions per example)``: ``attributions``

@@ -20,7 +20,7 @@ from .. import ops
 from ..attr.smoothgrad import KINDS, check_seed, smoothgrad
 from ..engine import PURPOSE_REFERENCE_DRAW, PURPOSE_SMOOTHGRAD
 from ..engine.draws import group_uniforms
-from ._base import Attribution, captum_target
+from ._base import Attribution
 from .gradient import InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
 
@@ -74,7 +74,7 @@ class NoiseTunnel(Attribution):
                 f"return_convergence_delta: {type(self.attribution_method).__name__} has no convergence delta"
             )
         if "target" in kwargs:
-            kwargs["target"] = captum_target(kwargs["target"])
+            kwargs["target"] = kwargs["target"]
         native = _native_explainer(self.attribution_method)
         if native is not None and not draw_baseline_from_distrib:
             return self._engine_route(native, inputs, nt_type, n, per_partition, stdevs, kwargs)
@@ -200,8 +200,8 @@ def _partition_major(deltas: Tensor, batch: int, n: int, per_partition: int) -> 
 
 def _expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, Any]:
     """The wrapped method's arguments for ``batch * size`` noisy copies, as
-    Captum expands them: per-example tensors, lists and targets repeated
-    ``size`` times each (row ``b * size + j``)."""
+    Captum expands them: per-example tensors, lists, targets and feature
+    masks repeated ``size`` times each (row ``b * size + j``)."""
     out = dict(kwargs)
     target = out.get("target")
     if isinstance(target, list):
@@ -214,6 +214,11 @@ def _expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, A
         out["additional_forward_args"] = tuple(
             a.repeat_interleave(size, dim=0) if isinstance(a, Tensor) and a.dim() > 0 else a for a in items
         )
+    mask = out.get("feature_mask")
+    if mask is not None:
+        items = mask if isinstance(mask, tuple) else (mask,)
+        expanded = tuple(m.repeat_interleave(size, dim=0) if m.shape[0] > 1 else m for m in items)
+        out["feature_mask"] = expanded if isinstance(mask, tuple) else expanded[0]
     base = out.get("baselines")
     if base is not None:
         items = base if isinstance(base, tuple) else (base,)

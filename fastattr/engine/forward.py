@@ -11,7 +11,8 @@ from torch import Tensor
 
 from . import budget as _budget
 from .loop import row_examples
-from .outputs import Target, check_model_output, per_example_flags, rows_args, target_outputs
+from .._validate import FormattedTarget
+from .outputs import check_model_output, per_example_flags, rows_args, target_outputs
 
 
 def forward_rows(
@@ -20,7 +21,7 @@ def forward_rows(
     total: int,
     per_example: int,
     like: Tuple[Tensor, ...],
-    target: Target,
+    target: FormattedTarget,
     additional_args: Sequence[Any] = (),
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
@@ -32,7 +33,7 @@ def forward_rows(
             ``r0 .. r1-1``, one ``[r1 - r0, *F_i]`` tensor per input. Row ``r``
             belongs to example ``r // per_example``.
         like: the unperturbed inputs ``[B, *F_i]`` (row size, device).
-        target: None, a class, or int64 ``[B]`` (formatted by ``_validate.format_target``).
+        target: as formatted by ``_validate.format_target``.
         additional_args: extra model arguments; tensors with a batch
             dimension are gathered per row.
         memory_budget, chunk_rows: bytes per chunk (default
@@ -45,14 +46,14 @@ def forward_rows(
     chunk = _budget.unmeasured_chunk_rows(like, memory_budget, total, chunk_rows)
     batched = per_example_flags(additional_args)
     single = like[0].shape[0] == 1
-    n_outputs, checked = None, False
+    checked = False
     with torch.no_grad():
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
             examples = row_examples(r0, r1, per_example, device)
             values = model(*rows_for(r0, r1), *rows_args(additional_args, batched, None if single else examples, r1 - r0))
             if not checked:
-                n_outputs, target = check_model_output(values, r1 - r0, target)
+                target = check_model_output(values, r1 - r0, target)
                 checked = True
-            out[r0:r1] = target_outputs(values, target, examples, n_outputs)
+            out[r0:r1] = target_outputs(values, target, examples)
     return out

@@ -12,6 +12,7 @@ model's own batch-size sensitivity).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Hashable, List, Optional, Tuple, Union
 
@@ -21,7 +22,8 @@ from torch import Tensor
 from .. import ops
 from . import budget as _budget
 from .backward import input_gradients
-from .outputs import check_model_output, per_example_flags, rows_args, target_outputs
+from .._validate import FormattedTarget
+from .outputs import FlatTarget, check_model_output, per_example_flags, rows_args, target_outputs
 from .plan import PointPlan
 
 
@@ -32,7 +34,7 @@ class Request:
     model: Callable[..., Tensor]
     inputs: Tuple[Tensor, ...]  # each [B, *F_i]
     baselines: Optional[Tuple[Tensor, ...]]  # each [1 or B, *F_i]; needed by path plans
-    target: Union[None, int, Tensor]  # None, a class, or int64 [B]
+    target: FormattedTarget  # as _validate.format_target; flat once the output is seen
     additional_args: Tuple[Any, ...]
     plan: PointPlan
     memory_budget: Optional[int] = None  # bytes per chunk; None: budget.default_budget
@@ -134,11 +136,12 @@ def _on(t: Tensor, device: torch.device) -> Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _one_hot_columns(shape: torch.Size, column: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[n, C]`` zeros with ones in ``column``: the backward seed that selects
-    one class for every row. Cached: autograd only reads it, and every chunk
-    of a call (and repeated calls) has the same one."""
+    """Zeros shaped like the output (``[n, *O]``) with a one at flat column
+    ``column`` of every row: the backward seed that selects the same output
+    for every row. Cached: autograd only reads it, and every chunk of a call
+    (and repeated calls) has the same one."""
     seed = torch.zeros(shape, dtype=dtype, device=device)
-    seed[:, column] = 1
+    seed.view(shape[0], math.prod(shape[1:]))[:, column] = 1
     return seed
 
 
@@ -159,10 +162,8 @@ class _Loop:
         device = req.inputs[0].device
         self.alphas = None if plan.alphas is None else _on(plan.alphas, device)
         self.step_weights = _on(plan.step_weights, device)
-        self.target = req.target
-        if isinstance(self.target, Tensor) and self.batch == 1:
-            self.target = int(self.target.item())
-        self.example_seeds: Optional[Tensor] = None  # [B, C] one-hot of each example's target
+        self.target: Union[FormattedTarget, FlatTarget] = req.target  # flat once checked
+        self.example_seeds: Optional[Tensor] = None  # [B, *O] one-hot of each example's target
         self.batch_args = per_example_flags(req.additional_args)
         self.needs_rows_examples = isinstance(self.target, Tensor) or (
             self.batch > 1 and any(self.batch_args)
@@ -178,7 +179,6 @@ class _Loop:
             ]
             if plan.keep_square:
                 self.outer_sq = [torch.zeros_like(a) for a in self.outer]
-        self.n_outputs: Optional[int] = None
         self.checked = False
         self.pairs: Dict[Tuple[int, int, int], Tuple[Tensor, Tensor]] = {}
         # Single-point plans: a chunk's rows are its groups' sample inputs x_n,
@@ -214,17 +214,21 @@ class _Loop:
         return rows_args(self.req.additional_args, self.batch_args, examples, n)
 
     def check_output(self, out: Any, n: int) -> None:
-        self.n_outputs, self.target = check_model_output(out, n, self.target)
+        req = self.req
+        whole_call = n == self.batch * self.per_example and not req.want_deltas and req.sample_sink is None
+        self.target = check_model_output(out, n, self.target, rows_may_differ=whole_call)
+        if isinstance(self.target, Tensor) and self.batch == 1:
+            self.target = int(self.target.item())
         self.checked = True
 
     def grad_outputs(self, out: Tensor, examples: Optional[Tensor]) -> Tensor:
-        if self.target is None:
-            return torch.ones_like(out)
         if isinstance(self.target, int):
+            if out.dim() == 1:
+                return torch.ones_like(out)
             return _one_hot_columns(out.shape, self.target, out.dtype, out.device)
         if self.example_seeds is None:
-            columns = self.target.remainder(self.n_outputs).unsqueeze(1)
-            self.example_seeds = out.new_zeros(self.batch, out.shape[1]).scatter_(1, columns, 1)
+            flat = out.new_zeros(self.batch, out[0].numel()).scatter_(1, self.target.unsqueeze(1), 1)
+            self.example_seeds = flat.view(self.batch, *out.shape[1:])
         if self.per_example == 1 and examples.shape[0] == self.batch:
             return self.example_seeds  # the rows are the examples, in order
         return self.example_seeds.index_select(0, examples)
@@ -413,7 +417,7 @@ class _Loop:
         """float64 ``[n]``: the target output of the model at ``rows``."""
         n = rows[0].shape[0]
         out = self.model(*rows, *self.row_args(examples if self.batch > 1 else None, n))
-        return target_outputs(out, self.target, examples, self.n_outputs)
+        return target_outputs(out, self.target, examples)
 
     def reference_outputs(self, step: int) -> Tensor:
         """float64 ``[B * N]``: ``f(baseline)[t]`` of every (example, sample) group."""

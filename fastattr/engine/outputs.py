@@ -1,15 +1,28 @@
 """What every model call of the engine shares: the rows' extra arguments,
-the check of the model's output, and the pick of each row's target output."""
+the check of the model's output against the target, and the pick of each
+row's target output.
+
+A target is resolved once, on the first output, to a *flat* target: the
+column of each example's output flattened to ``[n, prod(out.shape[1:])]``.
+Every target form Captum accepts (an int, a tuple for ``[B, C, L, ...]``
+outputs, one int or tuple per example, one tensor element for all) becomes
+an int (the same column for every row) or int64 ``[B]`` (one per example),
+so the backward seeds and the picks below never depend on the output's rank.
+"""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._validate import check_target_range
+from .._validate import FormattedTarget, TargetError
 
-Target = Union[None, int, Tensor]  # None, a class, or int64 [B]
+FlatTarget = Union[int, Tensor]  # a column of out.reshape(n, -1), or int64 [B] of them
+
+# Up to this many target indices are range-checked in Python on the CPU.
+_TARGETS_READ_AS_LIST = 4096
 
 
 def per_example_flags(additional_args: Sequence[Any]) -> Tuple[bool, ...]:
@@ -32,33 +45,114 @@ def rows_args(additional_args: Sequence[Any], per_example: Sequence[bool],
     return tuple(out)
 
 
-def check_model_output(out: Any, n: int, target: Target) -> Tuple[Optional[int], Target]:
-    """Check the model's output for ``n`` rows against ``target``; return
-    ``(n_outputs or None for [n] outputs, target with a negative class made positive)``."""
+def _index_length(target: FormattedTarget) -> int:
+    if target is None:
+        return 0
+    if isinstance(target, tuple):
+        return len(target)
+    if isinstance(target, Tensor) and target.dim() == 2:
+        return target.shape[1]
+    return 1
+
+
+def _output_shape(shape: Tuple[int, ...]) -> str:
+    return "[" + ", ".join(("n", *map(str, shape))) + "]"
+
+
+def _column_ranges(target: Tensor) -> List[Tuple[int, int]]:
+    """``(min, max)`` of each index column of int64 ``[B]`` / ``[B, k]``."""
+    table = target.reshape(target.shape[0], -1)
+    if not table.is_cuda and table.numel() <= _TARGETS_READ_AS_LIST:
+        # A batch's worth of indices: one copy to Python beats reductions and scalar reads.
+        columns = list(zip(*table.tolist()))
+        return [(min(c), max(c)) for c in columns]
+    lo, hi = torch.aminmax(table, dim=0)
+    return list(zip(*torch.stack((lo, hi)).tolist()))  # one device sync
+
+
+def flat_target(target: FormattedTarget, shape: Sequence[int]) -> FlatTarget:
+    """The flat column of ``target`` in outputs whose per-example shape is
+    ``shape`` (``out.shape[1:]``); raises :class:`TargetError` naming the
+    target when it does not pick exactly one value per example.
+
+    As Captum's selection: an index of length ``k`` indexes dims ``1..k`` and
+    the dims after it must be of size 1 (an output ``[B, C, 1]`` takes a class
+    index); None needs one value per example; negative indices count from
+    the end.
+    """
+    shape = tuple(shape)
+    k = _index_length(target)
+    if k > len(shape):
+        raise TargetError(
+            f"target: indexes {k} output dim(s), but the model's output {_output_shape(shape)} "
+            f"has {len(shape)} after the batch dim"
+            + (" (use target=None for one value per example)" if not shape else "")
+        )
+    rest = math.prod(shape[k:])
+    if rest != 1:
+        if target is None:
+            raise TargetError(
+                f"target: required because the model returns {rest} outputs per example "
+                f"(output {_output_shape(shape)}); pass the index to explain"
+            )
+        raise TargetError(
+            f"target: selects {rest} values per example from the model's output "
+            f"{_output_shape(shape)}; a target must select one value per example"
+        )
+    if k == 0:
+        return 0
+    dims = shape[:k]
+    if isinstance(target, Tensor):
+        if target.numel() == 0:
+            return target.reshape(-1)
+        ranges = _column_ranges(target)
+    else:
+        index = target if isinstance(target, tuple) else (target,)
+        ranges = [(i, i) for i in index]
+    for j, ((lo, hi), d) in enumerate(zip(ranges, dims)):
+        if lo < -d or hi >= d:
+            raise TargetError(
+                f"target: index out of range for output dim {j + 1} of size {d} "
+                f"(model output {_output_shape(shape)}; got {lo if lo < -d else hi})"
+            )
+    strides = [math.prod(dims[j + 1:]) for j in range(k)]
+    if not isinstance(target, Tensor):
+        index = target if isinstance(target, tuple) else (target,)
+        return sum((i % d) * s for i, d, s in zip(index, dims, strides))
+    if k == 1:
+        return target if ranges[0][0] >= 0 else target.remainder(dims[0])
+    table = target.remainder(torch.tensor(dims, device=target.device))
+    return table.mul(torch.tensor(strides, device=target.device)).sum(1)
+
+
+def check_model_output(out: Any, n: int, target: FormattedTarget, rows_may_differ: bool = False) -> FlatTarget:
+    """Check the model's output for ``n`` rows against ``target`` (formatted
+    by :func:`fastattr._validate.format_target`); return the flat target.
+
+    ``rows_may_differ``: the ``n`` rows are the whole call, in one forward, so
+    an output with another number of rows (a batch-level value, ``[1, C]``)
+    is explained as Captum does, by the gradient of its selected entries'
+    sum, when the target is the same for every row."""
     if not isinstance(out, Tensor):
         raise TypeError(f"model output: expected a tensor, got {type(out).__name__}")
-    if out.dim() not in (1, 2) or out.shape[0] != n:
+    batch_level = rows_may_differ and not isinstance(target, Tensor)
+    if out.dim() == 0 or (out.shape[0] != n and not batch_level):
         raise ValueError(
-            f"model output: expected shape [{n}, C] or [{n}] for {n} input rows, "
-            f"got {tuple(out.shape)}"
+            f"model output: expected shape [{n}, ...] (one entry per input row) for {n} input "
+            f"rows, got {tuple(out.shape)} (an output with other rows, a batch-level value, is "
+            "explained only with one target for all rows, every row in one chunk, no delta)"
         )
     if not out.is_floating_point():
         raise TypeError(f"model output: expected a floating dtype, got {out.dtype}")
-    n_outputs = None if out.dim() == 1 else out.shape[1]
-    check_target_range(target, n_outputs)
-    if isinstance(target, int) and target < 0:
-        target += n_outputs
-    return n_outputs, target
+    return flat_target(target, out.shape[1:])
 
 
-def target_outputs(out: Tensor, target: Target, examples: Optional[Tensor], n_outputs: Optional[int]) -> Tensor:
-    """float64 ``[n]``: each row's target output (the output itself for ``[n]`` outputs)."""
-    n = out.shape[0]
-    if target is None:
-        picked = out.reshape(n)
-    elif isinstance(target, int):
-        picked = out[:, target]
+def target_outputs(out: Tensor, target: FlatTarget, examples: Optional[Tensor]) -> Tensor:
+    """float64 ``[n]``: each row's target output; ``target`` flat, ``examples``
+    int64 ``[n]`` (each row's example; needed for per-example targets)."""
+    flat = out.reshape(out.shape[0], math.prod(out.shape[1:]))
+    if isinstance(target, int):
+        picked = flat[:, target]
     else:
-        t = target.index_select(0, examples).remainder(n_outputs)
-        picked = out.gather(1, t.unsqueeze(1)).squeeze(1)
+        picked = flat.gather(1, target.index_select(0, examples).unsqueeze(1)).squeeze(1)
     return picked.to(torch.float64)

@@ -27,7 +27,7 @@ from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_ATTACK, PointPlan
 from ..engine import budget as _budget
-from ..engine.outputs import per_example_flags, rows_args
+from ..engine.outputs import FlatTarget, flat_target, per_example_flags, rows_args
 from ._explain import Explainer, ExplainerType
 from .robustness import Clamp, check_attack_inputs, check_clamp, class_count, predicted_classes, project
 from .similarity import spearman, top_k_intersection
@@ -230,10 +230,9 @@ def fragility(
     cap = v.check_optional_positive_int(chunk_rows, "chunk_rows")
     baselines = v.format_baselines(given_baselines, (x,), False)[0] if needs_baselines else None
     n_classes = class_count(model, x, args)
-    if target is not None:
-        v.check_target_range(v.format_target(target, batch, device), n_classes)
+    classes = None if target is None else flat_target(v.format_target(target, batch, device), (n_classes,))
     labels = predicted_classes(model, lambda r0, r1: x[r0:r1], batch, args, x[:1], budget, cap)
-    targets = _targets(target, labels, n_classes)
+    targets = _targets(classes, labels)
 
     def real_map(rows: Tensor) -> Tensor:
         (a,) = explain(model, (rows,), False, targets, additional_forward_args, budget)
@@ -305,10 +304,9 @@ def fragility(
     )
 
 
-def _targets(target: v.TargetType, predicted: Tensor, n_classes: int) -> Tensor:
-    """int64 ``[B]``: the explained class of each example (negative classes counted from the end)."""
-    if target is None:
+def _targets(classes: Optional[FlatTarget], predicted: Tensor) -> Tensor:
+    """int64 ``[B]``: the explained class of each example (``classes``: the
+    caller's target resolved against the class count, or None for the predicted)."""
+    if classes is None:
         return predicted
-    t = v.format_target(target, predicted.shape[0], predicted.device)
-    t = torch.full_like(predicted, t) if isinstance(t, int) else t
-    return t.remainder(n_classes)
+    return torch.full_like(predicted, classes) if isinstance(classes, int) else classes

@@ -13,7 +13,6 @@ from torch import Tensor
 from ... import _validate as v
 from ...metrics.infidelity import PerturbFunc
 from ...metrics.infidelity import infidelity as _infidelity
-from .._base import captum_target
 
 
 def _safe_div(numerator: Tensor, denom: Any) -> Tensor:
@@ -77,7 +76,7 @@ def infidelity(
     if not callable(perturb_func):
         raise TypeError(f"perturb_func: expected a callable, got {type(perturb_func).__name__}")
     values = _infidelity(
-        forward_func, inputs, attributions, target=captum_target(target),
+        forward_func, inputs, attributions, target=target,
         n_samples=v.check_positive_int(n_perturb_samples, "n_perturb_samples"), normalize=normalize,
         additional_forward_args=additional_forward_args, baselines=baselines, perturb_func=perturb_func,
         chunk_rows=v.check_optional_positive_int(max_examples_per_batch, "max_examples_per_batch"),

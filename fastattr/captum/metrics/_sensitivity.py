@@ -34,7 +34,6 @@ from ...engine import PURPOSE_PERTURBATION, single_point_plan
 from ...metrics.sensitivity import (
     Perturbation, PerturbedExplanations, check_norm, check_radius, max_sensitivity, sensitivity_values,
 )
-from .._base import captum_target
 from ..gradient import InputXGradient, Saliency
 from ..integrated_gradients import IntegratedGradients
 
@@ -85,7 +84,7 @@ def _fused_call(explanation_func: Callable[..., Any], kwargs: Dict[str, Any]) ->
         "model": owner.forward_func,
         "explainer": name,
         "explainer_kwargs": options,
-        "target": captum_target(kwargs.get("target")),
+        "target": kwargs.get("target"),
         "additional_forward_args": kwargs.get("additional_forward_args"),
         "chunk_rows": kwargs.get("internal_batch_size"),
     }
@@ -113,7 +112,7 @@ def _keyed_sensitivity_max(explanation_func: Callable[..., Any], inputs: Tuple[T
     called on chunks of perturbed rows (as Captum calls it: a tensor for one input)."""
     other = {k: a for k, a in kwargs.items() if k not in ("target", "additional_forward_args")}
     req, _ = build_request(
-        explanation_func, inputs, captum_target(kwargs.get("target")), kwargs.get("additional_forward_args"),
+        explanation_func, inputs, kwargs.get("target"), kwargs.get("additional_forward_args"),
         lambda _: single_point_plan("grad"), None, rows_per_call,
     )
     with torch.no_grad():
