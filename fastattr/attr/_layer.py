@@ -314,22 +314,29 @@ class LayerLeaves(_LayerHooked):
     inputs): the engine's model in a :class:`~fastattr.engine.Request` whose
     ``leaves`` is :meth:`leaves`.
 
-    In each forward the hooks turn what the layers produce into autograd
-    leaves (what :meth:`leaves` returns to the engine) and pass copies on, so
-    that the rest of the model builds its graph from them; what runs before
-    the layers runs without autograd. One forward gives both the activations
+    In each forward the hooks turn what the layers produce into the tensors
+    the engine differentiates at (what :meth:`leaves` returns: autograd
+    leaves, except where a chosen layer runs after another one and its
+    values are already on the graph) and pass copies on, so that the rest of
+    the model builds its graph from them; what runs before the layers runs
+    without autograd. One forward gives both the activations
     (:attr:`values`, per forward) and, through the engine's backward, the
     gradient at them: no separate capture pass. Hooks are active only inside
     :meth:`installed`.
     """
 
     def __init__(self, model: Callable[..., Any], layers: Sequence[nn.Module], names: List[str],
-                 to_layer_input: bool, check: Callable[[LayerValues], None] = lambda values: None) -> None:
+                 to_layer_input: bool, check: Callable[[LayerValues], None] = lambda values: None,
+                 keep_all: bool = True) -> None:
         super().__init__(model, layers, names, to_layer_input)
         self._check = check  # called on the first forward's layer values, before any backward
+        self._keep_all = keep_all
         self._produced: List[Any] = [None] * len(layers)
         self._leaves: List[Tensor] = []
-        self.values: List[LayerValues] = []  # per forward, the layers' values as leaves saw them
+        # Per forward, the layers' values as leaves saw them (only the last
+        # forward's without keep_all: a method that uses each chunk's values
+        # once need not hold every chunk's).
+        self.values: List[LayerValues] = []
 
     def _hook(self, i: int, produced: Any) -> Any:
         self._enter_layer(i)
@@ -337,8 +344,12 @@ class LayerLeaves(_LayerHooked):
         tensors, container = _split(produced, f"{self._names[i]} {what}")
         _check_floating(tensors, self._names[i], what, self._to_layer_input)
         # A layer's inputs are the model's tensors, which it may still
-        # change in place after the layer: the leaves copy them.
-        leaves = tuple((t.detach().clone() if self._to_layer_input else t.detach()).requires_grad_()
+        # change in place after the layer: the leaves copy them. A tensor
+        # already on the graph (a layer after another chosen one) is
+        # differentiated at as it is, so that the earlier layer's gradient
+        # still flows through it, as in Captum.
+        leaves = tuple(t if t.requires_grad else
+                       (t.detach().clone() if self._to_layer_input else t.detach()).requires_grad_()
                        for t in tensors)
         self._produced[i] = (leaves, container)
         # Copies go on: an in-place op after the layer (ReLU(inplace=True))
@@ -355,6 +366,8 @@ class LayerLeaves(_LayerHooked):
         )
         if not self.values:
             self._check(values)
+        if not self._keep_all:
+            self.values.clear()
         self.values.append(values)
         self._leaves = [t for leaves, _ in self._produced for t in leaves]
         return out

@@ -2,7 +2,7 @@
 ``GradientAttribution.compute_convergence_delta`` returns."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,6 +42,23 @@ def convergence_delta(
             f"dimension {ends[0].shape[0]}, got "
             f"{[tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in attrs]}"
         )
+    gap = completeness_gap(model, start_point, ends, was_tuple, target, additional_forward_args, memory_budget)
+    total = sum(a.detach().reshape(a.shape[0], -1).sum(1, dtype=torch.float64) for a in attrs)
+    return (total - gap).to(delta_dtype(ends[0]))
+
+
+def completeness_gap(
+    model: Callable[..., Tensor],
+    start_point: v.BaselineType,
+    ends: Tuple[Tensor, ...],
+    was_tuple: bool,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    memory_budget: Optional[int] = None,
+) -> Tensor:
+    """float64 ``[B]``: ``f(end)[target] - f(start)[target]`` per example, in
+    forward-only chunks; ``ends`` the inputs (checked), ``start_point`` any
+    baseline form."""
     batch, device = ends[0].shape[0], ends[0].device
     starts = v.format_baselines(start_point, ends, was_tuple)
     fmt_target = v.format_target(target, batch, device)
@@ -53,5 +70,4 @@ def convergence_delta(
 
     f_end = forward_rows(model, gap_rows(ends), batch, 1, ends, fmt_target, args, memory_budget)
     f_start = forward_rows(model, gap_rows(starts), batch, 1, ends, fmt_target, args, memory_budget)
-    total = sum(a.detach().reshape(batch, -1).sum(1, dtype=torch.float64) for a in attrs)
-    return (total - (f_end - f_start)).to(delta_dtype(ends[0]))
+    return f_end - f_start

@@ -7,11 +7,13 @@ from .gradient_shap import GradientShap
 from .guided import Deconvolution, GuidedBackprop
 from .integrated_gradients import IntegratedGradients
 from .layer import GuidedGradCam, LayerAttribution, LayerGradCam, LayerIntegratedGradients
+from .layer_gradients import InternalInfluence, LayerActivation, LayerConductance, LayerGradientXActivation
 from .lrp import LRP
 from .noise_tunnel import NoiseTunnel
 
 __all__ = [
     "Deconvolution", "DeepLift", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
-    "IntegratedGradients", "LRP", "LayerAttribution", "LayerGradCam", "LayerIntegratedGradients",
+    "IntegratedGradients", "InternalInfluence", "LRP", "LayerActivation", "LayerAttribution",
+    "LayerConductance", "LayerGradCam", "LayerGradientXActivation", "LayerIntegratedGradients",
     "NoiseTunnel", "Saliency",
 ]

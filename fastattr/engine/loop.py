@@ -68,6 +68,14 @@ class Request:
     # gradients, and the results, are then shaped like them. The rows are
     # passed to the model as they are (integer token ids too).
     leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    # Per-row products the plan's weighted sum cannot express (layer
+    # conductance multiplies each step's gradient by the change of the layer
+    # to the next step): row_transform(loop, grads, r0, r1) gets the chunk's
+    # gradients at rows r0 .. r1-1 (shaped like the rows, or the leaves) and
+    # returns what is folded instead, same shapes; ``loop`` gives the rows'
+    # sample inputs and baselines (:meth:`_Loop.start_and_difference`). Called
+    # in row order, so it may carry state from one chunk to the next.
+    row_transform: Optional[Callable[["_Loop", Tuple[Tensor, ...], int, int], Tuple[Tensor, ...]]] = None
     # (owner, tag): measured activation sizes are cached under the owner
     # (weakly) and tag instead of under the model, for a model that is a
     # per-call wrapper of the caller's (layer methods), which would otherwise
@@ -151,8 +159,10 @@ class _Loop:
     def __init__(self, req: Request):
         self.req = req
         plan = req.plan
-        if req.leaves is not None and (plan.points_per_example != 1 or req.want_deltas):
-            raise ValueError("Request.leaves: only with a single-point plan and no convergence delta")
+        if req.leaves is not None and (req.want_deltas or (
+                plan.points_per_example != 1 and plan.sample_transform != "grad")):
+            raise ValueError("Request.leaves: no convergence delta, and with several points per "
+                             "example only the plain gradient transform (the rows are not the leaves)")
         self.model = req.model
         self.batch = req.inputs[0].shape[0]
         self.n_samples = plan.n_samples
@@ -168,17 +178,15 @@ class _Loop:
         self.needs_rows_examples = isinstance(self.target, Tensor) or (
             self.batch > 1 and any(self.batch_args)
         )
-        self.carry: List[Optional[Tensor]] = [None] * len(req.inputs)
-        self.pieces: List[List[Tensor]] = []  # per gradient tensor (input or leaf), per chunk
+        # Per gradient tensor (an input's, or a leaf's: their number and
+        # shapes are known once the first chunk ran): the partial inner sum
+        # carried to the next chunk, the per-chunk results, the outer sums.
+        self.carry: List[Optional[Tensor]] = []
+        self.pieces: List[List[Tensor]] = []
         self.group_sums: List[Tensor] = []
-        self.outer = self.outer_sq = None
-        if (self.n_samples > 1 or plan.keep_square) and req.sample_sink is None:
-            self.outer = [
-                torch.zeros(x.shape, dtype=d, device=x.device)
-                for x, d in zip(req.inputs, self.acc_dtypes)
-            ]
-            if plan.keep_square:
-                self.outer_sq = [torch.zeros_like(a) for a in self.outer]
+        self.outer: Optional[List[Tensor]] = None
+        self.outer_sq: Optional[List[Tensor]] = None
+        self.averages = (self.n_samples > 1 or plan.keep_square) and req.sample_sink is None
         self.checked = False
         self.pairs: Dict[Tuple[int, int, int], Tuple[Tensor, Tensor]] = {}
         # Single-point plans: a chunk's rows are its groups' sample inputs x_n,
@@ -265,9 +273,11 @@ class _Loop:
         g_first, g_last, g_done = r0 // s, (r1 - 1) // s, r1 // s
         inner = []
         weights = self.step_weights
+        if not self.carry:
+            self.carry = [None] * len(grads)
         for i, g in enumerate(grads):
             acc = torch.zeros(
-                (g_last - g_first + 1, *g.shape[1:]), dtype=self.acc_dtypes[i], device=g.device
+                (g_last - g_first + 1, *g.shape[1:]), dtype=accumulator_dtype(g.dtype), device=g.device
             )
             if self.carry[i] is not None:
                 acc[0] = self.carry[i]
@@ -324,12 +334,17 @@ class _Loop:
             )
         if req.sample_sink is not None:
             return
-        if self.outer is None:
+        if not self.averages:
             if not self.pieces:
                 self.pieces = [[] for _ in attrs]
             for i, a in enumerate(attrs):
                 self.pieces[i].append(a)
             return
+        if self.outer is None:
+            self.outer = [a.new_zeros((self.batch, *a.shape[1:]), dtype=accumulator_dtype(a.dtype))
+                          for a in attrs]
+            if req.plan.keep_square:
+                self.outer_sq = [torch.zeros_like(a) for a in self.outer]
         ones = _constant(1.0, (self.n_samples,), torch.float64, attrs[0].device)
         for i, a in enumerate(attrs):
             sq = self.outer_sq[i] if self.outer_sq is not None else None
@@ -381,6 +396,8 @@ class _Loop:
                 chunk = self.chunk_rows(budget, row_bytes, measured, total)
             else:
                 grads = self.gradients(r0, r1)
+            if req.row_transform is not None:
+                grads = req.row_transform(self, grads, r0, r1)
             self.fold(grads, r0, r1)
             del grads
             self.chunk_rows_made = None
@@ -401,7 +418,7 @@ class _Loop:
         deltas = torch.cat(self.group_sums) - self.endpoint_gap(chunk) if req.want_deltas else None
         if req.sample_sink is not None:
             return Result((), None, deltas)
-        if self.outer is None:
+        if not self.averages:
             mean = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in self.pieces)
             return Result(mean, None, deltas)
         # A 0-d tensor on the accumulators' device, not a Python number: CUDA
