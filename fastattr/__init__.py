@@ -8,7 +8,8 @@ from ._backend import backend
 from .heap import keep_freed_memory
 from .attr import (
     deconvolution, deeplift, expected_gradients, grad_cam, gradient_shap, guided_backprop,
-    guided_grad_cam, input_x_gradient, integrated_gradients, layer_integrated_gradients, lrp,
+    guided_grad_cam, input_x_gradient, integrated_gradients, internal_influence, layer_activation,
+    layer_conductance, layer_gradient_shap, layer_gradient_x_activation, layer_integrated_gradients, lrp,
     saliency, smoothgrad,
 )
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backend", "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap",
-    "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients", "keep_freed_memory",
-    "layer_integrated_gradients", "lrp", "saliency", "smoothgrad",
+    "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence",
+    "keep_freed_memory", "layer_activation", "layer_conductance", "layer_gradient_shap",
+    "layer_gradient_x_activation", "layer_integrated_gradients", "lrp", "saliency", "smoothgrad",
 ]

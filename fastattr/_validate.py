@@ -166,6 +166,23 @@ def format_baselines(
     return tuple(out)
 
 
+def resolve_callable_baselines(baselines: Any, inputs: Tuple[Tensor, ...], was_tuple: bool) -> Any:
+    """``baselines`` as given, or, for a callable (Captum's form), what it
+    returns: called with the inputs, or with no argument if it takes none."""
+    if not callable(baselines) or isinstance(baselines, Tensor):
+        return baselines
+    takes_inputs = len(inspect.signature(baselines).parameters) > 0
+    given = inputs if was_tuple else inputs[0]
+    resolved = baselines(given) if takes_inputs else baselines()
+    items = resolved if isinstance(resolved, tuple) else (resolved,)
+    if not all(isinstance(b, (Tensor, Real)) and not isinstance(b, bool) for b in items):
+        raise ArgumentTypeError(
+            "baselines: the callable must return a tensor [M, *F], a number or a tuple of "
+            f"those per input, got {type(resolved).__name__}"
+        )
+    return resolved
+
+
 def format_baseline_distribution(
     baselines: Any, inputs: Tuple[Tensor, ...], was_tuple: bool
 ) -> Tuple[Tensor, ...]:
@@ -177,16 +194,7 @@ def format_baseline_distribution(
     number; a tuple of those; or, as Captum does, a callable returning them
     (called with the inputs, or with no argument if it takes none).
     """
-    if callable(baselines) and not isinstance(baselines, Tensor):
-        takes_inputs = len(inspect.signature(baselines).parameters) > 0
-        given = inputs if was_tuple else inputs[0]
-        baselines = baselines(given) if takes_inputs else baselines()
-        items = baselines if isinstance(baselines, tuple) else (baselines,)
-        if not all(isinstance(b, (Tensor, Real)) and not isinstance(b, bool) for b in items):
-            raise ArgumentTypeError(
-                "baselines: the callable must return a tensor [M, *F], a number or a tuple of "
-                f"those per input, got {type(baselines).__name__}"
-            )
+    baselines = resolve_callable_baselines(baselines, inputs, was_tuple)
     if baselines is None:
         raise ValueError("baselines: required: a reference distribution [M, *F] per input")
     items = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,12 +148,18 @@ def _partitioned_noise(case: Case, n: int, per_partition: int, stdevs: Tuple[flo
     return calls
 
 
+def _keyed(module: Any, cls: str, *args: Any) -> Any:
+    """``module.cls(*args)``, with fastattr's keyed draws (seed 0) for fastattr:
+    these tests give Captum the same keyed noise."""
+    return getattr(module, cls)(*args, **({"seed": 0} if module is fastattr.captum else {}))
+
+
 NT_SCRIPTS = {
-    "saliency": lambda m, c, **kw: m.NoiseTunnel(m.Saliency(c.model)).attribute(
+    "saliency": lambda m, c, **kw: _keyed(m, "NoiseTunnel", m.Saliency(c.model)).attribute(
         c.inputs, target=c.target, additional_forward_args=c.afa, **kw),
-    "input_x_gradient": lambda m, c, **kw: m.NoiseTunnel(m.InputXGradient(c.model)).attribute(
+    "input_x_gradient": lambda m, c, **kw: _keyed(m, "NoiseTunnel", m.InputXGradient(c.model)).attribute(
         c.inputs, target=c.target, additional_forward_args=c.afa, **kw),
-    "integrated_gradients": lambda m, c, **kw: m.NoiseTunnel(m.IntegratedGradients(c.model)).attribute(
+    "integrated_gradients": lambda m, c, **kw: _keyed(m, "NoiseTunnel", m.IntegratedGradients(c.model)).attribute(
         c.inputs, target=c.target, additional_forward_args=c.afa, n_steps=4, method="riemann_left",
         return_convergence_delta=True, **kw),
 }
@@ -182,8 +189,8 @@ def test_noise_tunnel_over_any_attribution_uses_the_same_noise(backend: str) -> 
     engine route, and as Captum's NoiseTunnel given that noise."""
     case = _case("conv")
     kw = dict(target=case.target, nt_type="smoothgrad_sq", nt_samples=4, nt_samples_batch_size=3, stdevs=0.2)
-    engine = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model)).attribute(case.inputs, **kw)
-    generic = fastattr.captum.NoiseTunnel(captum.attr.Saliency(case.model)).attribute(case.inputs, **kw)
+    engine = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model), seed=0).attribute(case.inputs, **kw)
+    generic = fastattr.captum.NoiseTunnel(captum.attr.Saliency(case.model), seed=0).attribute(case.inputs, **kw)
     with captum_uses_noise(_partitioned_noise(case, 4, 3, (0.2,))):
         theirs = captum.attr.NoiseTunnel(captum.attr.Saliency(case.model)).attribute(case.inputs, **kw)
     assert_same_attr(generic, engine, TOL_POINT, "generic vs engine route")
@@ -192,8 +199,10 @@ def test_noise_tunnel_over_any_attribution_uses_the_same_noise(backend: str) -> 
 
 def test_noise_tunnel_seed_and_repeatability(backend: str) -> None:
     case = _case("mlp")
-    a = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model)).attribute(case.inputs, target=case.target)
-    b = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model)).attribute(case.inputs, target=case.target)
+    a = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model), seed=0).attribute(
+        case.inputs, target=case.target)
+    b = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model), seed=0).attribute(
+        case.inputs, target=case.target)
     c = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model), seed=1).attribute(
         case.inputs, target=case.target)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -201,7 +210,7 @@ def test_noise_tunnel_seed_and_repeatability(backend: str) -> None:
 
 def test_noise_tunnel_refuses_what_it_cannot_do(backend: str) -> None:
     case = _case("mlp")
-    nt = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model))
+    nt = fastattr.captum.NoiseTunnel(fastattr.captum.Saliency(case.model), seed=0)
     with pytest.raises(ValueError, match="return_convergence_delta"):
         nt.attribute(case.inputs, target=case.target, return_convergence_delta=True)
     with pytest.raises(ValueError, match="nt_type"):
@@ -222,7 +231,7 @@ def test_noise_tunnel_draws_baselines_from_a_distribution(backend: str) -> None:
     case = _case("mlp")
     refs = _randn((7, 64), torch.float64, 9)
     n = 3
-    ours = fastattr.captum.NoiseTunnel(fastattr.captum.IntegratedGradients(case.model)).attribute(
+    ours = fastattr.captum.NoiseTunnel(fastattr.captum.IntegratedGradients(case.model), seed=0).attribute(
         case.inputs, nt_samples=n, stdevs=0.1, draw_baseline_from_distrib=True, baselines=refs,
         target=case.target, n_steps=6)
     _, which = group_uniforms(0, PURPOSE_REFERENCE_DRAW * 65536, case.batch, n, torch.device("cpu"))
@@ -235,7 +244,7 @@ def test_noise_tunnel_draws_baselines_from_a_distribution(backend: str) -> None:
 def test_gradient_shap_class(backend: str) -> None:
     case = _case("conv")
     refs = _randn((5, 3, 8, 8), torch.float64, 4)
-    gs = fastattr.captum.GradientShap(case.model)
+    gs = fastattr.captum.GradientShap(case.model, seed=0)
     assert gs.has_convergence_delta() and gs.multiplies_by_inputs
     attr, delta = gs.attribute(case.inputs, refs, n_samples=4, stdevs=0.1, target=case.target,
                                return_convergence_delta=True)
@@ -274,9 +283,48 @@ def test_noise_tunnel_wraps_every_method(backend: str, name: str) -> None:
                               nt_samples_batch_size=2, stdevs=0.1)
     if name == "LayerIntegratedGradients":
         kw["n_steps"] = 4
-    ours = fastattr.captum.NoiseTunnel(_wrapped(fastattr.captum, name, case.model)).attribute(case.inputs, **kw)
+    ours = fastattr.captum.NoiseTunnel(_wrapped(fastattr.captum, name, case.model), seed=0).attribute(
+        case.inputs, **kw)
     inner = _wrapped(captum.attr, name, case.model)
     with captum_uses_noise(_partitioned_noise(case, 3, 2, (0.1,))):
         theirs = captum.attr.NoiseTunnel(inner).attribute(case.inputs, **kw)
     tol = TOL_IG if name == "LayerIntegratedGradients" else 1e-13
     assert_same_attr(ours, theirs, tol, f"NoiseTunnel({name})")
+
+
+def _under_seed(call: Any, seed: int = 7) -> Any:
+    """``call()`` with torch's and NumPy's global RNGs seeded to ``seed``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return call()
+
+
+GLOBAL_DRAW_SCRIPTS = {
+    "nt_saliency": lambda m, c: m.NoiseTunnel(m.Saliency(c.model)).attribute(
+        c.inputs, target=c.target, additional_forward_args=c.afa, nt_samples=5, nt_samples_batch_size=2,
+        stdevs=(0.3, 0.2), nt_type="vargrad"),
+    "nt_ig_drawn_baselines": lambda m, c: m.NoiseTunnel(m.IntegratedGradients(c.model)).attribute(
+        c.inputs, target=c.target, additional_forward_args=c.afa, nt_samples=5, nt_samples_batch_size=3,
+        stdevs=0.1, n_steps=4, draw_baseline_from_distrib=True,
+        baselines=(_randn((4, 2, 6, 6), torch.float64, 3), _randn((4, 10), torch.float64, 4)),
+        return_convergence_delta=True),
+    "gradient_shap": lambda m, c: m.GradientShap(c.model).attribute(
+        c.inputs, (_randn((4, 2, 6, 6), torch.float64, 3), _randn((4, 10), torch.float64, 4)), n_samples=6,
+        stdevs=(0.1, 0.05), target=c.target, additional_forward_args=c.afa, return_convergence_delta=True),
+    "layer_gradient_shap": lambda m, c: m.LayerGradientShap(c.model, c.model.conv).attribute(
+        c.inputs, (_randn((4, 2, 6, 6), torch.float64, 3), _randn((4, 10), torch.float64, 4)), n_samples=3,
+        stdevs=0.1, target=c.target, additional_forward_args=c.afa, return_convergence_delta=True),
+}
+
+
+@pytest.mark.parametrize("script", sorted(GLOBAL_DRAW_SCRIPTS))
+def test_default_draws_are_captums_under_the_same_global_seed(backend: str, script: str) -> None:
+    """Without a seed the random drop-ins draw from the global RNGs exactly as
+    Captum does: after the import swap, a script seeding them gets Captum's numbers."""
+    case = _case("two_input")
+    ours = _under_seed(lambda: GLOBAL_DRAW_SCRIPTS[script](fastattr.captum, case))
+    theirs = _under_seed(lambda: GLOBAL_DRAW_SCRIPTS[script](captum.attr, case))
+    if isinstance(ours, tuple) and isinstance(ours[-1], torch.Tensor) and ours[-1].dim() == 1:
+        (ours, d_ours), (theirs, d_theirs) = ours, theirs
+        assert_same_delta(d_ours, d_theirs, ours, TOL_DELTA, f"{script} deltas")
+    assert_same_attr(ours, theirs, TOL_IG, script)

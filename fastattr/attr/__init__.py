@@ -5,6 +5,8 @@ from .gradient_shap import expected_gradients, gradient_shap
 from .guided import deconvolution, guided_backprop
 from .input_x_gradient import input_x_gradient
 from .integrated_gradients import integrated_gradients
+from .layer_gradient_shap import layer_gradient_shap
+from .layer_gradients import internal_influence, layer_activation, layer_conductance, layer_gradient_x_activation
 from .layer_integrated_gradients import layer_integrated_gradients
 from .lrp import lrp
 from .lrp_rules import (
@@ -16,7 +18,8 @@ from .smoothgrad import smoothgrad
 
 __all__ = [
     "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
-    "guided_grad_cam", "input_x_gradient", "integrated_gradients", "layer_integrated_gradients", "lrp",
+    "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence", "layer_activation",
+    "layer_conductance", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "lrp",
     "saliency", "smoothgrad",
     "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule", "PropagationRule",
     "ZPlusRule", "default_composite",

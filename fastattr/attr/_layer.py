@@ -220,6 +220,7 @@ class _LayerHooked:
         self._to_layer_input = to_layer_input
         self._calls = [0] * len(layers)
         self._grad_mode = True
+        self._passive = False  # while capture() runs: the hooks leave the layers alone
 
     def _hook(self, i: int, produced: Any) -> Any:
         """What layer ``i``'s hook returns, given what the layer produced (its
@@ -257,11 +258,24 @@ class _LayerHooked:
 
         def make_hook(i: int) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], out: Any = None) -> Any:
+                if self._passive:
+                    return None
                 return self._hook(i, args if self._to_layer_input else out)
             return hook
 
         with _hooks(self._layers, self._to_layer_input, make_hook):
             yield self
+
+    def capture(self, model_args: Tuple[Any, ...]) -> LayerValues:
+        """What the layers produce for ``model(*model_args)``, as
+        :func:`capture_layers` (no autograd, the forward stopped once every
+        layer ran), with this object's own hooks, if installed, standing by."""
+        self._passive = True
+        try:
+            return capture_layers(self.model, self._layers, self._names, self._to_layer_input, model_args,
+                                  need_output=False)
+        finally:
+            self._passive = False
 
 
 class LayerSubstitution(_LayerHooked):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as v
-from ..engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW, PointPlan, run
+from ..engine import PURPOSE_GRADIENT_SHAP, PURPOSE_REFERENCE_DRAW, PointPlan, Request, run, single_point_plan
 from ..engine.draws import group_uniforms
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
@@ -53,6 +53,120 @@ def reference_draws(seed: int, batch: int, n_samples: int, device: torch.device,
     position = permuted.add_(u_position).div_(n_samples)
     which = strata.add_(u_which).div_(n_samples)
     return position, which
+
+
+def gradient_shap_request(
+    model: Callable[..., Tensor],
+    inputs: v.TensorOrTuple,
+    baselines: Any,
+    target: v.TargetType,
+    n_samples: int,
+    stdev: Union[float, Tuple[float, ...]],
+    seed: int,
+    additional_forward_args: Any,
+    want_deltas: bool,
+    sample_transform: str,
+    memory_budget: Optional[int],
+    chunk_rows: Optional[int],
+    example_offset: int,
+    **request_options: Any,
+) -> Tuple[Request, bool]:
+    """The checked engine request of a GradientSHAP call (``(request,
+    inputs_was_tuple)``): one point per (example, sample) at its drawn
+    reference and position, noisy inputs with ``stdev > 0``.
+    ``request_options`` go to :func:`~fastattr.attr._call.build_request`
+    (a layer variant's ``leaves``)."""
+    n_samples = v.check_positive_int(n_samples, "n_samples")
+    check_seed(seed)
+    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
+
+    def plan_for(xs: Tuple[Tensor, ...]) -> PointPlan:
+        scales = v.check_scales(stdev, "stdev", len(xs))
+        return PointPlan(
+            alphas=None,
+            step_weights=torch.ones(1, dtype=torch.float64),
+            n_samples=n_samples,
+            noise="gaussian" if any(scales) else "none",
+            noise_scales=scales,
+            seed=seed,
+            example_offset=example_offset,
+            purpose=PURPOSE_GRADIENT_SHAP,
+            sample_transform=sample_transform,
+        )
+
+    req, was_tuple = build_request(
+        model, inputs, target, additional_forward_args, plan_for,
+        memory_budget, chunk_rows, want_deltas=want_deltas, **request_options,
+    )
+    references = v.format_baseline_distribution(baselines, req.inputs, was_tuple)
+    x = req.inputs[0]
+    position, which = reference_draws(seed, x.shape[0], n_samples, x.device, example_offset)
+    req = dataclasses.replace(
+        req,
+        baselines=references,
+        reference_rows=(which * references[0].shape[0]).to(torch.int64),
+        # In the inputs' dtype, as Captum's coefficient (float64 for half inputs would not be).
+        group_alphas=position.to(torch.promote_types(x.dtype, torch.float32)),
+    )
+    return req, was_tuple
+
+
+def drawn_points_request(
+    model: Callable[..., Tensor],
+    rows: v.TensorOrTuple,
+    references: Tuple[Tensor, ...],
+    alphas: Tensor,
+    target: v.TargetType,
+    additional_forward_args: Any,
+    want_deltas: bool,
+    sample_transform: str,
+    memory_budget: Optional[int],
+    chunk_rows: Optional[int],
+    **request_options: Any,
+) -> Tuple[Request, bool]:
+    """A GradientSHAP request on draws made by the caller (the Captum
+    drop-in's, from Captum's global RNGs): row ``r`` of ``rows`` (an input
+    ``x_n``, noise included) gets the point ``references[i][r] + alphas[r]
+    (rows[i][r] - references[i][r])``; ``target`` and
+    ``additional_forward_args`` are per row. The result is per row."""
+    req, was_tuple = build_request(
+        model, rows, target, additional_forward_args, lambda xs: single_point_plan(sample_transform),
+        memory_budget, chunk_rows, want_deltas=want_deltas, **request_options,
+    )
+    n = req.inputs[0].shape[0]
+    if alphas.shape != (n,) or any(r.shape != x.shape for r, x in zip(references, req.inputs)):
+        raise ValueError("references / alphas: one per row of rows expected")
+    req = dataclasses.replace(
+        req, baselines=tuple(r.to(x.dtype) for r, x in zip(references, req.inputs)),
+        reference_rows=torch.arange(n, device=alphas.device), group_alphas=alphas,
+    )
+    return req, was_tuple
+
+
+def gradient_shap_at(
+    model: Callable[..., Tensor],
+    rows: v.TensorOrTuple,
+    references: Tuple[Tensor, ...],
+    alphas: Tensor,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    return_convergence_delta: bool = False,
+    multiply_by_inputs: bool = True,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    """GradientSHAP's term of each row at the caller's draws (see
+    :func:`drawn_points_request`): attributions shaped like ``rows``, not
+    averaged; with ``return_convergence_delta`` also ``[n]`` deltas."""
+    req, was_tuple = drawn_points_request(
+        model, rows, references, alphas, target, additional_forward_args, bool(return_convergence_delta),
+        "times_input_minus_baseline" if multiply_by_inputs else "grad", memory_budget, chunk_rows,
+    )
+    result = run(req)
+    attributions = shape_output(result.mean, req.inputs, was_tuple)
+    if return_convergence_delta:
+        return attributions, result.deltas.to(delta_dtype(req.inputs[0]))
+    return attributions
 
 
 def gradient_shap(
@@ -94,38 +208,12 @@ def gradient_shap(
         Attributions shaped and typed like ``inputs``; with
         ``return_convergence_delta`` a pair ``(attributions, delta)``.
     """
-    n_samples = v.check_positive_int(n_samples, "n_samples")
-    check_seed(seed)
-    example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
-
-    def plan_for(xs: Tuple[Tensor, ...]) -> PointPlan:
-        scales = v.check_scales(stdev, "stdev", len(xs))
-        return PointPlan(
-            alphas=None,
-            step_weights=torch.ones(1, dtype=torch.float64),
-            n_samples=n_samples,
-            noise="gaussian" if any(scales) else "none",
-            noise_scales=scales,
-            seed=seed,
-            example_offset=example_offset,
-            purpose=PURPOSE_GRADIENT_SHAP,
-            sample_transform="times_input_minus_baseline" if multiply_by_inputs else "grad",
-        )
-
-    req, was_tuple = build_request(
-        model, inputs, target, additional_forward_args, plan_for,
-        memory_budget, chunk_rows, want_deltas=bool(return_convergence_delta),
+    req, was_tuple = gradient_shap_request(
+        model, inputs, baselines, target, n_samples, stdev, seed, additional_forward_args,
+        bool(return_convergence_delta), "times_input_minus_baseline" if multiply_by_inputs else "grad",
+        memory_budget, chunk_rows, example_offset,
     )
-    references = v.format_baseline_distribution(baselines, req.inputs, was_tuple)
     x = req.inputs[0]
-    position, which = reference_draws(seed, x.shape[0], n_samples, x.device, example_offset)
-    req = dataclasses.replace(
-        req,
-        baselines=references,
-        reference_rows=(which * references[0].shape[0]).to(torch.int64),
-        # In the inputs' dtype, as Captum's coefficient (float64 for half inputs would not be).
-        group_alphas=position.to(torch.promote_types(x.dtype, torch.float32)),
-    )
     result = run(req)
     attributions = shape_output(result.mean, req.inputs, was_tuple)
     if return_convergence_delta:

@@ -18,13 +18,13 @@ differs is the fold:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _validate as v
-from ..engine import PointPlan, run, single_point_plan
+from ..engine import PointPlan, Request, Result, run, single_point_plan
 from ..engine import budget as _budget
 from ..engine.loop import row_examples
 from ._call import build_request
@@ -78,6 +78,42 @@ def layer_activation(
     return per_layer(joined, parts[0], was_list)
 
 
+def run_at_layers(
+    model: Callable[..., Any],
+    layer: LayerType,
+    allow_list: bool,
+    attribute_to_layer_input: bool,
+    build: Callable[[LayerLeaves, Dict[str, Any]], Request],
+    keep_all: bool = True,
+    row_transform: Optional[Callable[..., Tuple[Tensor, ...]]] = None,
+) -> Tuple[Result, LayerLeaves, bool]:
+    """Run the engine with the gradient taken at ``layer`` (one module, or a
+    list when ``allow_list``): ``(result, the leaf model, was_list)``; the
+    result's tensors are shaped like the layers' values, which the leaf model
+    keeps (only the last chunk's without ``keep_all``).
+
+    ``build(leaf_model, options)`` makes the request on the leaf model,
+    passing ``options`` (its leaves, the activation key) to
+    :func:`~fastattr.attr._call.build_request`; ``row_transform(loop,
+    leaf_model, grads, r0, r1)`` may replace each chunk's gradients before
+    the fold (:attr:`~fastattr.engine.Request.row_transform`).
+    """
+    layers, was_list = format_layers(model, layer, allow_list=allow_list)
+    leaf_model = LayerLeaves(model, layers, layer_names(layers, was_list), attribute_to_layer_input,
+                             keep_all=keep_all)
+    req = build(leaf_model, {
+        "leaves": leaf_model.leaves,
+        "activation_key": layers_activation_key(model, layers, attribute_to_layer_input, "leaves"),
+    })
+    v.check_model_device(model, req.inputs[0].device)  # build_request saw only the wrapper
+    if row_transform is not None:
+        req = dataclasses.replace(
+            req, row_transform=lambda loop, grads, r0, r1: row_transform(loop, leaf_model, grads, r0, r1))
+    with leaf_model.installed():
+        result = run(req)
+    return result, leaf_model, was_list
+
+
 def _layer_gradients(
     model: Callable[..., Any],
     inputs: v.TensorOrTuple,
@@ -93,26 +129,16 @@ def _layer_gradients(
     keep_all: bool = True,
     row_transform: Optional[Callable[..., Tuple[Tensor, ...]]] = None,
 ) -> Tuple[Tuple[Tensor, ...], LayerLeaves, bool]:
-    """The engine's fold of the target's gradients at the layer(s) over
-    ``plan_for``'s points: ``(folded per layer tensor [B, *L], the leaf model
-    (its values), was_list)``. ``row_transform(leaf_model, grads, r0, r1)``
-    may replace each chunk's gradients before the fold."""
-    layers, was_list = format_layers(model, layer, allow_list=allow_list)
-    leaf_model = LayerLeaves(model, layers, layer_names(layers, was_list), attribute_to_layer_input,
-                             keep_all=keep_all)
-    transform = None if row_transform is None else (
-        lambda loop, grads, r0, r1: row_transform(leaf_model, grads, r0, r1))
-    req, _ = build_request(
-        leaf_model, inputs, target, additional_forward_args, plan_for, memory_budget, chunk_rows,
-        baselines=baselines, needs_baselines=baselines is not None,
-        leaves=leaf_model.leaves,
-        activation_key=layers_activation_key(model, layers, attribute_to_layer_input, "leaves"),
-    )
-    v.check_model_device(model, req.inputs[0].device)  # build_request saw only the wrapper
-    req = dataclasses.replace(req, row_transform=transform)
-    with leaf_model.installed():
-        folded = run(req).mean
-    return folded, leaf_model, was_list
+    """:func:`run_at_layers` of ``plan_for``'s points on ``inputs``:
+    ``(folded per layer tensor [B, *L], the leaf model, was_list)``."""
+    def build(leaf_model: LayerLeaves, options: Dict[str, Any]) -> Request:
+        return build_request(
+            leaf_model, inputs, target, additional_forward_args, plan_for, memory_budget, chunk_rows,
+            baselines=baselines, needs_baselines=baselines is not None, **options)[0]
+
+    result, leaf_model, was_list = run_at_layers(model, layer, allow_list, attribute_to_layer_input, build,
+                                                 keep_all, row_transform)
+    return result.mean, leaf_model, was_list
 
 
 def layer_gradient_x_activation(
@@ -202,7 +228,8 @@ def _step_differences(points_per_example: int) -> Callable[..., Tuple[Tensor, ..
     Captum's order; the previous chunk's last row is carried."""
     carried: List[Tuple[Tensor, Tensor]] = []
 
-    def transform(leaf_model: LayerLeaves, grads: Tuple[Tensor, ...], r0: int, r1: int) -> Tuple[Tensor, ...]:
+    def transform(loop: Any, leaf_model: LayerLeaves, grads: Tuple[Tensor, ...], r0: int, r1: int
+                  ) -> Tuple[Tensor, ...]:
         acts = leaf_model.values[-1].flat
         first = row_examples(r0, r1, 1, grads[0].device).remainder(points_per_example) == 0
         out = []

@@ -7,13 +7,15 @@ from .gradient_shap import GradientShap
 from .guided import Deconvolution, GuidedBackprop
 from .integrated_gradients import IntegratedGradients
 from .layer import GuidedGradCam, LayerAttribution, LayerGradCam, LayerIntegratedGradients
-from .layer_gradients import InternalInfluence, LayerActivation, LayerConductance, LayerGradientXActivation
+from .layer_gradients import (
+    InternalInfluence, LayerActivation, LayerConductance, LayerGradientShap, LayerGradientXActivation,
+)
 from .lrp import LRP
 from .noise_tunnel import NoiseTunnel
 
 __all__ = [
     "Deconvolution", "DeepLift", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
     "IntegratedGradients", "InternalInfluence", "LRP", "LayerActivation", "LayerAttribution",
-    "LayerConductance", "LayerGradCam", "LayerGradientXActivation", "LayerIntegratedGradients",
+    "LayerConductance", "LayerGradCam", "LayerGradientShap", "LayerGradientXActivation", "LayerIntegratedGradients",
     "NoiseTunnel", "Saliency",
 ]

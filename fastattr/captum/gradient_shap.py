@@ -1,25 +1,34 @@
-"""``GradientShap`` as Captum 0.9's, with keyed draws."""
+"""``GradientShap`` as Captum 0.9's: Captum's own draws by default, keyed
+draws with a ``seed``."""
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 from torch import Tensor
 
 from .. import _validate as v
-from ..attr.gradient_shap import gradient_shap
+from ..attr.gradient_shap import gradient_shap, gradient_shap_at
+from ..attr.smoothgrad import check_seed
 from ._base import GradientAttribution
+from ._global_draws import gradient_shap_draws, mean_over_samples
+from .noise_tunnel import expand_kwargs
 
 
 class GradientShap(GradientAttribution):
-    """Captum's ``GradientShap(forward_func, multiply_by_inputs=True)``; ``seed``
-    (fastattr's addition) keys the reference draws, positions and noise, so
-    repeated calls give the same result (Captum draws from the global RNGs)."""
+    """Captum's ``GradientShap(forward_func, multiply_by_inputs=True)``, and
+    ``seed`` (fastattr's addition): None (default) draws the references,
+    positions and noise from NumPy's and torch's global RNGs exactly as
+    Captum does (Captum's numbers under the same global seed); an int keys
+    every draw by (seed, example, sample), so repeated calls, any batch and
+    any chunking give the same result (:func:`fastattr.gradient_shap`)."""
 
     has_delta = True
 
     def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = True,
-                 seed: int = 0) -> None:
+                 seed: Optional[int] = None) -> None:
         super().__init__(forward_func, multiply_by_inputs)
+        if seed is not None:
+            check_seed(seed)
         self.seed = seed
 
     def attribute(
@@ -33,10 +42,23 @@ class GradientShap(GradientAttribution):
         return_convergence_delta: bool = False,
     ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
         """As :func:`fastattr.gradient_shap`; deltas ``[B * n_samples]``."""
-        return gradient_shap(
-            self.forward_func, inputs, baselines, target=target,
-            n_samples=n_samples, stdev=stdevs, seed=self.seed,
-            additional_forward_args=additional_forward_args,
-            return_convergence_delta=return_convergence_delta,
-            multiply_by_inputs=self._multiply_by_inputs,
-        )
+        if self.seed is not None:
+            return gradient_shap(
+                self.forward_func, inputs, baselines, target=target,
+                n_samples=n_samples, stdev=stdevs, seed=self.seed,
+                additional_forward_args=additional_forward_args,
+                return_convergence_delta=return_convergence_delta,
+                multiply_by_inputs=self._multiply_by_inputs,
+            )
+        rows, references, alphas, was_tuple = gradient_shap_draws(inputs, baselines, n_samples, stdevs)
+        batch = rows[0].shape[0] // n_samples
+        per_row = expand_kwargs({"target": target, "additional_forward_args": additional_forward_args},
+                                n_samples, batch)
+        out = gradient_shap_at(
+            self.forward_func, rows if was_tuple else rows[0], references, alphas,
+            per_row["target"], per_row["additional_forward_args"], return_convergence_delta,
+            self._multiply_by_inputs)
+        if return_convergence_delta:
+            attributions, deltas = out
+            return mean_over_samples(attributions, batch, n_samples), deltas
+        return mean_over_samples(out, batch, n_samples)

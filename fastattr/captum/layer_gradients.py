@@ -1,5 +1,5 @@
-"""``LayerActivation``, ``LayerGradientXActivation``, ``InternalInfluence``
-and ``LayerConductance`` as Captum 0.9's."""
+"""``LayerActivation``, ``LayerGradientXActivation``, ``InternalInfluence``,
+``LayerConductance`` and ``LayerGradientShap`` as Captum 0.9's."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -8,11 +8,15 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..attr._layer import LayerType
+from ..attr.layer_gradient_shap import layer_gradient_shap, layer_gradient_shap_at
+from ..attr.smoothgrad import check_seed
 from ..attr.layer_gradients import (
     LayerResult, internal_influence, layer_activation, layer_conductance, layer_gradient_x_activation,
 )
 from ._base import GradientAttribution, check_grad_kwargs
+from ._global_draws import gradient_shap_draws, mean_over_samples
 from .layer import LayerAttribution
+from .noise_tunnel import expand_kwargs
 
 
 class LayerActivation(LayerAttribution):
@@ -115,3 +119,51 @@ class LayerConductance(LayerAttribution, GradientAttribution):
         return layer_conductance(
             self.forward_func, inputs, self.layer, baselines, target, additional_forward_args, n_steps,
             method, internal_batch_size, return_convergence_delta, attribute_to_layer_input)
+
+
+class LayerGradientShap(LayerAttribution, GradientAttribution):
+    """Captum's ``LayerGradientShap(forward_func, layer, device_ids=None,
+    multiply_by_inputs=True)``, and ``seed`` as :class:`~fastattr.captum.GradientShap`'s:
+    None (default) for Captum's own draws from the global RNGs, an int for
+    keyed draws (those of ``GradientShap`` with the same seed)."""
+
+    has_delta = True
+
+    def __init__(self, forward_func: Callable[..., Tensor], layer: LayerType,
+                 device_ids: Union[None, List[int]] = None, multiply_by_inputs: bool = True,
+                 seed: Optional[int] = None) -> None:
+        super().__init__(forward_func, layer, device_ids)
+        self._multiply_by_inputs = multiply_by_inputs
+        if seed is not None:
+            check_seed(seed)
+        self.seed = seed
+
+    def attribute(
+        self,
+        inputs: v.TensorOrTuple,
+        baselines: Any,
+        n_samples: int = 5,
+        stdevs: Union[float, Tuple[float, ...]] = 0.0,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+    ) -> Union[LayerResult, Tuple[LayerResult, Tensor]]:
+        """As :func:`fastattr.attr.layer_gradient_shap.layer_gradient_shap`; deltas ``[B * n_samples]``."""
+        if self.seed is not None:
+            return layer_gradient_shap(
+                self.forward_func, inputs, self.layer, baselines, n_samples, stdevs, target,
+                additional_forward_args, return_convergence_delta, attribute_to_layer_input,
+                self._multiply_by_inputs, self.seed)
+        rows, references, alphas, was_tuple = gradient_shap_draws(inputs, baselines, n_samples, stdevs)
+        batch = rows[0].shape[0] // n_samples
+        per_row = expand_kwargs({"target": target, "additional_forward_args": additional_forward_args},
+                                n_samples, batch)
+        out = layer_gradient_shap_at(
+            self.forward_func, rows if was_tuple else rows[0], references, alphas, self.layer,
+            per_row["target"], per_row["additional_forward_args"], return_convergence_delta,
+            attribute_to_layer_input, self._multiply_by_inputs)
+        if return_convergence_delta:
+            attributions, deltas = out
+            return mean_over_samples(attributions, batch, n_samples), deltas
+        return mean_over_samples(out, batch, n_samples)

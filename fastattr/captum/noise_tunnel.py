@@ -1,12 +1,13 @@
-"""``NoiseTunnel`` as Captum 0.9's, with keyed noise.
+"""``NoiseTunnel`` as Captum 0.9's.
 
-Over fastattr's ``Saliency``, ``InputXGradient`` and ``IntegratedGradients``
-it runs as one engine plan (:func:`fastattr.smoothgrad`): noisy copies are
-made chunk by chunk, never all at once. Over any other attribution (fastattr's
-or Captum's) it evaluates the wrapped ``attribute`` on the noisy copies, one
-partition of ``nt_samples_batch_size`` samples at a time, as Captum does.
-Either way the noise of example ``b``, sample ``n`` is keyed by
-``(seed, input, b, n)``: the same for both routes, any batch, any chunking.
+With ``seed=None`` (the default) the noise comes from torch's global RNG,
+partition by partition, as Captum draws it (:mod:`._global_draws`), and the
+wrapped ``attribute`` runs on each partition of noisy copies, as Captum's.
+With an int ``seed`` the noise of example ``b``, sample ``n`` is keyed by
+``(seed, input, b, n)``: the same for any batch and any partitioning; over
+fastattr's ``Saliency``, ``InputXGradient`` and ``IntegratedGradients`` the
+call then runs as one engine plan (:func:`fastattr.smoothgrad`), the noisy
+copies made chunk by chunk, never all at once.
 """
 from __future__ import annotations
 
@@ -21,21 +22,29 @@ from ..attr.smoothgrad import KINDS, check_seed, smoothgrad
 from ..engine import PURPOSE_REFERENCE_DRAW, PURPOSE_SMOOTHGRAD
 from ..engine.draws import group_uniforms
 from ._base import Attribution
+from ._global_draws import add_noise, pick_references
 from .gradient import InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
 
 
 class NoiseTunnel(Attribution):
-    """Captum's ``NoiseTunnel(attribution_method)``; ``seed`` (fastattr's
-    addition) keys the noise, so repeated calls give the same result."""
+    """Captum's ``NoiseTunnel(attribution_method)``, and ``seed`` (fastattr's
+    addition): None (default) draws the noise (and baselines) from torch's
+    and NumPy's global RNGs exactly as Captum does, partition by partition
+    (Captum's numbers under the same global seed); an int keys the noise by
+    (seed, input, example, sample), so repeated calls, any batch and any
+    ``nt_samples_batch_size`` give the same result, and over fastattr's
+    ``Saliency``, ``InputXGradient`` and ``IntegratedGradients`` the noisy
+    copies are made chunk by chunk in one engine plan, never all at once."""
 
-    def __init__(self, attribution_method: Any, seed: int = 0) -> None:
+    def __init__(self, attribution_method: Any, seed: Optional[int] = None) -> None:
         if not callable(getattr(attribution_method, "attribute", None)):
             raise TypeError(
                 f"attribution_method: expected an attribution object with an attribute() "
                 f"method (e.g. fastattr.captum.Saliency(model)), got {type(attribution_method).__name__}"
             )
-        check_seed(seed)
+        if seed is not None:
+            check_seed(seed)
         super().__init__(attribution_method.forward_func)
         self.attribution_method = attribution_method
         self.is_delta_supported = bool(attribution_method.has_convergence_delta())
@@ -76,7 +85,7 @@ class NoiseTunnel(Attribution):
         if "target" in kwargs:
             kwargs["target"] = kwargs["target"]
         native = _native_explainer(self.attribution_method)
-        if native is not None and not draw_baseline_from_distrib:
+        if native is not None and not draw_baseline_from_distrib and self.seed is not None:
             return self._engine_route(native, inputs, nt_type, n, per_partition, stdevs, kwargs)
         return self._partition_route(inputs, nt_type, n, per_partition, stdevs, draw_baseline_from_distrib, kwargs)
 
@@ -121,33 +130,26 @@ class NoiseTunnel(Attribution):
     def _partition_route(self, inputs: v.TensorOrTuple, nt_type: str, n: int, per_partition: int,
                          stdevs: Any, draw: bool, kwargs: Dict[str, Any]) -> Any:
         xs, was_tuple = v.format_inputs(inputs)
-        scales = v.check_scales(stdevs, "stdevs", len(xs))
+        xs = tuple(x.detach() for x in xs)
         batch = xs[0].shape[0]
-        noisy = tuple(
-            ops.generate_rows(x.detach(), None, None, n, "gaussian", s, self.seed,
-                              PURPOSE_SMOOTHGRAD * 65536 + i, 0, batch * n, 0)
-            for i, (x, s) in enumerate(zip(xs, scales))
-        )
-        drawn = None
+        references = None
         if draw:
             if "baselines" not in kwargs:
                 raise ValueError("draw_baseline_from_distrib: needs baselines, a distribution [M, *F] per input")
             kwargs = dict(kwargs)
             references = v.format_baseline_distribution(kwargs.pop("baselines"), xs, was_tuple)
-            _, which = group_uniforms(self.seed, PURPOSE_REFERENCE_DRAW * 65536, batch, n, xs[0].device)
-            rows = (which * references[0].shape[0]).to(torch.int64)
-            drawn = tuple(r.index_select(0, rows) for r in references)  # [B * n, *F]
+        if self.seed is None:
+            draws: Any = _GlobalDraws(xs, stdevs, n, per_partition, references)
+        else:
+            draws = _KeyedDraws(xs, stdevs, n, self.seed, references)
         sums: List[Tensor] = []
         squares: List[Tensor] = []
         deltas: List[Tensor] = []
-        examples = torch.arange(batch, device=xs[0].device)
         for n0 in range(0, n, per_partition):
             size = min(per_partition, n - n0)
-            groups = (examples[:, None] * n + torch.arange(n0, n0 + size, device=xs[0].device)).flatten()
-            part = tuple(t.index_select(0, groups) for t in noisy)
-            part_kwargs = _expand_kwargs(kwargs, size, batch)
-            if drawn is not None:
-                picked = tuple(r.index_select(0, groups) for r in drawn)
+            part, picked = draws.partition(n0, size)
+            part_kwargs = expand_kwargs(kwargs, size, batch)
+            if picked is not None:
                 part_kwargs["baselines"] = picked if was_tuple else picked[0]
             out = self.attribution_method.attribute(part if was_tuple else part[0], **part_kwargs)
             if part_kwargs.get("return_convergence_delta", False):
@@ -175,6 +177,56 @@ class NoiseTunnel(Attribution):
         return (result, torch.cat(deltas)) if deltas else result
 
 
+class _KeyedDraws:
+    """Noise keyed by (seed, input, example, sample), made once for all
+    samples; drawn baselines keyed likewise (fastattr's draws)."""
+
+    def __init__(self, xs: Tuple[Tensor, ...], stdevs: Any, n: int, seed: int,
+                 references: Optional[Tuple[Tensor, ...]]) -> None:
+        scales = v.check_scales(stdevs, "stdevs", len(xs))
+        batch = xs[0].shape[0]
+        self.n, self.examples = n, torch.arange(batch, device=xs[0].device)
+        self.noisy = tuple(
+            ops.generate_rows(x, None, None, n, "gaussian", s, seed, PURPOSE_SMOOTHGRAD * 65536 + i, 0,
+                              batch * n, 0)
+            for i, (x, s) in enumerate(zip(xs, scales))
+        )
+        self.drawn = None
+        if references is not None:
+            _, which = group_uniforms(seed, PURPOSE_REFERENCE_DRAW * 65536, batch, n, xs[0].device)
+            rows = (which * references[0].shape[0]).to(torch.int64)
+            self.drawn = tuple(r.index_select(0, rows) for r in references)  # [B * n, *F]
+
+    def partition(self, n0: int, size: int) -> Tuple[Tuple[Tensor, ...], Optional[Tuple[Tensor, ...]]]:
+        """Samples ``n0 .. n0+size-1`` of every example, rows ``b * size + j``:
+        the noisy inputs and, when drawn, their baselines."""
+        groups = (self.examples[:, None] * self.n + torch.arange(n0, n0 + size, device=self.examples.device)
+                  ).flatten()
+        picked = None if self.drawn is None else tuple(r.index_select(0, groups) for r in self.drawn)
+        return tuple(t.index_select(0, groups) for t in self.noisy), picked
+
+
+class _GlobalDraws:
+    """Captum's draws from the global RNGs, in its order: the baselines of a
+    full partition drawn once before the first (and reused by every full
+    partition), each partition's noise when it runs, and a last, smaller
+    partition's baselines after its noise."""
+
+    def __init__(self, xs: Tuple[Tensor, ...], stdevs: Any, n: int, per_partition: int,
+                 references: Optional[Tuple[Tensor, ...]]) -> None:
+        self.xs, self.stdevs, self.references = xs, stdevs, references
+        self.full_size = per_partition
+        self.full = None if references is None else pick_references(references, xs[0].shape[0] * per_partition)
+
+    def partition(self, n0: int, size: int) -> Tuple[Tuple[Tensor, ...], Optional[Tuple[Tensor, ...]]]:
+        noisy = add_noise(self.xs, self.stdevs, size)
+        if self.references is None:
+            return noisy, None
+        if size == self.full_size:
+            return noisy, self.full
+        return noisy, pick_references(self.references, self.xs[0].shape[0] * size)
+
+
 def _native_explainer(method: Any) -> Optional[str]:
     """The :func:`fastattr.smoothgrad` explainer a fastattr class maps to."""
     for cls, name in ((Saliency, "saliency"), (InputXGradient, "input_x_gradient"),
@@ -198,7 +250,7 @@ def _partition_major(deltas: Tensor, batch: int, n: int, per_partition: int) -> 
     return deltas[torch.tensor(order, device=deltas.device)]
 
 
-def _expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, Any]:
+def expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, Any]:
     """The wrapped method's arguments for ``batch * size`` noisy copies, as
     Captum expands them: per-example tensors, lists, targets and feature
     masks repeated ``size`` times each (row ``b * size + j``)."""

@@ -159,10 +159,9 @@ class _Loop:
     def __init__(self, req: Request):
         self.req = req
         plan = req.plan
-        if req.leaves is not None and (req.want_deltas or (
-                plan.points_per_example != 1 and plan.sample_transform != "grad")):
-            raise ValueError("Request.leaves: no convergence delta, and with several points per "
-                             "example only the plain gradient transform (the rows are not the leaves)")
+        if req.leaves is not None and plan.sample_transform not in ("grad", "abs"):
+            raise ValueError("Request.leaves: only the gradient transforms (the rows are not the leaves); "
+                             "a Request.row_transform may multiply by the layer's values")
         self.model = req.model
         self.batch = req.inputs[0].shape[0]
         self.n_samples = plan.n_samples
