@@ -7,17 +7,20 @@ when the compiled library is missing; see :func:`backend`).
 from ._backend import backend
 from .heap import keep_freed_memory
 from .attr import (
-    deconvolution, deeplift, expected_gradients, grad_cam, gradient_shap, guided_backprop,
+    deconvolution, deeplift, deeplift_shap, expected_gradients, grad_cam, gradient_shap, guided_backprop,
     guided_grad_cam, input_x_gradient, integrated_gradients, internal_influence, layer_activation,
     layer_conductance, layer_gradient_shap, layer_gradient_x_activation, layer_integrated_gradients, lrp,
-    saliency, smoothgrad,
+    neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
+    neuron_integrated_gradients, saliency, smoothgrad,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "backend", "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap",
+    "backend", "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap",
     "guided_backprop", "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence",
     "keep_freed_memory", "layer_activation", "layer_conductance", "layer_gradient_shap",
-    "layer_gradient_x_activation", "layer_integrated_gradients", "lrp", "saliency", "smoothgrad",
+    "layer_gradient_x_activation", "layer_integrated_gradients", "lrp", "neuron_deconvolution",
+    "neuron_deeplift", "neuron_deeplift_shap", "neuron_gradient", "neuron_guided_backprop",
+    "neuron_integrated_gradients", "saliency", "smoothgrad",
 ]

@@ -143,7 +143,7 @@ def format_baselines(
     for i, (b, x) in enumerate(zip(items, inputs)):
         name = f"baselines[{i}]" if was_tuple else "baselines"
         if isinstance(b, bool) or not isinstance(b, (Real, Tensor)):
-            raise TypeError(f"{name}: expected a number or a tensor, got {type(b).__name__}")
+            raise ArgumentTypeError(f"{name}: expected a number or a tensor, got {type(b).__name__}")
         if not isinstance(b, Tensor):
             if not math.isfinite(b):
                 raise ValueError(f"{name}: must be finite, got {b}")

@@ -1,5 +1,6 @@
 """Gradient explainers, one module each, all on the one engine."""
 from .deeplift import deeplift
+from .deeplift_shap import deeplift_shap
 from .grad_cam import grad_cam, guided_grad_cam
 from .gradient_shap import expected_gradients, gradient_shap
 from .guided import deconvolution, guided_backprop
@@ -9,6 +10,10 @@ from .layer_gradient_shap import layer_gradient_shap
 from .layer_gradients import internal_influence, layer_activation, layer_conductance, layer_gradient_x_activation
 from .layer_integrated_gradients import layer_integrated_gradients
 from .lrp import lrp
+from .neuron import (
+    neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
+    neuron_integrated_gradients,
+)
 from .lrp_rules import (
     Alpha1_Beta0_Rule, Composite, EpsilonRule, GammaRule, IdentityRule, PropagationRule, ZPlusRule,
     default_composite,
@@ -17,9 +22,11 @@ from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 __all__ = [
-    "deconvolution", "deeplift", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
+    "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
     "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence", "layer_activation",
     "layer_conductance", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "lrp",
+    "neuron_deconvolution", "neuron_deeplift", "neuron_deeplift_shap", "neuron_gradient", "neuron_guided_backprop",
+    "neuron_integrated_gradients",
     "saliency", "smoothgrad",
     "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule", "PropagationRule",
     "ZPlusRule", "default_composite",

@@ -72,3 +72,20 @@ def shape_output(values: Tuple[Tensor, ...], like: Tuple[Tensor, ...], was_tuple
     """Cast each result to its input's dtype; a tuple only if the inputs were one."""
     out = tuple(a if a.dtype == x.dtype else a.to(x.dtype) for a, x in zip(values, like))
     return out if was_tuple else out[0]
+
+
+def repeat_examples(target: Any, additional_forward_args: Any, times: int) -> Tuple[Any, Any]:
+    """``(target, additional_forward_args)`` for inputs whose examples are each
+    repeated ``times`` times (``repeat_interleave``), as Captum expands them:
+    per-example targets (a list, a tensor of more than one element) and
+    per-example argument tensors repeated, everything else as it is."""
+    if isinstance(target, list):
+        target = [t for t in target for _ in range(times)]
+    elif isinstance(target, Tensor) and target.numel() > 1:
+        target = target.repeat_interleave(times, dim=0)
+    if additional_forward_args is not None:
+        items = additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+        additional_forward_args = tuple(
+            a.repeat_interleave(times, dim=0) if isinstance(a, Tensor) and a.dim() > 0 else a for a in items
+        )
+    return target, additional_forward_args

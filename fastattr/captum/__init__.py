@@ -1,7 +1,7 @@
 """Captum drop-in: ``from captum.attr import X`` becomes
 ``from fastattr.captum import X`` with the same constructor, ``attribute``
 signature, defaults and return shapes, computed on fastattr's engine."""
-from .deeplift import DeepLift
+from .deeplift import DeepLift, DeepLiftShap
 from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .guided import Deconvolution, GuidedBackprop
@@ -11,11 +11,16 @@ from .layer_gradients import (
     InternalInfluence, LayerActivation, LayerConductance, LayerGradientShap, LayerGradientXActivation,
 )
 from .lrp import LRP
+from .neuron import (
+    NeuronAttribution, NeuronDeconvolution, NeuronDeepLift, NeuronDeepLiftShap, NeuronGradient,
+    NeuronGradientShap, NeuronGuidedBackprop, NeuronIntegratedGradients,
+)
 from .noise_tunnel import NoiseTunnel
 
 __all__ = [
-    "Deconvolution", "DeepLift", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
+    "Deconvolution", "DeepLift", "DeepLiftShap", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
     "IntegratedGradients", "InternalInfluence", "LRP", "LayerActivation", "LayerAttribution",
     "LayerConductance", "LayerGradCam", "LayerGradientShap", "LayerGradientXActivation", "LayerIntegratedGradients",
-    "NoiseTunnel", "Saliency",
+    "NeuronAttribution", "NeuronDeconvolution", "NeuronDeepLift", "NeuronDeepLiftShap", "NeuronGradient",
+    "NeuronGradientShap", "NeuronGuidedBackprop", "NeuronIntegratedGradients", "NoiseTunnel", "Saliency",
 ]

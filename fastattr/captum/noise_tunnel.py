@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import _validate as v
 from .. import ops
+from ..attr._call import repeat_examples
 from ..attr.smoothgrad import KINDS, check_seed, smoothgrad
 from ..engine import PURPOSE_REFERENCE_DRAW, PURPOSE_SMOOTHGRAD
 from ..engine.draws import group_uniforms
@@ -255,17 +256,11 @@ def expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, An
     Captum expands them: per-example tensors, lists, targets and feature
     masks repeated ``size`` times each (row ``b * size + j``)."""
     out = dict(kwargs)
-    target = out.get("target")
-    if isinstance(target, list):
-        out["target"] = [t for t in target for _ in range(size)]
-    elif isinstance(target, Tensor) and target.numel() > 1:
-        out["target"] = target.repeat_interleave(size, dim=0)
-    args = out.get("additional_forward_args")
-    if args is not None:
-        items = args if isinstance(args, tuple) else (args,)
-        out["additional_forward_args"] = tuple(
-            a.repeat_interleave(size, dim=0) if isinstance(a, Tensor) and a.dim() > 0 else a for a in items
-        )
+    target, args = repeat_examples(out.get("target"), out.get("additional_forward_args"), size)
+    if "target" in out:
+        out["target"] = target
+    if "additional_forward_args" in out:
+        out["additional_forward_args"] = args
     mask = out.get("feature_mask")
     if mask is not None:
         items = mask if isinstance(mask, tuple) else (mask,)
