@@ -11,7 +11,7 @@ from .layer_gradients import internal_influence, layer_activation, layer_conduct
 from .layer_integrated_gradients import layer_integrated_gradients
 from .lrp import lrp
 from .neuron import (
-    neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
+    neuron_conductance, neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
     neuron_integrated_gradients,
 )
 from .lrp_rules import (
@@ -25,7 +25,7 @@ __all__ = [
     "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
     "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence", "layer_activation",
     "layer_conductance", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "lrp",
-    "neuron_deconvolution", "neuron_deeplift", "neuron_deeplift_shap", "neuron_gradient", "neuron_guided_backprop",
+    "neuron_conductance", "neuron_deconvolution", "neuron_deeplift", "neuron_deeplift_shap", "neuron_gradient", "neuron_guided_backprop",
     "neuron_integrated_gradients",
     "saliency", "smoothgrad",
     "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule", "PropagationRule",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as v
+from ..engine.outputs import check_model_output, target_outputs
 from ._layer import _LayersCaptured, _split, format_layers
 from .deeplift import CustomAttributionFunc, deeplift
 from .deeplift_shap import deeplift_shap
@@ -241,3 +242,87 @@ def neuron_deeplift_shap(
     return deeplift_shap(cut, inputs, baselines, None, additional_forward_args,
                          custom_attribution_func=custom_attribution_func,
                          multiply_by_inputs=multiply_by_inputs, eps=eps, memory_budget=memory_budget)
+
+
+class _ConductanceOutput:
+    """``model`` as neuron conductance's engine sees it: for rows ``x`` its
+    output is ``m.detach() * y`` (``[n]``), ``y`` the selected neuron and
+    ``m`` the selector applied to the target's gradient at the layer
+    (Captum's ``mid_grads``), so that the engine's one backward gives
+    ``m * dy/dx`` at every path point. A per-example target arrives as the
+    last argument, gathered per row by the engine like any batched argument."""
+
+    def __init__(self, model: Callable[..., Any], layer: nn.Module, selector: NeuronSelector,
+                 to_layer_input: bool, target: Any, target_is_argument: bool) -> None:
+        self.model, self.layer, self.selector = model, layer, selector
+        self.to_layer_input = to_layer_input
+        self.target, self.target_is_argument = target, target_is_argument
+
+    def __call__(self, *args: Any) -> Tensor:
+        target = args[-1] if self.target_is_argument else self.target
+        model_args = args[:-1] if self.target_is_argument else args
+        caught: List[Any] = []
+
+        def hook(module: nn.Module, hook_args: Tuple[Any, ...], out: Any = None) -> None:
+            caught.append(hook_args if self.to_layer_input else out)
+
+        register = self.layer.register_forward_pre_hook if self.to_layer_input else self.layer.register_forward_hook
+        handle = register(hook)
+        try:
+            out = self.model(*model_args)
+        finally:
+            handle.remove()
+        if not caught:
+            raise ValueError("layer: did not run during the model's forward (is it used by model?)")
+        values, _ = _split(caught[0], "layer " + ("input" if self.to_layer_input else "output"))
+        n = values[0].shape[0]
+        flat = check_model_output(out, n, target)
+        picked = target_outputs(out, flat, torch.arange(n, device=out.device)).to(out.dtype)
+        layer_grads = torch.autograd.grad(picked.sum(), values, retain_graph=True, allow_unused=True)
+        layer_grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(layer_grads, values))
+        mid = select_neuron(layer_grads, self.selector)
+        return mid.detach() * select_neuron(values, self.selector)
+
+
+def neuron_conductance(
+    model: Callable[..., Any],
+    inputs: v.TensorOrTuple,
+    layer: nn.Module,
+    neuron_selector: NeuronSelector,
+    baselines: v.BaselineType = None,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    n_steps: int = 50,
+    method: str = "riemann_trapezoid",
+    internal_batch_size: Optional[int] = None,
+    attribute_to_neuron_input: bool = False,
+    multiply_by_inputs: bool = True,
+    memory_budget: Optional[int] = None,
+) -> v.TensorOrTuple:
+    """Conductance of each input feature through a neuron of ``layer``
+    (Dhamdhere et al. 2018), as Captum's ``NeuronConductance.attribute``:
+    along the path from ``baselines``, the target's gradient at the neuron
+    times the neuron's gradient w.r.t. the inputs, integrated with
+    ``method``'s step sizes, times ``inputs - baselines``.
+
+    Args:
+        neuron_selector, attribute_to_neuron_input: as :func:`neuron_gradient`
+            (a slice or callable is applied to the layer's gradient as well).
+        target: the model output explained, in any form :func:`fastattr.saliency` takes.
+        Others: as :func:`fastattr.integrated_gradients`; ``internal_batch_size``
+            caps the rows per forward.
+
+    Returns:
+        Attributions shaped like ``inputs``.
+    """
+    format_layers(model, layer, allow_list=False)
+    selector = check_neuron_selector(neuron_selector)
+    xs, _ = v.format_inputs(inputs)
+    formatted = v.format_target(target, xs[0].shape[0], xs[0].device)
+    per_example = isinstance(formatted, Tensor)
+    args = v.format_additional_args(additional_forward_args, xs[0].shape[0])
+    cut = _ConductanceOutput(model, layer, selector, attribute_to_neuron_input, formatted, per_example)
+    v.check_model_device(model, xs[0].device)
+    return integrated_gradients(cut, inputs, baselines, None, (*args, formatted) if per_example else args,
+                                n_steps, method, multiply_by_inputs=multiply_by_inputs,
+                                memory_budget=memory_budget, chunk_rows=internal_batch_size)

@@ -12,7 +12,7 @@ from .layer_gradients import (
 )
 from .lrp import LRP
 from .neuron import (
-    NeuronAttribution, NeuronDeconvolution, NeuronDeepLift, NeuronDeepLiftShap, NeuronGradient,
+    NeuronAttribution, NeuronConductance, NeuronDeconvolution, NeuronDeepLift, NeuronDeepLiftShap, NeuronGradient,
     NeuronGradientShap, NeuronGuidedBackprop, NeuronIntegratedGradients,
 )
 from .noise_tunnel import NoiseTunnel
@@ -21,6 +21,6 @@ __all__ = [
     "Deconvolution", "DeepLift", "DeepLiftShap", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
     "IntegratedGradients", "InternalInfluence", "LRP", "LayerActivation", "LayerAttribution",
     "LayerConductance", "LayerGradCam", "LayerGradientShap", "LayerGradientXActivation", "LayerIntegratedGradients",
-    "NeuronAttribution", "NeuronDeconvolution", "NeuronDeepLift", "NeuronDeepLiftShap", "NeuronGradient",
+    "NeuronAttribution", "NeuronConductance", "NeuronDeconvolution", "NeuronDeepLift", "NeuronDeepLiftShap", "NeuronGradient",
     "NeuronGradientShap", "NeuronGuidedBackprop", "NeuronIntegratedGradients", "NoiseTunnel", "Saliency",
 ]

@@ -1,22 +1,22 @@
 """Captum 0.9's neuron attributions (``NeuronGradient``,
-``NeuronIntegratedGradients``, ``NeuronGradientShap``, ``NeuronGuidedBackprop``,
+``NeuronIntegratedGradients``, ``NeuronConductance``, ``NeuronGradientShap``, ``NeuronGuidedBackprop``,
 ``NeuronDeconvolution``, ``NeuronDeepLift``, ``NeuronDeepLiftShap``): each
 runs fastattr's input method on the model cut at the layer
 (:class:`~fastattr.attr.neuron.NeuronOutput`)."""
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
 from .. import _validate as v
 from ..attr.deeplift import CustomAttributionFunc, hooked_modules
 from ..attr.neuron import (
-    NeuronSelector, neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient,
+    NeuronSelector, neuron_conductance, neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient,
     neuron_guided_backprop, neuron_integrated_gradients, neuron_model,
 )
 from ..attr.relu_rules import require_module
-from ._base import GradientAttribution, reject
+from ._base import GradientAttribution, check_grad_kwargs, reject
 from ._reuse import refuse_reused_modules
 from .gradient_shap import GradientShap
 from .layer import _NO_DATA_PARALLEL
@@ -149,3 +149,23 @@ class NeuronDeepLiftShap(_NeuronRuleMethod):
         return neuron_deeplift_shap(self.model, inputs, self.layer, neuron_selector, baselines,
                                     additional_forward_args, attribute_to_neuron_input,
                                     custom_attribution_func, self._multiply_by_inputs)
+
+
+class NeuronConductance(NeuronAttribution):
+    """Captum's ``NeuronConductance(forward_func, layer, device_ids=None,
+    multiply_by_inputs=True)``."""
+
+    def __init__(self, forward_func: Callable[..., Tensor], layer: nn.Module,
+                 device_ids: Union[None, List[int]] = None, multiply_by_inputs: bool = True) -> None:
+        super().__init__(forward_func, layer, device_ids, multiply_by_inputs)
+
+    def attribute(self, inputs: v.TensorOrTuple, neuron_selector: NeuronSelector,
+                  baselines: v.BaselineType = None, target: Any = None, additional_forward_args: Any = None,
+                  n_steps: int = 50, method: str = "riemann_trapezoid", internal_batch_size: Optional[int] = None,
+                  attribute_to_neuron_input: bool = False, grad_kwargs: Optional[Dict[str, Any]] = None
+                  ) -> v.TensorOrTuple:
+        """As :func:`fastattr.attr.neuron.neuron_conductance`."""
+        check_grad_kwargs(grad_kwargs)
+        return neuron_conductance(
+            self.forward_func, inputs, self.layer, neuron_selector, baselines, target, additional_forward_args,
+            n_steps, method, internal_batch_size, attribute_to_neuron_input, self._multiply_by_inputs)
