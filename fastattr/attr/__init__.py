@@ -6,10 +6,11 @@ from .gradient_shap import expected_gradients, gradient_shap
 from .guided import deconvolution, guided_backprop
 from .input_x_gradient import input_x_gradient
 from .integrated_gradients import integrated_gradients
+from .layer_deeplift import layer_deeplift, layer_deeplift_shap
 from .layer_gradient_shap import layer_gradient_shap
 from .layer_gradients import internal_influence, layer_activation, layer_conductance, layer_gradient_x_activation
 from .layer_integrated_gradients import layer_integrated_gradients
-from .lrp import lrp
+from .lrp import layer_lrp, lrp
 from .neuron import (
     neuron_conductance, neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
     neuron_integrated_gradients,
@@ -24,7 +25,7 @@ from .smoothgrad import smoothgrad
 __all__ = [
     "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
     "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence", "layer_activation",
-    "layer_conductance", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "lrp",
+    "layer_conductance", "layer_deeplift", "layer_deeplift_shap", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "layer_lrp", "lrp",
     "neuron_conductance", "neuron_deconvolution", "neuron_deeplift", "neuron_deeplift_shap", "neuron_gradient", "neuron_guided_backprop",
     "neuron_integrated_gradients",
     "saliency", "smoothgrad",

@@ -297,18 +297,21 @@ class _InputRowsOutput(torch.autograd.Function):
 
 class _BesideReferences:
     """``f(*rows, *reference_rows, *args)`` for the engine: the model's output
-    at ``rows`` (``[n, *O]``). With autograd on, the model runs on
-    the ``2n`` rows ``cat(rows, references)``, so the rules pair them;
-    without (the convergence-delta endpoints), on ``rows`` alone."""
+    at ``rows`` (``[n, *O]``). With autograd on (or ``always_paired``), the
+    model runs on the ``2n`` rows ``cat(rows, references)``, so the rules
+    pair them; without (the convergence-delta endpoints), on ``rows`` alone.
+    ``always_paired`` is for a caller that runs it without autograd up to a
+    layer where the gradient is taken (layer DeepLIFT)."""
 
-    def __init__(self, model: nn.Module, n_inputs: int) -> None:
+    def __init__(self, model: nn.Module, n_inputs: int, always_paired: bool = False) -> None:
         self._model = weakref.ref(model)  # cached per model: must not keep it alive
         self.n_inputs = n_inputs
+        self.always_paired = always_paired
 
     def __call__(self, *args: Any) -> Tensor:
         model, k = self._model(), self.n_inputs
         rows, refs, rest = args[:k], args[k:2 * k], args[2 * k:]
-        if not torch.is_grad_enabled():
+        if not (self.always_paired or torch.is_grad_enabled()):
             return model(*rows, *rest)
         n = rows[0].shape[0]
         paired = tuple(torch.cat((x, r)) for x, r in zip(rows, refs))
@@ -325,18 +328,19 @@ class _BesideReferences:
         return _InputRowsOutput.apply(_pairs(out))
 
 
-_BESIDE: "weakref.WeakKeyDictionary[nn.Module, Dict[int, _BesideReferences]]" = weakref.WeakKeyDictionary()
+_BESIDE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[int, bool], _BesideReferences]]" = weakref.WeakKeyDictionary()
 
 
-def beside_references(model: nn.Module, n_inputs: int) -> Callable[..., Tensor]:
+def beside_references(model: nn.Module, n_inputs: int, always_paired: bool = False) -> Callable[..., Tensor]:
     """The engine's model for ``model`` with ``n_inputs`` inputs (see
     :class:`_BesideReferences`). The same object on every call: the engine
     caches the activation bytes it measures per model object, and measuring
     again costs a saved-tensor hook per saved tensor."""
     per_model = _BESIDE.setdefault(model, {})
-    if n_inputs not in per_model:
-        per_model[n_inputs] = _BesideReferences(model, n_inputs)
-    return per_model[n_inputs]
+    key = (n_inputs, always_paired)
+    if key not in per_model:
+        per_model[key] = _BesideReferences(model, n_inputs, always_paired)
+    return per_model[key]
 
 
 # ---------------------------------------------------------------------------

@@ -40,7 +40,9 @@ from ..engine import run, single_point_plan
 from ..engine.loop import row_examples
 from ..engine.outputs import check_model_output, target_outputs
 from ._call import build_request, shape_output
+from ._layer import per_layer
 from .integrated_gradients import delta_dtype
+from .layer_gradients import run_at_layers
 from .lrp_rules import (
     FOLD, Branch, Composite, IdentityRule, PropagationRule, Rule, assign_rules, shared_default_composite,
 )
@@ -432,3 +434,64 @@ def _returned(relevances: Tuple[Tensor, ...], was_tuple: bool, deltas: Optional[
               ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     out = relevances if was_tuple else relevances[0]
     return out if deltas is None else (out, deltas)
+
+
+def layer_lrp(
+    model: nn.Module,
+    inputs: v.TensorOrTuple,
+    layer: Any,
+    target: v.TargetType = None,
+    additional_forward_args: Any = None,
+    composite: Optional[Composite] = None,
+    return_convergence_delta: bool = False,
+    attribute_to_layer_input: bool = False,
+    memory_budget: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+) -> Any:
+    """The relevance arriving at ``layer``'s output (or inputs) in
+    :func:`lrp`'s backward, times ``f_t(x)``, as Captum's ``LayerLRP.attribute``:
+    the rules' backward carries relevances, so the gradient at the layer is
+    its (normalized) relevance.
+
+    Args:
+        layer: an ``nn.Module`` of ``model`` (or a list of them), run once per forward.
+        attribute_to_layer_input: the relevance at the layer's positional inputs.
+        Others: as :func:`lrp`.
+
+    Returns:
+        Shaped like the layer's output ``[B, *L]`` (a tuple for several
+        tensors, a list per layer for a list); with ``return_convergence_delta``
+        also ``[B]`` deltas ``f_t(x) - sum(relevances)`` (a list, one per layer,
+        for a list).
+    """
+    require_module(model, "LRP")
+    if composite is None:
+        composite = shared_default_composite()
+    elif not isinstance(composite, Composite):
+        raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
+    state = _CallState()
+    layers = _checked_layers(model, composite, state)
+
+    def build(leaf_model: Any, options: Dict[str, Any]) -> Any:
+        return build_request(
+            leaf_model, inputs, target, additional_forward_args, lambda xs: single_point_plan("grad"),
+            memory_budget, chunk_rows, rules=functools.partial(installed_rules, model, layers, state),
+            **options)[0]
+
+    result, leaf_model, was_list = run_at_layers(model, layer, True, attribute_to_layer_input, build)
+    like = leaf_model.gathered()
+    outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
+    batch = outputs.shape[0]
+    f_t = target_outputs(outputs, check_model_output(outputs, batch, v.format_target(target, batch, outputs.device)),
+                         row_examples(0, batch, 1, outputs.device)).to(outputs.dtype)
+    relevances = tuple((r * f_t.reshape(-1, *([1] * (r.dim() - 1)))).to(a.dtype) for r, a in zip(result.mean, like.flat))
+    attributions = per_layer(relevances, like, was_list)
+    if not return_convergence_delta:
+        return attributions
+
+    def delta(per_layer_relevance: Any) -> Tensor:
+        items = per_layer_relevance if isinstance(per_layer_relevance, tuple) else (per_layer_relevance,)
+        total = sum(r.reshape(r.shape[0], -1).sum(1, dtype=torch.float64) for r in items)
+        return (f_t.to(torch.float64) - total).to(delta_dtype(items[0]))
+
+    return attributions, [delta(a) for a in attributions] if was_list else delta(attributions)

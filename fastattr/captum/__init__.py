@@ -10,6 +10,7 @@ from .layer import GuidedGradCam, LayerAttribution, LayerGradCam, LayerIntegrate
 from .layer_gradients import (
     InternalInfluence, LayerActivation, LayerConductance, LayerGradientShap, LayerGradientXActivation,
 )
+from .layer_rules import LayerDeepLift, LayerDeepLiftShap, LayerLRP
 from .lrp import LRP
 from .neuron import (
     NeuronAttribution, NeuronConductance, NeuronDeconvolution, NeuronDeepLift, NeuronDeepLiftShap, NeuronGradient,
@@ -20,7 +21,7 @@ from .noise_tunnel import NoiseTunnel
 __all__ = [
     "Deconvolution", "DeepLift", "DeepLiftShap", "GradientShap", "GuidedBackprop", "GuidedGradCam", "InputXGradient",
     "IntegratedGradients", "InternalInfluence", "LRP", "LayerActivation", "LayerAttribution",
-    "LayerConductance", "LayerGradCam", "LayerGradientShap", "LayerGradientXActivation", "LayerIntegratedGradients",
+    "LayerConductance", "LayerDeepLift", "LayerDeepLiftShap", "LayerGradCam", "LayerGradientShap", "LayerGradientXActivation", "LayerIntegratedGradients", "LayerLRP",
     "NeuronAttribution", "NeuronConductance", "NeuronDeconvolution", "NeuronDeepLift", "NeuronDeepLiftShap", "NeuronGradient",
     "NeuronGradientShap", "NeuronGuidedBackprop", "NeuronIntegratedGradients", "NoiseTunnel", "Saliency",
 ]

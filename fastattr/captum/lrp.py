@@ -30,8 +30,7 @@ class LRP(GradientAttribution):
         require_module(model, "LRP")
         super().__init__(model, multiply_by_inputs=True)
         self.model = model
-        for name, module in model.named_modules():
-            as_rule(getattr(module, "rule", None), f"model.{name}" if name else "model")
+        check_rules_set(model)
 
     def attribute(
         self,
@@ -44,13 +43,7 @@ class LRP(GradientAttribution):
         """Relevances ``[B, *F]`` (or a tuple) summing to the target output, as
         :func:`fastattr.attr.lrp.lrp`; with ``return_convergence_delta`` also
         ``[B]`` deltas. ``verbose`` prints the rule of each layer with one."""
-        layers = assign_rules(self.model, captum_composite())
-        if verbose:
-            for _, module, rule in layers:
-                if isinstance(rule, PropagationRule):
-                    print(f"Applied {rule} on layer {module}")
-        refuse_reused_modules(self.model, [m for _, m, rule in layers if isinstance(rule, PropagationRule)],
-                              inputs, additional_forward_args, "LRP", "lrp")
+        prepare_captum_rules(self.model, inputs, additional_forward_args, verbose, "LRP", "lrp")
         return lrp(self.model, inputs, target=target, additional_forward_args=additional_forward_args,
                    composite=captum_composite(), return_convergence_delta=return_convergence_delta)
 
@@ -60,3 +53,24 @@ class LRP(GradientAttribution):
         items = attributions if isinstance(attributions, tuple) else (attributions,)
         summed = sum(a.reshape(a.shape[0], -1).sum(1) for a in items)
         return output.flatten() - summed.flatten()
+
+
+def check_rules_set(model: nn.Module) -> None:
+    """Every ``module.rule`` set on ``model`` is one fastattr takes (Captum's
+    constructors check this)."""
+    for name, module in model.named_modules():
+        as_rule(getattr(module, "rule", None), f"model.{name}" if name else "model")
+
+
+def prepare_captum_rules(model: nn.Module, inputs: v.TensorOrTuple, additional_forward_args: Any, verbose: bool,
+                         method: str, native: str) -> None:
+    """What Captum's LRP classes do before their backward: every layer gets a
+    rule (its own or Captum's default, else a TypeError), ``verbose`` prints
+    them, and a layer with a rule that runs twice is refused."""
+    layers = assign_rules(model, captum_composite())
+    if verbose:
+        for _, module, rule in layers:
+            if isinstance(rule, PropagationRule):
+                print(f"Applied {rule} on layer {module}")
+    refuse_reused_modules(model, [m for _, m, rule in layers if isinstance(rule, PropagationRule)],
+                          inputs, additional_forward_args, method, native)
