@@ -32,8 +32,15 @@ run, the target is out of reach on this machine.
 
 Targets (2-core CPU): fastattr/floor <= 1.10 where the floor takes >= 1 ms,
 <= 1.20 below; fastattr never slower than Captum. Peak memory: fastattr with
-``memory_budget=512 MiB`` stays within it; Captum's default runs all 300
+``memory_budget=512 MiB`` (IG on the ResNet) and ``1 GiB`` (layer
+conductance on DenseNet-121) stays within it; Captum's default runs all 300
 rows at once.
+
+The rest of Captum's gradient family (DeepLIFT SHAP, the layer and neuron
+classes) runs through ``fastattr.captum``'s drop-in classes against
+``captum.attr``'s, one script for both. Layer methods' floor is the model's
+rows (the inputs repeated); neuron methods' the model cut at the layer
+(forward to the layer, the neuron's backward).
 """
 from __future__ import annotations
 
@@ -70,6 +77,7 @@ BATCHES = (1, 16)
 MODEL_NAMES = ("conv", "mlp", "resnet18")
 PEAK_STEPS = 300
 PEAK_BUDGET = 512 << 20
+CONDUCTANCE_BUDGET = 1 << 30
 
 
 def _model(name: str) -> Tuple[nn.Module, Tuple[int, ...], int]:
@@ -86,14 +94,25 @@ def _layers(name: str, model: nn.Module) -> Tuple[nn.Module, nn.Module]:
     return model.blocks[-1], model.stem[0]
 
 
+REFS = 8  # rows of the reference distribution (GradientSHAP, DeepLIFT SHAP)
+
 # Layer IG first runs the model once without autograd to capture the layer
 # at the inputs and at the zero baseline (one broadcast row): (rows per
 # example, rows per call) beyond the method's own. Grad-CAM takes the
-# activations from its one forward and needs no capture.
-CAPTURE_ROWS = {"layer_integrated_gradients": (1, 1)}
+# activations from its one forward and needs no capture. Layer GradientSHAP
+# captures the layer at each sample's input and reference (forwards that
+# stop at the layer).
+CAPTURE_ROWS = {"layer_integrated_gradients": (1, 1), "layer_gradient_shap": (2 * SAMPLES, 0)}
 # Layer methods run what precedes the layer without autograd: only their
 # total rows are checked.
-LAYER_METHODS = ("grad_cam", "guided_grad_cam", "layer_integrated_gradients")
+LAYER_METHODS = ("grad_cam", "guided_grad_cam", "layer_integrated_gradients", "layer_activation",
+                 "layer_gradient_x_activation", "internal_influence", "layer_conductance", "layer_deeplift",
+                 "layer_deeplift_shap", "layer_gradient_shap", "layer_lrp")
+# Neuron methods run the model cut at the layer: their floor is the cut
+# model's forward + backward (neuron conductance, which needs the whole
+# forward and the target's gradient at the layer, has the whole model's).
+CUT_METHODS = ("neuron_gradient", "neuron_integrated_gradients", "neuron_gradient_shap", "neuron_guided_backprop",
+               "neuron_deconvolution", "neuron_deeplift", "neuron_deeplift_shap")
 
 # method -> (rows evaluated per example, deterministic (checked against Captum))
 METHODS: Dict[str, Tuple[int, bool]] = {
@@ -109,7 +128,31 @@ METHODS: Dict[str, Tuple[int, bool]] = {
     "lrp": (1, True),
     "deeplift": (2, True),
     "layer_integrated_gradients": (STEPS, True),
+    # The rest of Captum's gradient family, through the drop-in classes.
+    "deeplift_shap": (2 * REFS, True),
+    "layer_activation": (1, True),
+    "layer_gradient_x_activation": (1, True),
+    "internal_influence": (STEPS, True),
+    "layer_conductance": (STEPS + 1, True),
+    "layer_deeplift": (2, True),
+    "layer_deeplift_shap": (2 * REFS, True),
+    "layer_gradient_shap": (SAMPLES, False),
+    "layer_lrp": (1, True),
+    "neuron_gradient": (1, True),
+    "neuron_integrated_gradients": (STEPS, True),
+    "neuron_conductance": (STEPS, True),
+    "neuron_gradient_shap": (SAMPLES, False),
+    "neuron_guided_backprop": (1, True),
+    "neuron_deconvolution": (1, True),
+    "neuron_deeplift": (2, True),
+    "neuron_deeplift_shap": (2 * REFS, True),
 }
+
+
+def _neuron(name: str) -> Tuple[int, ...]:
+    """A neuron of the Grad-CAM layer's output (conv [B, 32, 16, 16], MLP
+    [B, 128], ResNet [B, 512, 2, 2])."""
+    return {"conv": (1, 2, 2), "mlp": (5,), "resnet18": (1, 0, 0)}[name]
 
 
 @dataclass(frozen=True)
@@ -188,17 +231,96 @@ def _calls(spec: MethodSpec, model: nn.Module, x: Tensor, t: Tensor, refs: Tenso
                 lambda: ca.GuidedGradCam(model, cam_layer).attribute(x, target=t))
     if m == "lrp":
         # Captum's LRP fails on nn.Flatten (no rule; with IdentityRule its
-        # hooks break on the reshape): no Captum time for the conv nets.
-        has_flatten = any(isinstance(mod, nn.Flatten) for mod in model.modules())
-        return (lambda: fc.LRP(model).attribute(x, target=t),
-                None if has_flatten else (lambda: ca.LRP(model).attribute(x, target=t)))
+        # hooks break on the reshape), and so does the drop-in, which keeps
+        # Captum's rule set: fastattr's own function, no Captum time, there.
+        if any(isinstance(mod, nn.Flatten) for mod in model.modules()):
+            return (lambda: fastattr.lrp(model, x, target=t)), None
+        return (lambda: fc.LRP(model).attribute(x, target=t)), (lambda: ca.LRP(model).attribute(x, target=t))
     if m == "deeplift":
         return (lambda: fc.DeepLift(model).attribute(x, target=t),
                 lambda: ca.DeepLift(model).attribute(x, target=t))
     if m == "layer_integrated_gradients":
         return (lambda: fc.LayerIntegratedGradients(model, first_layer).attribute(x, target=t, n_steps=STEPS),
                 lambda: ca.LayerIntegratedGradients(model, first_layer).attribute(x, target=t, n_steps=STEPS))
-    raise ValueError(m)
+    return _family_calls(spec, model, x, t, refs, cam_layer)
+
+
+def _family_calls(spec: MethodSpec, model: nn.Module, x: Tensor, t: Tensor, refs: Tensor,
+                  layer: nn.Module) -> Tuple[Callable, Optional[Callable]]:
+    """The rest of Captum's gradient family: one script, run with either
+    module's classes (random ones keyed, ``seed=0``, on fastattr's side)."""
+    m, neuron = spec.method, _neuron(spec.model)
+    has_flatten = any(isinstance(mod, nn.Flatten) for mod in model.modules())
+    keyed = {fc: {"seed": 0}, ca: {}}
+    scripts: Dict[str, Callable[[Any], Any]] = {
+        "deeplift_shap": lambda mod: mod.DeepLiftShap(model).attribute(x, refs, target=t),
+        "layer_activation": lambda mod: mod.LayerActivation(model, layer).attribute(x),
+        "layer_gradient_x_activation": lambda mod: mod.LayerGradientXActivation(model, layer).attribute(x, target=t),
+        "internal_influence": lambda mod: mod.InternalInfluence(model, layer).attribute(x, target=t, n_steps=STEPS),
+        "layer_conductance": lambda mod: mod.LayerConductance(model, layer).attribute(x, target=t, n_steps=STEPS),
+        "layer_deeplift": lambda mod: mod.LayerDeepLift(model, layer).attribute(x, target=t),
+        "layer_deeplift_shap": lambda mod: mod.LayerDeepLiftShap(model, layer).attribute(x, refs, target=t),
+        "layer_gradient_shap": lambda mod: mod.LayerGradientShap(model, layer, **keyed[mod]).attribute(
+            x, refs, n_samples=SAMPLES, stdevs=STDEV, target=t),
+        "layer_lrp": lambda mod: mod.LayerLRP(model, layer).attribute(x, target=t),
+        "neuron_gradient": lambda mod: mod.NeuronGradient(model, layer).attribute(x, neuron),
+        "neuron_integrated_gradients": lambda mod: mod.NeuronIntegratedGradients(model, layer).attribute(
+            x, neuron, n_steps=STEPS),
+        "neuron_conductance": lambda mod: mod.NeuronConductance(model, layer).attribute(
+            x, neuron, target=t, n_steps=STEPS),
+        "neuron_gradient_shap": lambda mod: mod.NeuronGradientShap(model, layer, **keyed[mod]).attribute(
+            x, neuron, refs, n_samples=SAMPLES, stdevs=STDEV),
+        "neuron_guided_backprop": lambda mod: mod.NeuronGuidedBackprop(model, layer).attribute(x, neuron),
+        "neuron_deconvolution": lambda mod: mod.NeuronDeconvolution(model, layer).attribute(x, neuron),
+        "neuron_deeplift": lambda mod: mod.NeuronDeepLift(model, layer).attribute(x, neuron),
+        "neuron_deeplift_shap": lambda mod: mod.NeuronDeepLiftShap(model, layer).attribute(x, neuron, refs),
+    }
+    script = scripts[m]
+    if m == "layer_lrp" and has_flatten:
+        # Captum's LRP has no rule for nn.Flatten (see "lrp"), nor has the
+        # drop-in, which keeps Captum's rule set: fastattr's own function.
+        return (lambda: fastattr.layer_lrp(model, x, layer, target=t)), None
+    return (lambda: script(fc)), (None if ca is None else (lambda: script(ca)))
+
+
+def _floor(model: nn.Module, rows: Tensor, onehot: Tensor) -> Callable[[], Tensor]:
+    """One forward + backward of ``rows`` with one-hot seeds."""
+    return lambda: torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
+
+
+def _forward_floor(model: nn.Module, rows: Tensor) -> Callable[[], Tensor]:
+    """A forward of ``rows``: the whole work of a method that reads activations."""
+    def floor() -> Tensor:
+        with torch.no_grad():
+            return model(rows)
+
+    return floor
+
+
+class _Stop(BaseException):
+    """Ends a cut forward at the layer."""
+
+
+def _cut_floor(model: nn.Module, layer: nn.Module, neuron: Tuple[int, ...], rows: Tensor) -> Callable[[], Tensor]:
+    """The floor of a neuron method: the model's forward up to ``layer`` and
+    the backward of the neuron to the rows, nothing else."""
+    def floor() -> Tensor:
+        caught: List[Tensor] = []
+
+        def hook(module: nn.Module, args: Any, out: Tensor) -> None:
+            caught.append(out)
+            raise _Stop
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            model(rows)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return torch.autograd.grad(caught[0][(slice(None), *neuron)].sum(), rows)[0]
+
+    return floor
 
 
 def build(spec: MethodSpec) -> Bench:
@@ -206,8 +328,9 @@ def build(spec: MethodSpec) -> Bench:
     g = torch.Generator().manual_seed(W.SEED + spec.batch)
     x = torch.rand((spec.batch, *shape), generator=g)
     t = (torch.arange(spec.batch) * 3 + 1).remainder(n_classes)
-    refs = torch.rand((8, *shape), generator=g)
+    refs = torch.rand((REFS, *shape), generator=g)
     fa, cap = _calls(spec, model, x, t, refs)
+    fa()  # once before anything is recorded: a drop-in's one-time checks (the reuse probe) are not per call
     per_example = METHODS[spec.method][0]
     if spec.method in LAYER_METHODS:
         # What precedes the layer runs without autograd: the floor is the
@@ -218,9 +341,12 @@ def build(spec: MethodSpec) -> Bench:
     rows = rows.requires_grad_()
     onehot = torch.nn.functional.one_hot(t.repeat_interleave(per_example)[: rows.shape[0]], n_classes).float()
 
-    def floor() -> Tensor:
-        return torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
-
+    if spec.method == "layer_activation":
+        floor = _forward_floor(model, rows)
+    elif spec.method in CUT_METHODS:
+        floor = _cut_floor(model, _layers(spec.model, model)[0], _neuron(spec.model), rows)
+    else:
+        floor = _floor(model, rows, onehot)
     calls = {"fastattr": fa, "captum": cap, "floor": floor}
     if ca is None or cap is None:
         del calls["captum"]
@@ -316,29 +442,50 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _densenet() -> Tuple[nn.Module, Tuple[int, ...]]:
+    """torchvision's DenseNet-121 (random weights, 10 classes) at 3x64x64:
+    the dense blocks whose concatenations make conductance's rows heavy."""
+    import torchvision  # the conductance measurement only
+
+    torch.manual_seed(0)
+    return torchvision.models.densenet121(num_classes=10).eval(), (3, 64, 64)
+
+
 def peak_child(who: str) -> None:
-    """In a fresh process: peak RSS growth (bytes) of one IG call with
-    ``PEAK_STEPS`` steps on the ResNet, printed as ``peak <bytes>``."""
+    """In a fresh process: peak RSS growth (bytes) of one call, printed as
+    ``peak <bytes>``. ``who`` is ``<workload>:<fastattr|captum>``: ``ig``, IG
+    with ``PEAK_STEPS`` steps on the ResNet, fastattr under ``PEAK_BUDGET``;
+    ``conductance``, layer conductance of DenseNet-121's third dense block
+    with ``PEAK_STEPS`` steps, fastattr under ``CONDUCTANCE_BUDGET``."""
     torch.set_num_threads(2)
-    model, shape, _ = _model("resnet18")
+    workload, impl = who.split(":")
+    if workload == "ig":
+        model, shape, _ = _model("resnet18")
+    else:
+        model, shape = _densenet()
     x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model(x)  # allocator and kernels warm; the call below is what is measured
     before = _rss_bytes()
-    if who == "captum":
+    if workload == "ig" and impl == "captum":
         ca.IntegratedGradients(model).attribute(x, target=3, n_steps=PEAK_STEPS)
-    else:
+    elif workload == "ig":
         fastattr.integrated_gradients(model, x, target=3, n_steps=PEAK_STEPS, memory_budget=PEAK_BUDGET)
+    elif impl == "captum":
+        ca.LayerConductance(model, model.features.denseblock3).attribute(x, target=3, n_steps=PEAK_STEPS)
+    else:
+        fastattr.layer_conductance(model, x, model.features.denseblock3, target=3, n_steps=PEAK_STEPS,
+                                   memory_budget=CONDUCTANCE_BUDGET)
     peak = _peak_rss_bytes()
     print(f"peak {max(0, peak - before)}")
 
 
-def peak_memory() -> Dict[str, int]:
+def peak_memory(workload: str) -> Dict[str, int]:
     out = {}
-    for who in ("fastattr", "captum"):
-        res = subprocess.run([sys.executable, __file__, "--peak-child", who], capture_output=True, text=True,
-                             check=True)
-        out[who] = int(re.search(r"peak (\d+)", res.stdout).group(1))
+    for impl in ("fastattr", "captum"):
+        res = subprocess.run([sys.executable, __file__, "--peak-child", f"{workload}:{impl}"], capture_output=True,
+                             text=True, check=True)
+        out[impl] = int(re.search(r"peak (\d+)", res.stdout).group(1))
     return out
 
 
@@ -389,14 +536,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(load.report())
         print(f"targets missed: {missed}; checks failed or errors: {failed}")
     if not args.no_memory and ca is not None:
-        peaks = peak_memory()
-        mib = {k: v / 2**20 for k, v in peaks.items()}
-        within = peaks["fastattr"] <= PEAK_BUDGET
-        print(f"\npeak memory, IG n_steps={PEAK_STEPS} on resnet18@{RESNET_SIZE}, batch 1 (RSS growth of a fresh process):")
-        print(f"  captum (defaults, all rows at once): {mib['captum']:8.1f} MiB")
-        print(f"  fastattr (memory_budget=512 MiB):    {mib['fastattr']:8.1f} MiB  "
-              f"({'within' if within else 'OVER'} the budget; {peaks['captum'] / max(peaks['fastattr'], 1):.1f}x less)")
-        failed += not within
+        for workload, what, budget in (
+                ("ig", f"IG n_steps={PEAK_STEPS} on resnet18@{RESNET_SIZE}", PEAK_BUDGET),
+                ("conductance", f"LayerConductance n_steps={PEAK_STEPS} of DenseNet-121@64's denseblock3",
+                 CONDUCTANCE_BUDGET)):
+            peaks = peak_memory(workload)
+            mib = {k: v / 2**20 for k, v in peaks.items()}
+            within = peaks["fastattr"] <= budget
+            print(f"\npeak memory, {what}, batch 1 (RSS growth of a fresh process):")
+            print(f"  captum (defaults, all rows at once): {mib['captum']:8.1f} MiB")
+            print(f"  fastattr (memory_budget={budget >> 20} MiB):   {mib['fastattr']:8.1f} MiB  "
+                  f"({'within' if within else 'OVER'} the budget; "
+                  f"{peaks['captum'] / max(peaks['fastattr'], 1):.1f}x less)")
+            failed += not within
     return 1 if failed else 0
 
 

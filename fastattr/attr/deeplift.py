@@ -71,19 +71,21 @@ CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
 
 
 def _pairs(t: Tensor) -> Tensor:
-    """``[2n, *F]`` -> ``[n, 2, *F]`` (input, reference): a view."""
-    return t.view(2, -1, *t.shape[1:]).transpose(0, 1)
+    """``[2n, *F]`` -> ``[2, n, *F]`` (the inputs, then their references): a
+    view, so that results in this layout go back with :func:`_unpairs` as
+    views too."""
+    return t.view(2, -1, *t.shape[1:])
 
 
 def _unpairs(p: Tensor) -> Tensor:
-    """``[n, 2, *F]`` -> ``[2n, *F]``: the inverse of :func:`_pairs`."""
-    return p.transpose(0, 1).reshape(-1, *p.shape[2:])
+    """``[2, n, *F]`` -> ``[2n, *F]``: the inverse of :func:`_pairs`."""
+    return p.reshape(-1, *p.shape[2:])
 
 
 def _pair_delta(t: Tensor) -> Tensor:
-    """``[n, 1, *F]``: input minus reference, broadcast over the pair."""
+    """``[1, n, *F]``: input minus reference, broadcast over the pair."""
     n = t.shape[0] // 2
-    return (t[:n] - t[n:]).unsqueeze(1)
+    return (t[:n] - t[n:]).unsqueeze(0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,7 +107,7 @@ def _maybe_small(magnitude: Tensor, eps: float) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Divisor:
-    """``delta_in`` ``[n, 1, *F]`` of one call, ready for the rule's division.
+    """``delta_in`` ``[1, n, *F]`` of one call, ready for the rule's division.
 
     Where ``|delta_in| < eps`` the rule keeps the ordinary gradient. That
     selection is done with arithmetic, not ``torch.where``: a bool tensor
@@ -165,7 +167,7 @@ class _Rescale(_PairRule):
         return prepared, _pair_delta(out.detach())
 
     def rescaled(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
-        """``[n, 2, *F]``."""
+        """``[2, n, *F]``."""
         div, delta_out = call.values
         # In place on the product, this call's own: one new tensor, not two.
         quotient = (_pairs(call.grad_output) * delta_out).div_(div.safe)
@@ -226,15 +228,15 @@ class _MaxPool(_PairRule):
     def record(self, module: nn.Module, inp: Tensor, out: Tensor, prepared: _Divisor
                ) -> Tuple[_Divisor, Tensor, Tensor, List[int]]:
         pairs = _pairs(out.detach())
-        cross_max = torch.max(pairs[:, 0], pairs[:, 1])
-        delta_out = torch.cat((cross_max - pairs[:, 1], pairs[:, 0] - cross_max))
+        cross_max = torch.max(pairs[0], pairs[1])
+        delta_out = torch.cat((cross_max - pairs[1], pairs[0] - cross_max))
         return prepared, delta_out, _pool_indices(module, inp.detach(), out), list(inp.shape)
 
     def replace(self, call: ModuleCall, grad_input: Tensor) -> Tensor:
         div, delta_out, indices, shape = call.values
         unpooled = _pairs(_unpool(call.module, call.grad_output * delta_out, indices, shape))
         # In place on the unpooled tensor, this call's own: no new tensors.
-        quotient = unpooled[:, :1].add_(unpooled[:, 1:]).div_(div.safe)
+        quotient = unpooled[:1].add_(unpooled[1:]).div_(div.safe)
         return _unpairs(div.select(quotient, _pairs(grad_input)))
 
 
@@ -281,18 +283,18 @@ def deeplift_rules(modules: Sequence[nn.Module], eps: float) -> Callable[[], Con
 
 
 class _InputRowsOutput(torch.autograd.Function):
-    """``[n, 2, *O]`` paired outputs -> ``[n, *O]`` the input rows' outputs.
+    """``[2, n, *O]`` paired outputs -> ``[n, *O]`` the input rows' outputs.
     The backward gives both rows of a pair the same gradient: Captum selects
     the target on input and reference rows alike, and the max-pool rule mixes
     the two."""
 
     @staticmethod
     def forward(ctx: Any, paired: Tensor) -> Tensor:
-        return paired[:, 0].clone()
+        return paired[0].clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.unsqueeze(1).expand(-1, 2, *grad.shape[1:])
+        return grad.unsqueeze(0).expand(2, *grad.shape)
 
 
 class _BesideReferences:

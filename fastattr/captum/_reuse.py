@@ -5,7 +5,8 @@ classes refuse them as Captum does, so that code written against Captum's
 contract meets it here."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+import weakref
+from typing import Any, Dict, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -13,18 +14,28 @@ from torch import Tensor, nn
 from .. import _validate as v
 
 
+_VERIFIED: "weakref.WeakKeyDictionary[nn.Module, Set[Tuple[Any, ...]]]" = weakref.WeakKeyDictionary()
+
+
 def refuse_reused_modules(model: nn.Module, modules: Sequence[nn.Module], inputs: v.TensorOrTuple,
                           additional_forward_args: Any, method: str, native: str) -> None:
     """Run ``model`` once on the first example (no gradient) and raise a
-    RuntimeError naming the first of ``modules`` that ran more than once.
-    Nothing is checked for an empty batch or bad inputs (the method's own
-    checks report those)."""
+    RuntimeError naming the first of ``modules`` that ran more than once;
+    once a model passed for these modules and this input layout, later calls
+    skip the probe. Nothing is checked for an empty batch or bad inputs (the
+    method's own checks report those)."""
     try:
         xs, _ = v.format_inputs(inputs)
         args = v.format_additional_args(additional_forward_args, xs[0].shape[0])
     except (TypeError, ValueError):
         return
     if xs[0].shape[0] == 0 or not modules:
+        return
+    # Which modules run is the model's structure: probed once per model,
+    # modules and input layout (a drop-in called in a loop pays it once).
+    key = (tuple(id(m) for m in modules), tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs))
+    verified = _VERIFIED.setdefault(model, set())
+    if key in verified:
         return
     calls: Dict[int, int] = {}
 
@@ -46,3 +57,4 @@ def refuse_reused_modules(model: nn.Module, modules: Sequence[nn.Module], inputs
                 f"network, which Captum's {method} does not support and so neither does this drop-in; "
                 f"fastattr.{native}() explains such models (each call keeps its own state)"
             )
+    verified.add(key)

@@ -80,6 +80,8 @@ def flat_target(target: FormattedTarget, shape: Sequence[int]) -> FlatTarget:
     index); None needs one value per example; negative indices count from
     the end.
     """
+    if type(target) is int and len(shape) == 1 and -shape[0] <= target < shape[0]:
+        return target % shape[0]  # the common case, [B, C] with one class: no more to check
     shape = tuple(shape)
     k = _index_length(target)
     if k > len(shape):
