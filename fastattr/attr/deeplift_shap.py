@@ -42,22 +42,45 @@ def deeplift_shap(
         ``return_convergence_delta`` also ``[B * M]`` deltas, row ``b * M + m``
         the one of example ``b`` against reference ``m``.
     """
+    def explain(rows: v.TensorOrTuple, bases: v.TensorOrTuple, row_target: Any, row_args: Any) -> Any:
+        return deeplift(model, rows, bases, row_target, row_args, return_convergence_delta,
+                        custom_attribution_func, multiply_by_inputs, eps, memory_budget)
+
+    return against_each_reference(explain, inputs, baselines, target, additional_forward_args,
+                                  return_convergence_delta, "DeepLiftShap", "deeplift")
+
+
+def against_each_reference(
+    explain: Callable[[v.TensorOrTuple, v.TensorOrTuple, Any, Any], Any],
+    inputs: v.TensorOrTuple,
+    baselines: Any,
+    target: v.TargetType,
+    additional_forward_args: Any,
+    return_convergence_delta: bool,
+    method: str,
+    single: str,
+) -> Any:
+    """DeepLIFT SHAP's frame, Captum's ``_expand_inputs_baselines_targets``
+    and mean: ``explain(rows, baselines, target, args)`` on every example
+    repeated once per reference (rows ``b * M + m``, against reference
+    ``m``), its attributions (a tensor, a tuple, or the layer's) averaged
+    over the references; deltas, when it returns them, as they are
+    (``[B * M]``). ``method`` / ``single`` name the caller and its one-reference twin."""
     xs, was_tuple = v.format_inputs(inputs)
     references = v.format_baseline_distribution(baselines, xs, was_tuple)
     m = references[0].shape[0]
     if m < 2:
         raise v.ArgumentError(
-            "baselines: DeepLiftShap needs a distribution of at least 2 reference examples [M, *F]; "
-            "with one, use deeplift"
+            f"baselines: {method} needs a distribution of at least 2 reference examples [M, *F]; "
+            f"with one, use {single}"
         )
     batch = xs[0].shape[0]
     rows = tuple(x.repeat_interleave(m, dim=0) for x in xs)
     bases = tuple(r.repeat(batch, *([1] * (r.dim() - 1))) for r in references)
     row_target, row_args = repeat_examples(target, additional_forward_args, m)
-    out = deeplift(model, rows if was_tuple else rows[0], bases if was_tuple else bases[0], row_target, row_args,
-                   return_convergence_delta, custom_attribution_func, multiply_by_inputs, eps, memory_budget)
+    out = explain(rows if was_tuple else rows[0], bases if was_tuple else bases[0], row_target, row_args)
     attributions, deltas = out if return_convergence_delta else (out, None)
-    items = attributions if was_tuple else (attributions,)
+    items = attributions if isinstance(attributions, tuple) else (attributions,)
     means = tuple(a.view(batch, m, *a.shape[1:]).mean(1) for a in items)
-    means_out = means if was_tuple else means[0]
-    return (means_out, deltas) if return_convergence_delta else means_out
+    mean_out = means if isinstance(attributions, tuple) else means[0]
+    return (mean_out, deltas) if return_convergence_delta else mean_out

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from .. import _validate as v
 from ..engine import Request, single_point_plan
-from ._call import build_request, repeat_examples
+from ._call import build_request
 from ._layer import LayerLeaves, format_layers, per_layer
 from .convergence import completeness_gap
+from .deeplift_shap import against_each_reference
 from .deeplift import (
     CustomAttributionFunc, _check_custom_func, _check_custom_output, _check_eps, _one_chunk, beside_references,
     deeplift_rules, hooked_modules,
@@ -135,23 +136,10 @@ def layer_deeplift_shap(
     reference distribution (``baselines``: ``[M, *F]`` per input, ``M >= 2``,
     or a callable), averaged over the references, as Captum's
     ``LayerDeepLiftShap``; deltas ``[B * M]``."""
-    xs, was_tuple = v.format_inputs(inputs)
-    references = v.format_baseline_distribution(baselines, xs, was_tuple)
-    m = references[0].shape[0]
-    if m < 2:
-        raise v.ArgumentError(
-            "baselines: LayerDeepLiftShap needs a distribution of at least 2 reference examples [M, *F]; "
-            "with one, use layer_deeplift"
-        )
-    batch = xs[0].shape[0]
-    rows = tuple(x.repeat_interleave(m, dim=0) for x in xs)
-    bases = tuple(r.repeat(batch, *([1] * (r.dim() - 1))) for r in references)
-    row_target, row_args = repeat_examples(target, additional_forward_args, m)
-    out = layer_deeplift(model, rows if was_tuple else rows[0], layer, bases if was_tuple else bases[0], row_target,
-                         row_args, return_convergence_delta, attribute_to_layer_input, custom_attribution_func,
-                         multiply_by_inputs, eps, memory_budget)
-    attributions, deltas = out if return_convergence_delta else (out, None)
-    items = attributions if isinstance(attributions, tuple) else (attributions,)
-    means = tuple(a.view(batch, m, *a.shape[1:]).mean(1) for a in items)
-    mean_out = means if isinstance(attributions, tuple) else means[0]
-    return (mean_out, deltas) if return_convergence_delta else mean_out
+    def explain(rows: v.TensorOrTuple, bases: v.TensorOrTuple, row_target: Any, row_args: Any) -> Any:
+        return layer_deeplift(model, rows, layer, bases, row_target, row_args, return_convergence_delta,
+                              attribute_to_layer_input, custom_attribution_func, multiply_by_inputs, eps,
+                              memory_budget)
+
+    return against_each_reference(explain, inputs, baselines, target, additional_forward_args,
+                                  return_convergence_delta, "LayerDeepLiftShap", "layer_deeplift")

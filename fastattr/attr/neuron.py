@@ -108,26 +108,34 @@ class NeuronOutput(nn.Module):
         self._to_layer_input = to_layer_input
 
     def forward(self, *args: Any) -> Tensor:
-        layer = self._layer[0]
-        caught: List[Any] = []
+        _, values = run_to_layer(self.model, self._layer[0], self._to_layer_input, args, stop=True)
+        return select_neuron(values, self._selector)
 
-        def hook(module: nn.Module, hook_args: Tuple[Any, ...], out: Any = None) -> None:
-            caught.append(hook_args if self._to_layer_input else out)
+
+def run_to_layer(model: Callable[..., Any], layer: nn.Module, to_layer_input: bool, args: Tuple[Any, ...],
+                 stop: bool) -> Tuple[Any, Tuple[Tensor, ...]]:
+    """``(model output, the layer's tensors)`` of ``model(*args)``: the
+    layer's output (or positional inputs) as its first call produced them,
+    on the graph; with ``stop`` the forward ends there and the output is None."""
+    caught: List[Any] = []
+
+    def hook(module: nn.Module, hook_args: Tuple[Any, ...], out: Any = None) -> None:
+        caught.append(hook_args if to_layer_input else out)
+        if stop:
             raise _LayersCaptured
 
-        register = layer.register_forward_pre_hook if self._to_layer_input else layer.register_forward_hook
-        handle = register(hook)
-        try:
-            self.model(*args)
-        except _LayersCaptured:
-            pass
-        finally:
-            handle.remove()
-        if not caught:
-            raise ValueError("layer: did not run during the model's forward (is it used by model?)")
-        what = "input" if self._to_layer_input else "output"
-        values, _ = _split(caught[0], f"layer {what}")
-        return select_neuron(values, self._selector)
+    handle = (layer.register_forward_pre_hook if to_layer_input else layer.register_forward_hook)(hook)
+    out = None
+    try:
+        out = model(*args)
+    except _LayersCaptured:
+        pass
+    finally:
+        handle.remove()
+    if not caught:
+        raise ValueError("layer: did not run during the model's forward (is it used by model?)")
+    values, _ = _split(caught[0], "layer " + ("input" if to_layer_input else "output"))
+    return out, values
 
 
 def neuron_model(model: Callable[..., Any], layer: nn.Module, neuron_selector: Any,
@@ -261,20 +269,7 @@ class _ConductanceOutput:
     def __call__(self, *args: Any) -> Tensor:
         target = args[-1] if self.target_is_argument else self.target
         model_args = args[:-1] if self.target_is_argument else args
-        caught: List[Any] = []
-
-        def hook(module: nn.Module, hook_args: Tuple[Any, ...], out: Any = None) -> None:
-            caught.append(hook_args if self.to_layer_input else out)
-
-        register = self.layer.register_forward_pre_hook if self.to_layer_input else self.layer.register_forward_hook
-        handle = register(hook)
-        try:
-            out = self.model(*model_args)
-        finally:
-            handle.remove()
-        if not caught:
-            raise ValueError("layer: did not run during the model's forward (is it used by model?)")
-        values, _ = _split(caught[0], "layer " + ("input" if self.to_layer_input else "output"))
+        out, values = run_to_layer(self.model, self.layer, self.to_layer_input, model_args, stop=False)
         n = values[0].shape[0]
         flat = check_model_output(out, n, target)
         picked = target_outputs(out, flat, torch.arange(n, device=out.device)).to(out.dtype)
