@@ -6,6 +6,8 @@ fastattr's keyed noise (``torch.normal`` patched) and Quantus runs given
 fastattr's keyed draws (``np.random.uniform`` patched)."""
 from __future__ import annotations
 
+import copy
+
 import contextlib
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -227,6 +229,20 @@ def assert_same_delta(actual: Tensor, expected: Tensor, attrs: Any, tol: float, 
     assert rel <= tol, f"{what}: delta error {err:.3g} = {rel:.3g} x scale > {tol:.3g}"
 
 
+def upcast(a: Any) -> Any:
+    """Floating tensors (in tuples too) as float64, exactly; anything else as it is."""
+    if isinstance(a, tuple):
+        return tuple(upcast(t) for t in a)
+    return a.double() if isinstance(a, Tensor) and a.is_floating_point() else a
+
+
+def float64_twin(case: "Case") -> "Case":
+    """The same model, inputs and arguments in float64: the float32 case's
+    values exactly, computed without its rounding (the truth a float32
+    result is measured against)."""
+    return Case(case.name, copy.deepcopy(case.model).double(), upcast(case.inputs), case.target, upcast(case.afa))
+
+
 # A low-precision result may be this many times less accurate than Captum's
 # own in the same dtype (both against a float64 run of the same model): the
 # two round differently (other batch sizes, another summation order), and
@@ -256,12 +272,15 @@ def assert_delta_as_accurate_as_captum(actual: Tensor, captum: Tensor, truth: Te
     """Convergence deltas in low precision: fastattr's error against the
     float64 deltas is at most ``factor`` times the larger of Captum's delta
     error and Captum's summed attribution error per example (what a delta,
-    a sum of attributions, inherits from them)."""
+    a sum of attributions, inherits from them; deltas per sample, ``[B * N]``,
+    take their example's)."""
     assert actual.shape == captum.shape and actual.dtype == captum.dtype, what
     summed = sum((c.double() - t.double()).abs().reshape(c.shape[0], -1).sum(1)
                  for c, t in zip(_as_tuple(captum_attrs), _as_tuple(truth_attrs)))
     ours = (actual.double() - truth.double()).abs()
-    theirs = torch.maximum((captum.double() - truth.double()).abs(), summed.reshape(ours.shape))
+    # Deltas per (example, sample), row b * N + n, inherit example b's attribution error.
+    per_row = summed.repeat_interleave(ours.numel() // summed.numel())
+    theirs = torch.maximum((captum.double() - truth.double()).abs(), per_row.reshape(ours.shape))
     assert (ours <= factor * theirs).all(), (
         f"{what}: delta errors {ours.tolist()}, Captum's (or its attributions') {theirs.tolist()}")
 

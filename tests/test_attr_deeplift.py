@@ -41,7 +41,7 @@ from torch import Tensor, nn
 import captum.attr
 from captum_cases import (
     _build, _delta_scale, _randn, assert_as_accurate_as_captum, assert_delta_as_accurate_as_captum,
-    assert_same_attr, assert_same_delta,
+    assert_same_attr, assert_same_delta, upcast,
 )
 from fastattr.attr.deeplift import RULES, deeplift
 from fastattr.captum.deeplift import DeepLift
@@ -302,11 +302,7 @@ def test_baseline_forms(backend: str) -> None:
 
 def _float64_twin(case: Case, baselines: Any) -> Tuple[Case, Any]:
     """The same model, inputs and baselines, upcast to float64 (exactly)."""
-    def up(a: Any) -> Any:
-        if isinstance(a, tuple):
-            return tuple(up(t) for t in a)
-        return a.double() if isinstance(a, Tensor) and a.is_floating_point() else a
-    return Case(copy.deepcopy(case.model).double(), up(case.inputs), case.target, up(case.afa)), up(baselines)
+    return Case(copy.deepcopy(case.model).double(), upcast(case.inputs), case.target, upcast(case.afa)), upcast(baselines)
 
 
 @pytest.mark.parametrize("name", ["conv", "mlp", "two_input", "pools"])

@@ -32,6 +32,8 @@ Measured errors (max |fastattr - other| / max |other|, both backends):
 """
 from __future__ import annotations
 
+import copy
+
 import types
 import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Tuple
@@ -43,7 +45,10 @@ from torch import Tensor, nn
 
 import captum.attr
 import fastattr.captum.layer
-from captum_cases import _build, _case, _randn, assert_same_attr, assert_same_delta
+from captum_cases import (
+    _build, _case, _randn, assert_as_accurate_as_captum, assert_delta_as_accurate_as_captum, assert_same_attr,
+    assert_same_delta,
+)
 from fastattr.attr.grad_cam import grad_cam, guided_grad_cam
 from fastattr.attr.layer_integrated_gradients import layer_integrated_gradients
 
@@ -59,8 +64,6 @@ TOL_CAM = 1e-15  # Grad-CAM vs Captum or the reference: measured 0
 TOL_F64_REF = 1e-15  # layer IG vs the float64 reference: measured 0
 TOL_F64_CAPTUM = 2e-7  # layer IG vs Captum's float32 step sizes: measured 3.6e-8
 TOL_F64_DELTA = 1.5e-7  # measured 2.2e-8
-TOL_F32 = 3e-7  # measured 5.2e-8
-TOL_F32_DELTA = 1.5e-7  # measured 2.3e-8
 
 
 
@@ -434,9 +437,13 @@ def test_layer_ig_text_batch_1_and_float32() -> None:
     ours, theirs = _lig_both(model, ids, model.emb, 2, mask, n_steps=8, chunk_rows=3)
     _check_lig(ours, theirs, TOL_F64_CAPTUM, TOL_F64_DELTA, "text batch 1")
     model, ids, mask = _text_case(dtype=torch.float32)
-    ours, theirs = _lig_both(model, ids, model.emb, [0, 1, 2, 0], mask, n_steps=10,
-                             baselines=torch.zeros_like(ids))
-    _check_lig(ours, theirs, TOL_F32, TOL_F32_DELTA, "text float32")
+    (ours, d_ours), (theirs, d_theirs) = _lig_both(model, ids, model.emb, [0, 1, 2, 0], mask, n_steps=10,
+                                                   baselines=torch.zeros_like(ids))
+    twin = copy.deepcopy(model).double()
+    _, (truth, d_truth) = _lig_both(twin, ids, twin.emb, [0, 1, 2, 0], mask.double(), n_steps=10,
+                                    baselines=torch.zeros_like(ids))
+    assert_as_accurate_as_captum(ours, theirs, truth, "text float32")
+    assert_delta_as_accurate_as_captum(d_ours, d_theirs, d_truth, theirs, truth, "text float32")
 
 
 def test_batch_1_model_that_views_its_input() -> None:
