@@ -372,6 +372,27 @@ def _branches(rule: PropagationRule, module: nn.Module, where: str, folding: boo
     return rule.branches(_layer_params(module, where))
 
 
+def _prepared(model: nn.Module, composite: Optional[Composite]) -> Tuple[_CallState, List[Tuple[str, nn.Module, Rule]]]:
+    """A call's state and every leaf layer's rule (``composite``'s, default
+    Captum's defaults), checked before any compute."""
+    require_module(model, "LRP")
+    if composite is None:
+        composite = shared_default_composite()
+    elif not isinstance(composite, Composite):
+        raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
+    state = _CallState()
+    return state, _checked_layers(model, composite, state)
+
+
+def _explained_outputs(state: _CallState, target: v.FormattedTarget) -> Tensor:
+    """``[B]``: each example's target output ``f_t(x)`` from the outputs the
+    call's forwards kept, in their dtype (``target`` as ``format_target`` made it)."""
+    outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
+    batch = outputs.shape[0]
+    flat = check_model_output(outputs, batch, target)
+    return target_outputs(outputs, flat, row_examples(0, batch, 1, outputs.device)).to(outputs.dtype)
+
+
 def lrp(
     model: nn.Module,
     inputs: v.TensorOrTuple,
@@ -401,13 +422,7 @@ def lrp(
         Relevances shaped and typed like ``inputs``; with
         ``return_convergence_delta`` a pair ``(relevances, delta [B])``.
     """
-    require_module(model, "LRP")
-    if composite is None:
-        composite = shared_default_composite()
-    elif not isinstance(composite, Composite):
-        raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
-    state = _CallState()
-    layers = _checked_layers(model, composite, state)
+    state, layers = _prepared(model, composite)
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
         lambda xs: single_point_plan("grad"),
@@ -418,10 +433,7 @@ def lrp(
     if req.inputs[0].shape[0] == 0:  # nothing ran
         no_deltas = normalized[0].new_zeros(0) if return_convergence_delta else None
         return _returned(normalized, was_tuple, no_deltas)
-    outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
-    batch = outputs.shape[0]
-    f_t = target_outputs(outputs, check_model_output(outputs, batch, req.target),
-                         row_examples(0, batch, 1, outputs.device)).to(outputs.dtype)
+    f_t = _explained_outputs(state, req.target)
     # Captum's order: relevances for a seed of 1, times f_t(x) at the end.
     relevances = tuple(r * f_t.reshape(-1, *([1] * (r.dim() - 1))) for r in normalized)
     if not return_convergence_delta:
@@ -464,13 +476,7 @@ def layer_lrp(
         also ``[B]`` deltas ``f_t(x) - sum(relevances)`` (a list, one per layer,
         for a list).
     """
-    require_module(model, "LRP")
-    if composite is None:
-        composite = shared_default_composite()
-    elif not isinstance(composite, Composite):
-        raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
-    state = _CallState()
-    layers = _checked_layers(model, composite, state)
+    state, layers = _prepared(model, composite)
 
     def build(leaf_model: Any, options: Dict[str, Any]) -> Any:
         return build_request(
@@ -480,10 +486,8 @@ def layer_lrp(
 
     result, leaf_model, was_list = run_at_layers(model, layer, True, attribute_to_layer_input, build)
     like = leaf_model.gathered()
-    outputs = state.outputs[0] if len(state.outputs) == 1 else torch.cat(state.outputs)
-    batch = outputs.shape[0]
-    f_t = target_outputs(outputs, check_model_output(outputs, batch, v.format_target(target, batch, outputs.device)),
-                         row_examples(0, batch, 1, outputs.device)).to(outputs.dtype)
+    xs, _ = v.format_inputs(inputs, allow_integer=True)
+    f_t = _explained_outputs(state, v.format_target(target, xs[0].shape[0], xs[0].device))
     relevances = tuple((r * f_t.reshape(-1, *([1] * (r.dim() - 1)))).to(a.dtype) for r, a in zip(result.mean, like.flat))
     attributions = per_layer(relevances, like, was_list)
     if not return_convergence_delta:
