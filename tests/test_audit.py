@@ -39,6 +39,13 @@ def mlp():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+def batchnorm_cnn():
+    """BatchNorm in eval mode: a 0-d integer buffer (num_batches_tracked)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 8 * 8, 10)).eval()
 '''
 
 
@@ -171,6 +178,33 @@ def test_npz_factory_and_weights(env, tmp_path):
     with torch.no_grad():
         assert frame.loc[frame["method"] == "saliency", "pred"].tolist() == model(x).argmax(1).tolist()
     assert summary["configuration"]["model"]["kind"] == "factory"
+
+
+def test_without_the_audit_extra_it_says_so_before_any_work(env, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    assert audit("--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "pip install 'fastattr[audit]'" in err and "missing: pyarrow" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_batchnorm_model_from_a_factory(env, tmp_path):
+    """Any model with BatchNorm carries 0-d buffers; the model's identity hash
+    reads them (it crashed viewing them as bytes) and tells states apart."""
+    from fastattr.cli.models import state_hash
+
+    model = __import__("audit_models").batchnorm_cnn()
+    before = state_hash(model)
+    assert before == state_hash(__import__("audit_models").batchnorm_cnn())
+    model[1].num_batches_tracked.add_(1)
+    assert state_hash(model) != before
+    assert audit("--model", "audit_models:batchnorm_cnn", "--data", env / "digits.npz", "--limit", 4, *SMALL,
+                 "--out", tmp_path / "o") == 0
+    _, summary = read(tmp_path / "o")
+    assert summary["configuration"]["model"]["sha256"] == before
 
 
 def test_image_folder(env, tmp_path):

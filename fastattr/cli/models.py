@@ -28,12 +28,14 @@ def _file_hash(path: str) -> str:
 
 
 def state_hash(model: nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes)."""
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes).
+    0-d tensors (BatchNorm's ``num_batches_tracked``) are read as one element:
+    a 0-d tensor cannot be viewed as bytes."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.detach().cpu().reshape(-1).contiguous()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return h.hexdigest()
 
 
