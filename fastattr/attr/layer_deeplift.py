@@ -71,7 +71,7 @@ def layer_deeplift(
     eps = _check_eps(eps)
     custom = _check_custom_func(custom_attribution_func)
     modules = hooked_modules(model)
-    n_inputs = len(inputs) if isinstance(inputs, tuple) else 1
+    xs, was_tuple = v.format_inputs(inputs)
     collected: List[Tuple[Tuple[Tensor, ...], ...]] = []  # per chunk (multipliers, at inputs, at baselines)
 
     def build(leaf_model: LayerLeaves, options: Dict[str, Any]) -> Request:
@@ -99,9 +99,9 @@ def layer_deeplift(
             return multipliers
         return tuple(m * (x - r) for m, x, r in zip(multipliers, at_inputs, at_baselines))
 
-    v.check_model_device(model, (inputs[0] if isinstance(inputs, tuple) else inputs).device)
+    v.check_model_device(model, xs[0].device)  # the engine sees only the paired wrapper
     result, leaf_model, _ = run_at_layers(
-        beside_references(model, n_inputs, always_paired=True), layer, False, attribute_to_layer_input,
+        beside_references(model, len(xs), always_paired=True), layer, False, attribute_to_layer_input,
         build, keep_all=False, row_transform=pair_transform,
     )
     like = leaf_model.values[-1]
@@ -112,7 +112,6 @@ def layer_deeplift(
     attributions = per_layer(tuple(a.to(t.dtype) for a, t in zip(folded, like.flat)), like, False)
     if not return_convergence_delta:
         return attributions
-    xs, was_tuple = v.format_inputs(inputs)
     gap = completeness_gap(model, baselines, xs, was_tuple, target, additional_forward_args, memory_budget)
     total = sum(a.reshape(a.shape[0], -1).sum(1, dtype=torch.float64) for a in folded)
     return attributions, (total - gap).to(delta_dtype(like.flat[0]))

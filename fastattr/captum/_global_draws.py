@@ -8,13 +8,14 @@ batch, chunking or device), which no global-RNG draw can give.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
+from typing import Any, Callable, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _validate as v
+from ..attr._call import repeat_examples
 
 Stdevs = Union[float, Tuple[float, ...]]
 
@@ -70,3 +71,21 @@ def mean_over_samples(per_row: v.TensorOrTuple, batch: int, n_samples: int) -> v
     items = per_row if isinstance(per_row, tuple) else (per_row,)
     out = tuple(a.view(batch, n_samples, *a.shape[1:]).sum(1) * 1 / n_samples for a in items)
     return out if isinstance(per_row, tuple) else out[0]
+
+
+def explain_on_captum_draws(explain_at: Callable[..., Any], inputs: v.TensorOrTuple, baselines: Any,
+                            n_samples: int, stdevs: Stdevs, target: Any, additional_forward_args: Any,
+                            return_convergence_delta: bool) -> Any:
+    """A GradientSHAP-style drop-in's call on Captum's draws:
+    ``explain_at(rows, references, positions, target, args)`` gives each
+    drawn row's term (``rows`` a tensor or a tuple like ``inputs``; target
+    and arguments repeated per row), averaged here over each example's
+    samples; deltas, when asked, per row ``[B * n_samples]``."""
+    rows, references, alphas, was_tuple = gradient_shap_draws(inputs, baselines, n_samples, stdevs)
+    batch = rows[0].shape[0] // n_samples
+    row_target, row_args = repeat_examples(target, additional_forward_args, n_samples)
+    out = explain_at(rows if was_tuple else rows[0], references, alphas, row_target, row_args)
+    if return_convergence_delta:
+        attributions, deltas = out
+        return mean_over_samples(attributions, batch, n_samples), deltas
+    return mean_over_samples(out, batch, n_samples)

@@ -10,8 +10,7 @@ from .. import _validate as v
 from ..attr.gradient_shap import gradient_shap, gradient_shap_at
 from ..attr.smoothgrad import check_seed
 from ._base import GradientAttribution
-from ._global_draws import gradient_shap_draws, mean_over_samples
-from .noise_tunnel import expand_kwargs
+from ._global_draws import explain_on_captum_draws
 
 
 class GradientShap(GradientAttribution):
@@ -50,15 +49,8 @@ class GradientShap(GradientAttribution):
                 return_convergence_delta=return_convergence_delta,
                 multiply_by_inputs=self._multiply_by_inputs,
             )
-        rows, references, alphas, was_tuple = gradient_shap_draws(inputs, baselines, n_samples, stdevs)
-        batch = rows[0].shape[0] // n_samples
-        per_row = expand_kwargs({"target": target, "additional_forward_args": additional_forward_args},
-                                n_samples, batch)
-        out = gradient_shap_at(
-            self.forward_func, rows if was_tuple else rows[0], references, alphas,
-            per_row["target"], per_row["additional_forward_args"], return_convergence_delta,
-            self._multiply_by_inputs)
-        if return_convergence_delta:
-            attributions, deltas = out
-            return mean_over_samples(attributions, batch, n_samples), deltas
-        return mean_over_samples(out, batch, n_samples)
+        return explain_on_captum_draws(
+            lambda rows, refs, alphas, t, args: gradient_shap_at(
+                self.forward_func, rows, refs, alphas, t, args, return_convergence_delta,
+                self._multiply_by_inputs),
+            inputs, baselines, n_samples, stdevs, target, additional_forward_args, return_convergence_delta)

@@ -14,9 +14,8 @@ from ..attr.layer_gradients import (
     LayerResult, internal_influence, layer_activation, layer_conductance, layer_gradient_x_activation,
 )
 from ._base import GradientAttribution, check_grad_kwargs
-from ._global_draws import gradient_shap_draws, mean_over_samples
+from ._global_draws import explain_on_captum_draws
 from .layer import LayerAttribution
-from .noise_tunnel import expand_kwargs
 
 
 class LayerActivation(LayerAttribution):
@@ -155,15 +154,8 @@ class LayerGradientShap(LayerAttribution, GradientAttribution):
                 self.forward_func, inputs, self.layer, baselines, n_samples, stdevs, target,
                 additional_forward_args, return_convergence_delta, attribute_to_layer_input,
                 self._multiply_by_inputs, self.seed)
-        rows, references, alphas, was_tuple = gradient_shap_draws(inputs, baselines, n_samples, stdevs)
-        batch = rows[0].shape[0] // n_samples
-        per_row = expand_kwargs({"target": target, "additional_forward_args": additional_forward_args},
-                                n_samples, batch)
-        out = layer_gradient_shap_at(
-            self.forward_func, rows if was_tuple else rows[0], references, alphas, self.layer,
-            per_row["target"], per_row["additional_forward_args"], return_convergence_delta,
-            attribute_to_layer_input, self._multiply_by_inputs)
-        if return_convergence_delta:
-            attributions, deltas = out
-            return mean_over_samples(attributions, batch, n_samples), deltas
-        return mean_over_samples(out, batch, n_samples)
+        return explain_on_captum_draws(
+            lambda rows, refs, alphas, t, args: layer_gradient_shap_at(
+                self.forward_func, rows, refs, alphas, self.layer, t, args, return_convergence_delta,
+                attribute_to_layer_input, self._multiply_by_inputs),
+            inputs, baselines, n_samples, stdevs, target, additional_forward_args, return_convergence_delta)

@@ -149,7 +149,7 @@ class NoiseTunnel(Attribution):
         for n0 in range(0, n, per_partition):
             size = min(per_partition, n - n0)
             part, picked = draws.partition(n0, size)
-            part_kwargs = expand_kwargs(kwargs, size, batch)
+            part_kwargs = _expand_kwargs(kwargs, size, batch)
             if picked is not None:
                 part_kwargs["baselines"] = picked if was_tuple else picked[0]
             out = self.attribution_method.attribute(part if was_tuple else part[0], **part_kwargs)
@@ -251,7 +251,7 @@ def _partition_major(deltas: Tensor, batch: int, n: int, per_partition: int) -> 
     return deltas[torch.tensor(order, device=deltas.device)]
 
 
-def expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, Any]:
+def _expand_kwargs(kwargs: Dict[str, Any], size: int, batch: int) -> Dict[str, Any]:
     """The wrapped method's arguments for ``batch * size`` noisy copies, as
     Captum expands them: per-example tensors, lists, targets and feature
     masks repeated ``size`` times each (row ``b * size + j``)."""
