@@ -17,7 +17,8 @@ from fastattr.cli import main
 from fastattr.cli.audit import check_model_fits
 from fastattr.cli.data import load_dataset
 from fastattr.cli.measures import BatchContext, available_groups, metric_names
-from fastattr.cli.methods import explain
+from fastattr.cli.methods import METHOD_SETTINGS, explain, explainer_for, make_context
+from fastattr.cli.options import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--methods", "saliency,smoothgrad", "--metrics", "max_sensitivity,infidelity,pgd_accuracy"]
@@ -130,7 +131,14 @@ def test_default_model_is_deterministic_and_accurate(env):
 
 def test_metric_list_is_what_is_installed(env, capsys):
     assert main(["audit", "--metrics", "list"]) == 0
-    assert capsys.readouterr().out.split() == list(metric_names(available_groups()))
+    listing = capsys.readouterr().out
+    groups = available_groups()
+    named = {m for line in listing.splitlines() if not line.startswith(" ")
+             for m in line.split(":", 1)[1].replace(",", " ").split()}
+    assert named == set(metric_names(groups))
+    for g in groups:
+        for s in g.settings(64):
+            assert f"{g.name}.{s.name} = " in listing
 
 
 def test_shared_perturbation_pass_equals_each_metric(env):
@@ -139,31 +147,35 @@ def test_shared_perturbation_pass_equals_each_metric(env):
     model = __import__("audit_models").cnn()
     x = torch.from_numpy(load_dataset(None, 6).x)
     pred = model(x).argmax(1)
-    ctx = BatchContext(model, x, pred, pred, 5, 3, None)
+    settings = resolve(METHOD_SETTINGS, {}, "--method-option")
+    context = make_context(model, x, 3, settings, torch.device("cpu"))
+    ctx = BatchContext(model, x, pred, pred, 5, 3, None, {"sensitivity": {"radius": 0.05, "n_samples": 10}},
+                       lambda m: explainer_for(m, x, 3, None, settings[m], context))
     group = next(g for g in available_groups() if "max_sensitivity" in g.metrics)
     for method in ("saliency", "guided_backprop"):
-        a = explain(method, model, x, pred, 3, 0, None)
+        a = explain(method, model, x, pred, 3, 0, None, settings[method], context)
         got = group.compute(ctx, method, a).columns
-        kw = dict(radius=0.05, n_samples=10, seed=3, attributions=a, example_offset=5)
-        assert torch.equal(got["max_sensitivity"], sensitivity.max_sensitivity(model, x, pred, method, **kw))
-        assert torch.equal(got["avg_sensitivity"], sensitivity.avg_sensitivity(model, x, pred, method, **kw))
+        explainer, options = explainer_for(method, x, 3, None, settings[method], context)
+        kw = dict(radius=0.05, n_samples=10, seed=3, attributions=a, example_offset=5, explainer_kwargs=options)
+        assert torch.equal(got["max_sensitivity"], sensitivity.max_sensitivity(model, x, pred, explainer, **kw))
+        assert torch.equal(got["avg_sensitivity"], sensitivity.avg_sensitivity(model, x, pred, explainer, **kw))
         if "relative_input_stability" in got:
             assert torch.equal(got["relative_input_stability"],
-                               stability.relative_input_stability(model, x, pred, method, **kw))
+                               stability.relative_input_stability(model, x, pred, explainer, **kw))
 
 
 def test_results_do_not_depend_on_shards_or_memory_budget(env, tmp_path):
     common = ["--model", "audit_models:cnn", "--data", env / "digits.npz", "--batch-size", 4, *SMALL]
     assert audit(*common, "--shard-batches", 3, "--out", tmp_path / "a") == 0
     assert audit(*common, "--shard-batches", 1, "--out", tmp_path / "b") == 0
-    assert audit(*common, "--memory-budget", 4096, "--out", tmp_path / "c", "--limit", 12) == 0
+    assert audit(*common, "--memory-budget", 4096, "--out", tmp_path / "c") == 0
     a, b, c = (read(tmp_path / k)[0] for k in "abc")
     pd.testing.assert_frame_equal(a, b)
     # smoothgrad's perturbed explanations are keyed by their row in the metric's
     # chunk (no row offset reaches the explainer yet): equal for the deterministic method only
-    pd.testing.assert_frame_equal(a.iloc[:len(c)][a["method"] == "saliency"], c[c["method"] == "saliency"])
+    pd.testing.assert_frame_equal(a[a["method"] == "saliency"], c[c["method"] == "saliency"])
     keyed_columns = ["index", "method", "label", "pred", "infidelity", "pgd_accuracy"]
-    pd.testing.assert_frame_equal(a.iloc[:len(c)][keyed_columns], c[keyed_columns])
+    pd.testing.assert_frame_equal(a[keyed_columns], c[keyed_columns])
 
 
 def test_npz_factory_and_weights(env, tmp_path):
@@ -174,7 +186,7 @@ def test_npz_factory_and_weights(env, tmp_path):
     assert audit("--model", "audit_models:cnn", "--weights", tmp_path / "w.pt", "--data", env / "digits.npz",
                  "--limit", 6, *SMALL, "--out", tmp_path / "o") == 0
     frame, summary = read(tmp_path / "o")
-    x = torch.from_numpy(np.load(env / "digits.npz")["x"][:6])
+    x = torch.from_numpy(np.load(env / "digits.npz")["x"][frame["source_index"].unique()])
     with torch.no_grad():
         assert frame.loc[frame["method"] == "saliency", "pred"].tolist() == model(x).argmax(1).tolist()
     assert summary["configuration"]["model"]["kind"] == "factory"

@@ -1,6 +1,6 @@
 """report.html opened in a real headless Chromium (Chrome DevTools Protocol):
-every image loads and nothing errors. Needs the OS's `chromium` and the
-`websocket-client` package."""
+every image loads, nothing errors, and the verdict table shows summary.json's
+verdict. Needs the OS's `chromium` and the `websocket-client` package."""
 import json
 import os
 import shutil
@@ -84,6 +84,29 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def check_verdict_table(page, verdict):
+    """The page's first table is the verdict, and what it shows (method,
+    sanity check, ranks, recommended, why) is summary.json's verdict."""
+    shown = page.call("Runtime.evaluate", returnByValue=True, expression="""
+        ({first: document.querySelector('table').id,
+          recommendation: document.querySelector('p.verdict').textContent,
+          rows: Array.from(document.querySelectorAll('#verdict tr')).slice(1)
+                     .map(r => Array.from(r.cells).map(c => c.textContent.trim()))})
+    """)["result"]["value"]
+    assert shown["first"] == "verdict" and shown["recommendation"] == verdict["recommendation"]
+    rows = {r[0]: r[1:] for r in shown["rows"]}
+    assert len(rows) == len(shown["rows"]) and set(rows) == set(verdict["methods"])
+    for method, (sanity, faithfulness, robustness, recommended, why) in rows.items():
+        want = verdict["methods"][method]
+        assert sanity.split(":")[0] == want["sanity"] in ("pass", "fail", "not checked", "not applicable")
+        if want["sanity_value"] is not None:
+            assert f"{want['sanity_value']:.2f}" in sanity and str(verdict["sanity_check"]["threshold"]) in sanity
+        assert faithfulness == ("–" if want["faithfulness_rank"] is None else str(want["faithfulness_rank"]))
+        assert robustness == ("–" if want["robustness_rank"] is None else str(want["robustness_rank"]))
+        assert recommended == ("yes" if want["recommended"] else "no") and why == want["reason"]
+    assert sorted(m for m, r in rows.items() if r[3] == "yes") == sorted(verdict["recommended"])
+
+
 def test_report_loads_in_chromium(browser, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTATTR_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
@@ -99,14 +122,17 @@ def test_report_loads_in_chromium(browser, tmp_path, monkeypatch):
         Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth,
                                                  h: i.naturalHeight, data: i.src.startsWith('data:image/png')}))
     """)["result"]["value"]
-    # ranking tables, distributions (one per per-method metric), heatmaps, sanity checks, deletion/insertion
+    # distributions (one per per-method metric), heatmaps, sanity checks, deletion/insertion
     assert len(images) >= 4, images
     assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 and i["data"] for i in images), images
     alts = {i["alt"] for i in images}
     assert "example heatmaps" in alts and any(a.startswith("distribution of") for a in alts)
     headings = page.call("Runtime.evaluate", returnByValue=True,
                          expression="Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
-    assert len(headings["result"]["value"]) == 6
+    assert headings["result"]["value"] == [
+        "Verdict", "Metrics", "Model accuracy, clean and under attack", "Distributions", "Example heatmaps",
+        "Sanity checks (model-parameter randomization)", "Deletion and insertion", "Settings"]
+    check_verdict_table(page, json.loads((out / "summary.json").read_text())["verdict"])
     time.sleep(0.2)
     page.call("Runtime.evaluate", expression="1")  # drain events that arrived after load
     assert page.errors == []

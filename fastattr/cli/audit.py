@@ -1,12 +1,13 @@
 """``fastattr audit``: every example of a data set explained by every method,
 each explanation's metrics and the model's robustness, computed shard by
 shard (resumable, distributable with torchrun) and merged into a table,
-``summary.json`` and ``report.html``."""
+``summary.json`` and ``report.html`` with a verdict: which method to trust."""
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -16,13 +17,25 @@ from .. import __version__
 from . import rundir
 from .config import AuditConfig, AuditError, build_parser, check_names, fingerprint
 from .data import Dataset, load_dataset
-from .measures import BatchContext, Group, Values, available_groups, metric_names
-from .methods import DEFAULT_METHODS, METHODS, explain
-from .models import load_model
+from .measures import BatchContext, Group, Values, available_groups, metric_names, resolved_for_model
+from .methods import (
+    DEFAULT_METHODS, METHOD_SETTINGS, METHODS, MethodContext, check_applicable, check_settings, describe_methods,
+    explain, explainer_for, make_context, method_rows,
+)
+from .models import SelectedOutput, class_scores, load_model, user_model_prefix
+from .options import Resolved, describe, load_config_file, parse_assignments, resolve
+from .plan import Plan, fit_budget, measure_row_cost, rows_per_example
 from .progress import Progress
 from .shards import Ranks, Shard, batches_of, close_ranks, commit_shard, committed, init_ranks, plan_shards
+from .transforms import transform_from_options, with_normalization
 
 Model = Callable[..., Tensor]
+ALL_METHODS = "all"
+
+
+def _metric_listing(groups: Sequence[Group]) -> str:
+    declared = {g.name: g.settings(0) for g in groups}
+    return describe(declared, {g.name: ", ".join(g.metrics) for g in groups})
 
 
 def parse_config(argv: Sequence[str], groups: Sequence[Group]) -> Optional[AuditConfig]:
@@ -30,16 +43,20 @@ def parse_config(argv: Sequence[str], groups: Sequence[Group]) -> Optional[Audit
     names = metric_names(groups)
     args = build_parser(tuple(METHODS), names, DEFAULT_METHODS, metric_names(groups, True)).parse_args(list(argv))
     if args.methods == ("list",) or args.metrics == ("list",):
-        listed = METHODS if args.methods == ("list",) else names
-        print("\n".join(listed))
+        print(describe_methods() if args.methods == ("list",) else _metric_listing(groups))
         return None
+    methods = args.methods
+    if methods is not None and methods != (ALL_METHODS,):
+        methods = check_names(methods, tuple(METHODS), "--methods")
     return AuditConfig(
         model=args.model, weights=args.weights, trust_pickle=args.trust_pickle, data=args.data,
         limit=args.limit, batch_size=args.batch_size, shard_batches=args.shard_batches, device=args.device,
-        memory_budget=args.memory_budget, seed=args.seed,
-        methods=check_names(args.methods, tuple(METHODS), "--methods"),
-        metrics=check_names(args.metrics, names, "--metrics"),
-        out=args.out, quiet=args.quiet,
+        memory_budget=args.memory_budget, seed=args.seed, methods=methods,
+        metrics=check_names(args.metrics, names, "--metrics"), out=args.out, quiet=args.quiet,
+        model_args=tuple(args.model_arg), output_key=args.output_key, resize=args.resize, crop=args.crop,
+        channels=args.channels, mean=args.mean, std=args.std, transforms=args.transforms,
+        method_options=tuple(args.method_option), metric_options=tuple(args.metric_option),
+        config_file=args.config, budget_minutes=args.budget_minutes, plan_only=args.plan_only,
     )
 
 
@@ -86,34 +103,176 @@ def check_model_fits(model: Model, data: Dataset, device: torch.device) -> int:
     return n_classes
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the run computes with, settled before any work."""
+
+    model: Model
+    data: Dataset
+    methods: Tuple[str, ...]  # the methods that run (the requested ones that can explain the model)
+    not_applicable: Dict[str, str]  # requested method -> why it cannot explain this model
+    method_settings: Resolved  # method -> its settings
+    metric_settings: Resolved  # group name -> its settings
+    context: MethodContext
+    groups: Tuple[Group, ...]  # the groups that compute a requested metric
+    run: Dict[str, Any]  # run.json
+
+
+def _given_options(config: AuditConfig) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(file, command line)`` settings: ``{"methods": ..., "metrics": ...}`` each."""
+    file = load_config_file(config.config_file) if config.config_file else {"methods": {}, "metrics": {}}
+    line = {"methods": parse_assignments(config.method_options, "--method-option"),
+            "metrics": parse_assignments(config.metric_options, "--metric-option")}
+    return file, line
+
+
+def _resolved(declared: Any, file: Dict[str, Any], line: Dict[str, Any], option: str) -> Resolved:
+    return resolve(declared, line, option, base=resolve(declared, file, "--config"))
+
+
+def _chosen_methods(config: AuditConfig, model: Model, data: Dataset, device: torch.device,
+                    settings: Resolved) -> Tuple[Tuple[str, ...], Dict[str, str], MethodContext]:
+    """The methods that run, those that cannot explain the model (with why) and
+    their context. A method named in ``--methods`` that cannot explain the
+    model is an error; the default set (or ``all``) drops it and says why."""
+    named = config.methods is not None and config.methods != (ALL_METHODS,)
+    requested = config.methods if named else (tuple(METHODS) if config.methods else DEFAULT_METHODS)
+    chosen = {m: settings[m] for m in requested}
+    check_settings(chosen, "--method-option")
+    context = make_context(model, torch.from_numpy(data.x), config.seed, chosen, device, user_model_prefix(model))
+    x1 = torch.from_numpy(data.x[:1]).to(device)
+    with torch.no_grad():
+        target = model(x1).argmax(1)
+    not_applicable: Dict[str, str] = {}
+    for m in requested:
+        reason = check_applicable(m, model, x1, target, chosen[m], context)
+        if reason is not None and named:
+            raise AuditError(f"--methods: {reason}")
+        if reason is not None:
+            not_applicable[m] = reason
+    methods = tuple(m for m in requested if m not in not_applicable)
+    if not methods:
+        raise AuditError("--methods: no method can explain this model: " + "; ".join(not_applicable.values()))
+    return methods, not_applicable, context
+
+
+def _explicit(file: Dict[str, Any], line: Dict[str, Any]) -> Set[Tuple[str, str]]:
+    return {(g, k) for given in (file["metrics"], line["metrics"]) for g, values in given.items() for k in values}
+
+
+def _prepare(config: AuditConfig, all_groups: Sequence[Group], ranks: Ranks, device: torch.device) -> Prepared:
+    file, line = _given_options(config)
+    transform = transform_from_options(config.resize, config.crop, config.channels, config.mean, config.std,
+                                       config.transforms)
+    data = load_dataset(config.data, config.limit, config.seed, transform)
+    if config.model is None and ranks.rank != 0:
+        ranks.barrier()  # rank 0 trains and caches the default model first
+    model, identity = load_model(config.model, config.weights, config.trust_pickle, config.model_args)
+    if config.model is None and ranks.rank == 0:
+        ranks.barrier()
+    model = with_normalization(model, transform)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device)
+    model = class_scores(model, torch.from_numpy(data.x[:1]).to(device), config.output_key)
+    if isinstance(model, SelectedOutput):
+        identity = {**identity, "output_key": model.key}
+    check_model_fits(model, data, device)
+
+    method_settings = _resolved(METHOD_SETTINGS, file["methods"], line["methods"], "--method-option")
+    methods, not_applicable, context = _chosen_methods(config, model, data, device, method_settings)
+    groups = tuple(g for g in all_groups if set(g.metrics) & set(config.metrics))
+    needing = [n for g in groups if g.needs_module for n in g.metrics if n in config.metrics]
+    if needing and not isinstance(model, torch.nn.Module):
+        raise AuditError(f"--metrics: {', '.join(needing)} randomizes parameters and needs an nn.Module model "
+                         f"(--model module:factory), not a {type(model).__name__}")
+    features = int(data.x[0].size)
+    declared = {g.name: g.settings(features) for g in all_groups}
+    resolved = _resolved(declared, file["metrics"], line["metrics"], "--metric-option")
+    metric_settings = {g.name: resolved_for_model(g, resolved[g.name], model, context.layer_prefix) for g in groups}
+    method_settings = {m: method_settings[m] for m in methods}
+    if not config.quiet or config.budget_minutes is not None or config.plan_only:
+        metric_settings = _planned(config, model, data, methods, method_settings, metric_settings, groups,
+                                   _explicit(file, line), ranks)
+    run = run_record(config, data, identity, groups, device, methods, not_applicable, method_settings,
+                     metric_settings, context)
+    return Prepared(model, data, methods, not_applicable, method_settings, metric_settings, context, groups, run)
+
+
+def _planned(config: AuditConfig, model: Model, data: Dataset, methods: Tuple[str, ...], method_settings: Resolved,
+             metric_settings: Resolved, groups: Sequence[Group], explicit: Set[Tuple[str, str]], ranks: Ranks
+             ) -> Resolved:
+    """The metric settings the plan keeps (``--budget-minutes`` may lower
+    sample counts), after printing the plan (rank 0, unless ``--quiet``)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu")) \
+        if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    cost = measure_row_cost(model, torch.from_numpy(data.x[:min(config.batch_size, 8)]).to(device))
+    rows = method_rows(method_settings)
+
+    def plan_of(settings: Resolved) -> Plan:
+        return Plan(len(data.y), methods, config.metrics, *rows_per_example(rows, groups, settings), cost)
+
+    plan = plan_of(metric_settings)
+    if config.budget_minutes is not None:
+        metric_settings, plan = fit_budget(plan_of, metric_settings, sorted(explicit), config.budget_minutes)
+    if ranks.rank == 0 and (not config.quiet or config.plan_only):
+        print(plan.describe(metric_settings), file=sys.stderr)
+    return metric_settings
+
+
 def run_record(config: AuditConfig, data: Dataset, model_identity: Dict[str, Any], groups: Sequence[Group],
-               device: torch.device) -> Dict[str, Any]:
+               device: torch.device, methods: Tuple[str, ...], not_applicable: Dict[str, str],
+               method_settings: Resolved, metric_settings: Resolved, context: MethodContext) -> Dict[str, Any]:
     """``run.json``: the configuration, what was loaded, and the fingerprint of what changes results."""
-    chosen = [g for g in groups if set(g.metrics) & set(config.metrics)]
     fingerprinted = {
         "model": model_identity, "data": {"description": data.description, "sha256": data.content_hash(),
                                           "n_examples": int(len(data.y))},
         "batch_size": config.batch_size, "shard_batches": config.shard_batches, "seed": config.seed,
-        "methods": list(config.methods), "metrics": list(config.metrics),
-        "method_settings": {m: METHODS[m].settings for m in config.methods},
-        "metric_settings": {n: g.settings for g in chosen for n in g.metrics if n in config.metrics},
+        "methods": list(methods), "metrics": list(config.metrics),
+        "methods_requested": list(methods) + list(not_applicable),
+        "method_settings": method_settings,
+        "metric_settings": {n: {**metric_settings[g.name], **g.described} for g in groups for n in g.metrics
+                            if n in config.metrics},
         "device_type": device.type, "memory_budget": config.memory_budget, "fastattr": __version__,
     }
+    if context.auto_layer is not None:
+        fingerprinted["auto_layer"] = context.auto_layer
     return {
-        "fingerprint": fingerprint(fingerprinted), "fingerprinted": fingerprinted,
+        "fingerprint": fingerprint(fingerprinted), "fingerprinted": fingerprinted, "not_applicable": not_applicable,
         "command": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "versions": {"fastattr": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
 
 
-def audit_batch(model: Model, x: Tensor, y: Tensor, offset: int, config: AuditConfig,
-                groups: Sequence[Group]) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
+def _unit_weights(p: Prepared) -> Tuple[Dict[Tuple[str, Optional[str]], float], float]:
+    """Each unit of a batch's work ((group, method) or (``"explain"``, method))
+    with its share of an example's rows, for the progress inside a batch."""
+    rows = method_rows(p.method_settings)
+    weights: Dict[Tuple[str, Optional[str]], float] = {}
+    for m in p.methods:
+        weights[("explain", m)] = rows[m]
+    for g in p.groups:
+        for m in (p.methods if g.per_method else (None,)):
+            gradient, forward = g.cost(p.metric_settings[g.name], rows[m] if m else 1)
+            weights[(g.name, m)] = gradient + forward / 3  # a forward pass is about a third of forward+backward
+    total = sum(weights.values()) or 1.0
+    return {k: w / total for k, w in weights.items()}, total
+
+
+def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditConfig,
+                advance: Callable[[float], None]) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
     """``(pred [b], columns, curves)`` of one batch: model columns ``[b]``,
-    per-method columns ``[M, b]``, curves ``[M, b, K]`` (M = ``config.methods``)."""
+    per-method columns ``[M, b]``, curves ``[M, b, K]`` (M = ``p.methods``).
+    ``advance(f)``: called after each unit of work with ``f``, its share of the batch."""
     with torch.no_grad():
-        pred = model(x).argmax(1)
-    ctx = BatchContext(model, x, y, pred, offset, config.seed, config.memory_budget)
+        pred = p.model(x).argmax(1)
+
+    def explainer_of(method: str) -> Tuple[Any, Dict[str, Any]]:
+        return explainer_for(method, x, config.seed, config.memory_budget, p.method_settings[method], p.context)
+
+    ctx = BatchContext(p.model, x, y, pred, offset, config.seed, config.memory_budget, p.metric_settings,
+                       explainer_of, p.context.layer_prefix)
+    share, _ = _unit_weights(p)
     wanted = set(config.metrics)
     columns: Dict[str, Tensor] = {}
     curves: Dict[str, List[Tensor]] = {}
@@ -126,59 +285,64 @@ def audit_batch(model: Model, x: Tensor, y: Tensor, offset: int, config: AuditCo
         for k, t in values.curves.items():  # curves of a computed group: it was asked for
             curves.setdefault(k, []).append(t)
 
-    for g in groups:
-        if not g.per_method and set(g.metrics) & wanted:
+    for g in p.groups:
+        if not g.per_method:
             keep(g.compute(ctx, None, None), columns, stacked=False)
-    for method in config.methods:
-        attrs = explain(method, model, x, pred, config.seed, offset, config.memory_budget).detach()
-        for g in groups:
-            if g.per_method and set(g.metrics) & wanted:
+            advance(share[(g.name, None)])
+    for method in p.methods:
+        attrs = explain(method, p.model, x, pred, config.seed, offset, config.memory_budget,
+                        p.method_settings[method], p.context).detach()
+        advance(share[("explain", method)])
+        for g in p.groups:
+            if g.per_method:
                 keep(g.compute(ctx, method, attrs), per_method, stacked=True)
+                advance(share[(g.name, method)])
     columns.update({k: torch.stack(v) for k, v in per_method.items()})
     return pred, columns, {k: torch.stack(v) for k, v in curves.items()}
 
 
-def audit_shard(model: Model, data: Dataset, shard: Shard, config: AuditConfig, groups: Sequence[Group],
-                device: torch.device, on_batch: Callable[[int], None]) -> Dict[str, np.ndarray]:
-    """The shard's result arrays: ``index``/``label``/``pred`` ``[n]``, ``model:<metric>``
-    ``[n]``, ``method:<metric>`` ``[M, n]``, ``curve:<name>`` ``[M, n, K]``."""
+def audit_shard(p: Prepared, shard: Shard, config: AuditConfig, device: torch.device,
+                on_progress: Callable[[float], None]) -> Dict[str, np.ndarray]:
+    """The shard's result arrays: ``index``/``source_index``/``label``/``pred``
+    ``[n]``, ``model:<metric>`` ``[n]``, ``method:<metric>`` ``[M, n]``,
+    ``curve:<name>`` ``[M, n, K]``. ``on_progress(n)``: ``n`` more examples done (fractional)."""
     parts: Dict[str, List[np.ndarray]] = {}
     for batch in batches_of(shard, config.batch_size):
-        x = torch.from_numpy(data.x[batch.start:batch.stop]).to(device)
-        y = torch.from_numpy(data.y[batch.start:batch.stop]).to(device)
-        pred, columns, curves = audit_batch(model, x, y, batch.start, config, groups)
-        arrays = {"index": np.arange(batch.start, batch.stop, dtype=np.int64), "label": y.cpu().numpy(),
-                  "pred": pred.cpu().numpy()}
+        x = torch.from_numpy(p.data.x[batch.start:batch.stop]).to(device)
+        y = torch.from_numpy(p.data.y[batch.start:batch.stop]).to(device)
+        pred, columns, curves = audit_batch(p, x, y, batch.start, config, lambda f: on_progress(f * len(batch)))
+        arrays = {"index": np.arange(batch.start, batch.stop, dtype=np.int64),
+                  "source_index": p.data.source_index[batch.start:batch.stop],
+                  "label": y.cpu().numpy(), "pred": pred.cpu().numpy()}
         for k, t in columns.items():
             arrays[("method:" if t.dim() == 2 else "model:") + k] = t.detach().cpu().to(torch.float64).numpy()
         for k, t in curves.items():
             arrays["curve:" + k] = t.detach().cpu().to(torch.float64).numpy()
         for k, a in arrays.items():
             parts.setdefault(k, []).append(a)
-        on_batch(len(batch))
     return {k: np.concatenate(v, axis=-2 if k.startswith("curve:") else -1) for k, v in parts.items()}
 
 
-def examples_of(model: Model, data: Dataset, config: AuditConfig, device: torch.device
+def examples_of(p: Prepared, config: AuditConfig, device: torch.device
                 ) -> Callable[[str, Sequence[int]], Tuple[np.ndarray, np.ndarray]]:
-    """``(method, indices) -> (inputs, attributions)`` as the audit computed them:
-    each index's whole batch is explained again, as in its shard."""
+    """``(method, indices) -> (inputs, attributions)`` for the report's heatmaps:
+    each example explained alone, with its own data-set index as the key of
+    its draws (the audit's values up to the batch size's float rounding)."""
     def of(method: str, indices: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         attrs = []
         for i in indices:
-            start = i - i % config.batch_size
-            x = torch.from_numpy(data.x[start:min(start + config.batch_size, len(data.y))]).to(device)
+            x = torch.from_numpy(p.data.x[i:i + 1]).to(device)
             with torch.no_grad():
-                pred = model(x).argmax(1)
-            a = explain(method, model, x, pred, config.seed, start, config.memory_budget)
-            attrs.append(a[i - start].detach().cpu().numpy())
-        return data.x[list(indices)], np.stack(attrs)
+                pred = p.model(x).argmax(1)
+            a = explain(method, p.model, x, pred, config.seed, i, config.memory_budget, p.method_settings[method],
+                        p.context)
+            attrs.append(a[0].detach().cpu().numpy())
+        return p.data.x[list(indices)], np.stack(attrs)
 
     return of
 
 
-def write_outputs(config: AuditConfig, data: Dataset, model: Model, device: torch.device, run: Dict[str, Any],
-                  shards: Sequence[Shard], groups: Sequence[Group]) -> None:
+def write_outputs(config: AuditConfig, p: Prepared, device: torch.device, shards: Sequence[Shard]) -> None:
     """Merge the committed shards into the table, ``summary.json`` and ``report.html``."""
     import os
 
@@ -186,28 +350,10 @@ def write_outputs(config: AuditConfig, data: Dataset, model: Model, device: torc
     from .results import merge, write_tables
     from .shards import atomic_write
 
-    merged = merge(config.out, shards, config, run, groups)
+    merged = merge(config.out, shards, config, p.run, p.groups, p.not_applicable)
     write_tables(config.out, merged)
-    page = render_report(merged, examples_of(model, data, config, device))
+    page = render_report(merged, examples_of(p, config, device))
     atomic_write(os.path.join(config.out, "report.html"), lambda f: f.write(page.encode()))
-
-
-def _prepare(config: AuditConfig, groups: Sequence[Group], ranks: Ranks, device: torch.device
-             ) -> Tuple[Model, Dataset, Dict[str, Any]]:
-    data = load_dataset(config.data, config.limit)
-    if config.model is None and ranks.rank != 0:
-        ranks.barrier()  # rank 0 trains and caches the default model first
-    model, identity = load_model(config.model, config.weights, config.trust_pickle)
-    if config.model is None and ranks.rank == 0:
-        ranks.barrier()
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device)
-    check_model_fits(model, data, device)
-    needing = [n for g in groups if g.needs_module for n in g.metrics if n in config.metrics]
-    if needing and not isinstance(model, torch.nn.Module):
-        raise AuditError(f"--metrics: {', '.join(needing)} randomizes parameters and needs an nn.Module model "
-                         f"(--model module:factory), not a {type(model).__name__}")
-    return model, data, run_record(config, data, identity, groups, device)
 
 
 def run_audit(argv: Sequence[str]) -> int:
@@ -227,32 +373,33 @@ def run_audit(argv: Sequence[str]) -> int:
 def _run(config: AuditConfig, groups: Sequence[Group], ranks: Ranks, device: torch.device) -> int:
     error: Optional[AuditError] = None
     try:
-        model, data, run = _prepare(config, groups, ranks, device)
-        if ranks.rank == 0:
-            rundir.claim(config.out, run)
+        p = _prepare(config, groups, ranks, device)
+        if ranks.rank == 0 and not config.plan_only:
+            rundir.claim(config.out, p.run)
     except AuditError as e:
         error = e
     if not ranks.all_ok(error is None):
         if error is not None:
             raise error
         return 2  # another rank reported the bad input
-    shards = plan_shards(len(data.y), config.batch_size, config.shard_batches)
+    if config.plan_only:
+        return 0
+    shards = plan_shards(len(p.data.y), config.batch_size, config.shard_batches)
     done = committed(config.out, shards)
     ranks.barrier()  # every rank has listed what was committed before anyone commits more
     done_names = {s.name for s in done}
     mine = ranks.my_shards([s for s in shards if s.name not in done_names])
-    chosen = [g for g in groups if set(g.metrics) & set(config.metrics)]
-    progress = Progress(len(data.y), sum(s.stop - s.start for s in done), config.quiet or ranks.rank != 0)
-    finished = [progress.done]
+    progress = Progress(len(p.data.y), sum(s.stop - s.start for s in done), config.quiet or ranks.rank != 0)
+    finished = [float(progress.done)]
 
-    def on_batch(n: int) -> None:
+    def on_progress(n: float) -> None:
         finished[0] += n * ranks.world  # rank 0 speaks for all: ranks move at about the same pace
-        progress.update(min(finished[0], len(data.y)))
+        progress.update(min(round(finished[0], 6), len(p.data.y)))  # a batch's shares sum to 1 up to rounding
 
     ok = True
     try:
         for shard in mine:
-            commit_shard(config.out, shard, audit_shard(model, data, shard, config, chosen, device, on_batch))
+            commit_shard(config.out, shard, audit_shard(p, shard, config, device, on_progress))
     except BaseException:
         ok = False
         raise
@@ -263,7 +410,7 @@ def _run(config: AuditConfig, groups: Sequence[Group], ranks: Ranks, device: tor
     if not ok:
         raise AuditError("another rank failed; its shards are not committed: rerun the same command to resume")
     if ranks.rank == 0:
-        write_outputs(config, data, model, device, run, shards, chosen)
+        write_outputs(config, p, device, shards)
         if not config.quiet:
             print(f"fastattr audit: wrote {config.out}/results.parquet, results.csv, summary.json, report.html",
                   file=sys.stderr)

@@ -2,17 +2,26 @@
 that are installed: per-method measures of an explanation (one value per
 example, maybe a curve per example) and per-example model measures
 (correct under attack). Measures that share their expensive part (max and
-avg sensitivity share their perturbed explanations) are one group, run once."""
+avg sensitivity share their perturbed explanations) are one group, run once.
+
+Each group has settings (``--metric-option <group>.<key>=<value>``). The
+sample counts of the perturbation metrics default by input size, because
+each sample costs a forward and backward pass of every method's rows and a
+row's cost grows with the input: 10 samples for up to 4,096 input values
+(e.g. 64x64 grey), 6 up to 65,536 (e.g. 3x128x128), 4 above (3x224x224)."""
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .methods import METHODS
+from .options import Setting, choice, choice_or_number, integer, number
+
+# (method name) -> (explainer name or callable, its kwargs without example_offset)
+ExplainerOf = Callable[[str], Tuple[Any, Dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +35,12 @@ class BatchContext:
     offset: int  # data-set index of x[0]
     seed: int
     memory_budget: Optional[int]
+    settings: Mapping[str, Mapping[str, Any]]  # group name -> its resolved settings
+    explainer_of: ExplainerOf  # how a metric re-runs a method on perturbed inputs
+    layer_prefix: str = ""  # the user's model's path in the audited model (module names are the user's)
+
+    def of(self, group: str) -> Mapping[str, Any]:
+        return self.settings[group]
 
 
 @dataclasses.dataclass
@@ -38,34 +53,33 @@ class Values:
 
 # (batch, method name or None, attributions [b, *F] or None) -> Values
 Compute = Callable[[BatchContext, Optional[str], Optional[Tensor]], Values]
+# (the group's settings, one method's rows per example) -> (gradient rows, forward-only rows) per example
+Cost = Callable[[Mapping[str, Any], int], Tuple[int, int]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
+    name: str  # its --metric-option namespace
     metrics: Tuple[str, ...]  # the --metrics names it provides (each a column)
     per_method: bool  # False: a property of the model on the example, the same for every method
     compute: Compute
-    settings: Dict[str, Any]
+    settings: Callable[[int], Tuple[Setting, ...]]  # input values per example -> its declared settings
+    cost: Cost
     higher_is_better: Dict[str, bool]  # per metric: which way methods/models rank
+    described: Dict[str, Any] = dataclasses.field(default_factory=dict)  # fixed choices, for summary.json
     curves: Dict[str, str] = dataclasses.field(default_factory=dict)  # curve name -> its x-axis label
     needs_module: bool = False  # works on an nn.Module only (not TorchScript)
     by_default: bool = True  # run without --metrics (the fragility attack is costly: on request only)
 
 
-_RADIUS = 0.05
-_SAMPLES = 10
-_INFIDELITY_STDEV = 0.1
-_ATTACK_EPS = 0.1
-_PGD_STEPS = 10
+def samples_for(features: int) -> int:
+    """Default perturbation samples per example for inputs of ``features`` values (module docstring)."""
+    return 10 if features <= 4096 else 6 if features <= 65536 else 4
 
 
-def _explainer_kwargs(ctx: BatchContext, method: str) -> Tuple[str, Dict[str, Any]]:
-    # The metric keys its explainer's draws itself (per perturbed copy), from
-    # the example_offset it is given: not from the method's own options.
-    m = METHODS[method]
-    options = m.options(ctx.x, ctx.seed, ctx.offset)
-    options.pop("example_offset", None)
-    return m.explainer, options
+def _samples(features: int, what: str) -> Setting:
+    return Setting("n_samples", samples_for(features), integer(1),
+                   f"{what} per example (default by input size: 10 up to 4,096 values, 6 up to 65,536, 4 above)")
 
 
 _EPS_MIN = 1e-6
@@ -79,10 +93,11 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
     names = ("max_sensitivity", "avg_sensitivity") + (("relative_input_stability",) if stability else ())
 
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        explainer, kwargs = _explainer_kwargs(ctx, method)
+        s = ctx.of("sensitivity")
+        explainer, kwargs = ctx.explainer_of(method)
         shared = SharedSamples(sensitivity.PerturbedExplanations.prepare(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None, ctx.offset))
-        perturbation = sensitivity.Perturbation("uniform", (_RADIUS,), _SAMPLES, ctx.seed,
+        perturbation = sensitivity.Perturbation("uniform", (s["radius"],), s["n_samples"], ctx.seed,
                                                 example_offset=ctx.offset)
         sens = sensitivity.sensitivity_values(shared, perturbation, sensitivity.check_norm("fro"), True)
         stab = stability.stability_values(shared, perturbation, 2.0, _EPS_MIN) if stability else None
@@ -92,107 +107,218 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
             columns["relative_input_stability"] = stab.amax(1)
         return Values(columns)
 
-    settings = {"radius": _RADIUS, "n_samples": _SAMPLES, "perturbation": "uniform L-inf ball",
-                "sensitivity_norm": "fro", "sensitivity_normalize": True, "stability_norm": 2.0,
-                "stability_eps_min": _EPS_MIN}
-    return Group(names, True, compute, settings, {n: False for n in names})
+    return Group("sensitivity", names, True, compute,
+                 lambda f: (Setting("radius", 0.05, number(0, above=True), "L-inf radius, in input units"),
+                            _samples(f, "perturbed explanations")),
+                 lambda s, rows: (s["n_samples"] * rows, 0), {n: False for n in names},
+                 {"perturbation": "uniform L-inf ball", "sensitivity_norm": "fro", "sensitivity_normalize": True,
+                  "stability_norm": 2.0, "stability_eps_min": _EPS_MIN})
 
 
 def _infidelity_group(module: Any) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        value = module.infidelity(ctx.model, ctx.x, attrs, target=ctx.pred, n_samples=_SAMPLES,
-                                  stdev=_INFIDELITY_STDEV, seed=ctx.seed, memory_budget=ctx.memory_budget,
+        s = ctx.of("infidelity")
+        value = module.infidelity(ctx.model, ctx.x, attrs, target=ctx.pred, n_samples=s["n_samples"],
+                                  stdev=s["stdev"], seed=ctx.seed, memory_budget=ctx.memory_budget,
                                   example_offset=ctx.offset)
         return Values({"infidelity": value})
 
-    return Group(("infidelity",), True, compute,
-                 {"n_samples": _SAMPLES, "stdev": _INFIDELITY_STDEV, "normalize": False},
-                 {"infidelity": False})
+    return Group("infidelity", ("infidelity",), True, compute,
+                 lambda f: (_samples(f, "gaussian perturbations"),
+                            Setting("stdev", 0.1, number(0, above=True), "the perturbations' std, in input units")),
+                 lambda s, rows: (0, s["n_samples"] + 1), {"infidelity": False},
+                 {"perturbation": "gaussian", "normalize": False})
+
+
+def attack_clamp(setting: str, x: Tensor) -> Optional[Tuple[float, float]]:
+    """The attacks' valid input range: ``"0,1"``, ``"none"``, or ``"auto"``
+    ([0, 1] when the batch lies in it, as images in pixel units do)."""
+    if setting == "none" or (setting == "auto" and not (x.min() >= 0 and x.max() <= 1)):
+        return None
+    return (0.0, 1.0)
+
+
+def _epsilon() -> Setting:
+    return Setting("epsilon", 0.1, number(0, above=True), "L-inf radius of the attack, in input units")
+
+
+def _clamp() -> Setting:
+    return Setting("clamp", "auto", choice("auto", "0,1", "none"),
+                   "valid input range of the attacked inputs: auto is [0, 1] when the data lie in it")
 
 
 def _attack_groups(module: Any) -> List[Group]:
     def fgsm(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        r = module.fgsm_accuracy(ctx.model, ctx.x, ctx.y, _ATTACK_EPS, memory_budget=ctx.memory_budget)
+        s = ctx.of("fgsm")
+        r = module.fgsm_accuracy(ctx.model, ctx.x, ctx.y, s["epsilon"], clamp=attack_clamp(s["clamp"], ctx.x),
+                                 memory_budget=ctx.memory_budget)
         return Values({"fgsm_accuracy": r.correct[0].to(torch.float64)})
 
     def pgd(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        r = module.pgd_accuracy(ctx.model, ctx.x, ctx.y, _ATTACK_EPS, n_steps=_PGD_STEPS, seed=ctx.seed,
-                                memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+        s = ctx.of("pgd")
+        r = module.pgd_accuracy(ctx.model, ctx.x, ctx.y, s["epsilon"], n_steps=s["n_steps"], seed=ctx.seed,
+                                clamp=attack_clamp(s["clamp"], ctx.x), memory_budget=ctx.memory_budget,
+                                example_offset=ctx.offset)
         return Values({"pgd_accuracy": r.correct[0].to(torch.float64)})
 
     return [
-        Group(("fgsm_accuracy",), False, fgsm, {"epsilon": _ATTACK_EPS, "norm": "L-inf"},
-              {"fgsm_accuracy": True}),
-        Group(("pgd_accuracy",), False, pgd,
-              {"epsilon": _ATTACK_EPS, "n_steps": _PGD_STEPS, "step_size": "2.5 * eps / n_steps",
-               "random_start": True}, {"pgd_accuracy": True}),
+        Group("fgsm", ("fgsm_accuracy",), False, fgsm, lambda f: (_epsilon(), _clamp()),
+              lambda s, rows: (1, 1), {"fgsm_accuracy": True}, {"norm": "L-inf"}),
+        Group("pgd", ("pgd_accuracy",), False, pgd,
+              lambda f: (_epsilon(), Setting("n_steps", 10, integer(1), "attack steps"), _clamp()),
+              lambda s, rows: (s["n_steps"], 1), {"pgd_accuracy": True},
+              {"norm": "L-inf", "step_size": "2.5 * epsilon / n_steps", "random_start": True}),
     ]
 
 
-def _perturbation_group(module: Any, function: str, settings: Dict[str, Any]) -> Group:
-    # Lipschitz and relative input stability: a max over keyed perturbed explanations, like sensitivity
+def _lipschitz_group(module: Any) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        explainer, kwargs = _explainer_kwargs(ctx, method)
-        value = getattr(module, function)(ctx.model, ctx.x, ctx.pred, explainer, kwargs, seed=ctx.seed,
-                                          attributions=attrs, memory_budget=ctx.memory_budget,
-                                          example_offset=ctx.offset, **settings)
-        return Values({function: value})
+        s = ctx.of("lipschitz")
+        explainer, kwargs = ctx.explainer_of(method)
+        value = module.local_lipschitz_estimate(
+            ctx.model, ctx.x, ctx.pred, explainer, kwargs, std=s["std"], n_samples=s["n_samples"], seed=ctx.seed,
+            attributions=attrs, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+        return Values({"local_lipschitz_estimate": value})
 
-    return Group((function,), True, compute, dict(settings), {function: False})
+    return Group("lipschitz", ("local_lipschitz_estimate",), True, compute,
+                 lambda f: (Setting("std", 0.1, number(0, above=True), "the perturbations' std, in input units"),
+                            _samples(f, "perturbed explanations")),
+                 lambda s, rows: (s["n_samples"] * rows, 0), {"local_lipschitz_estimate": False},
+                 {"perturbation": "gaussian"})
 
 
-_CURVE_STEPS = 16
+def _curve_settings(baseline: Any) -> Tuple[Setting, ...]:
+    return (Setting("n_steps", 16, integer(1), "points of the curve after its start"),
+            Setting("baseline", baseline, choice_or_number(("blur",)),
+                    "what a removed feature becomes: a number, or blur (the input blurred, gaussian sigma 5)"))
 
 
 def _deletion_groups(module: Any) -> List[Group]:
-    def curve(name: str, fn: Callable[..., Any], baseline: Any) -> Compute:
+    def curve(name: str, fn: Callable[..., Any]) -> Compute:
         def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-            c = fn(ctx.model, ctx.x, attrs, target=ctx.pred, n_steps=_CURVE_STEPS, baseline=baseline,
+            s = ctx.of(name)
+            c = fn(ctx.model, ctx.x, attrs, target=ctx.pred, n_steps=s["n_steps"], baseline=s["baseline"],
                    memory_budget=ctx.memory_budget)
             return Values({f"{name}_auc": c.auc}, {name: c.values})
         return compute
 
+    def cost(s: Mapping[str, Any], rows: int) -> Tuple[int, int]:
+        return 0, s["n_steps"] + 1
+
     return [
-        Group(("deletion_auc",), True, curve("deletion", module.deletion_curve, 0.0),
-              {"n_steps": _CURVE_STEPS, "baseline": 0.0, "output": "probability"}, {"deletion_auc": False},
-              {"deletion": "fraction of features removed"}),
-        Group(("insertion_auc",), True, curve("insertion", module.insertion_curve, "blur"),
-              {"n_steps": _CURVE_STEPS, "baseline": "blur", "output": "probability"}, {"insertion_auc": True},
-              {"insertion": "fraction of features inserted"}),
+        Group("deletion", ("deletion_auc",), True, curve("deletion", module.deletion_curve),
+              lambda f: _curve_settings(0.0), cost, {"deletion_auc": False},
+              {"output": "probability"}, {"deletion": "fraction of features removed"}),
+        Group("insertion", ("insertion_auc",), True, curve("insertion", module.insertion_curve),
+              lambda f: _curve_settings("blur"), cost, {"insertion_auc": True},
+              {"output": "probability"}, {"insertion": "fraction of features inserted"}),
     ]
-
-
-_FRAGILITY_EPS = 0.05
 
 
 def _fragility_group(module: Any) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        explainer, kwargs = _explainer_kwargs(ctx, method)
+        s = ctx.of("fragility")
+        explainer, kwargs = ctx.explainer_of(method)
         if explainer not in module.DIFFERENTIABLE:  # the attack differentiates the explanation
             nan = torch.full((ctx.x.shape[0],), float("nan"), dtype=torch.float64, device=ctx.x.device)
             return Values({"fragility_topk": nan, "fragility_spearman": nan})
-        r = module.fragility(ctx.model, ctx.x, ctx.pred, explainer, kwargs, epsilon=_FRAGILITY_EPS,
-                             seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+        r = module.fragility(ctx.model, ctx.x, ctx.pred, explainer, kwargs, epsilon=s["epsilon"],
+                             n_steps=s["n_steps"], seed=ctx.seed, memory_budget=ctx.memory_budget,
+                             example_offset=ctx.offset)
         return Values({"fragility_topk": r.top_k_intersection, "fragility_spearman": r.spearman})
 
-    return Group(("fragility_topk", "fragility_spearman"), True, compute,
-                 {"epsilon": _FRAGILITY_EPS, "n_steps": 10, "k": "10% of the features", "objective": "topk",
-                  "explainers": list(module.DIFFERENTIABLE)},
-                 {"fragility_topk": True, "fragility_spearman": True}, by_default=False)
+    return Group("fragility", ("fragility_topk", "fragility_spearman"), True, compute,
+                 lambda f: (Setting("epsilon", 0.05, number(0, above=True), "L-inf radius of the attack"),
+                            Setting("n_steps", 10, integer(1), "attack steps")),
+                 lambda s, rows: (3 * s["n_steps"] * rows, 0),  # a double backward per step: ~3 rows
+                 {"fragility_topk": True, "fragility_spearman": True},
+                 {"k": "10% of the features", "objective": "topk", "explainers": list(module.DIFFERENTIABLE)},
+                 by_default=False)
+
+
+RANDOMIZATION_GRANULARITY = ("blocks", "layers")
+
+
+def randomization_steps(model: nn.Module, granularity: str) -> List[str]:
+    """The modules randomized, bottom to top: ``"layers"``, every module that
+    owns parameters; ``"blocks"``, the model's top-level children that hold
+    parameters (a ResNet's stem, ``layer1``..``layer4``, ``fc``), so the number
+    of steps, and the cost, stays small on deep models. A model that is one
+    wrapper around its body (one child holds every parameter: an input
+    normalization or output selection around the model) is looked through."""
+    from ..metrics.randomization import parameterized_layers
+
+    if granularity == "layers":
+        return parameterized_layers(model)
+    prefix, root = "", model
+    while next(root.parameters(recurse=False), None) is None:
+        holding = [(n, m) for n, m in root.named_children() if next(m.parameters(), None) is not None]
+        if len(holding) != 1:
+            break
+        name, root = holding[0]
+        prefix += name + "."
+    blocks = [prefix + name for name, m in root.named_children() if next(m.parameters(), None) is not None]
+    return blocks or parameterized_layers(model)
+
+
+def block_randomize(model: nn.Module, seed: int) -> Callable[[str, nn.Module, int], None]:
+    """Randomize every parameterized module inside a step's module, each with
+    :func:`~fastattr.metrics.randomization.keyed_uniform_init`'s draws keyed
+    by its own index in ``model.named_modules()`` (the same draws as the
+    ``"layers"`` steps give that module)."""
+    from ..metrics.randomization import keyed_uniform_init
+
+    index = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    layer = keyed_uniform_init(seed)
+
+    def randomize(name: str, module: nn.Module, _index: int) -> None:
+        for sub, m in module.named_modules():
+            if next(m.parameters(recurse=False), None) is not None:
+                full = f"{name}.{sub}" if sub else name
+                layer(full, m, index[full])
+
+    return randomize
 
 
 def _randomization_group(module: Any) -> Group:
     # The per-example value is the mean over cascading steps; the per-step values are the sanity-check curve.
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
-        explainer, kwargs = _explainer_kwargs(ctx, method)
-        r = module.model_randomization(ctx.model, ctx.x, ctx.pred, explainer, kwargs, seed=ctx.seed,
+        s = ctx.of("randomization")
+        explainer, kwargs = ctx.explainer_of(method)
+        r = module.model_randomization(ctx.model, ctx.x, ctx.pred, explainer, kwargs,
+                                       layers=[ctx.layer_prefix + n for n in reversed(s["steps"])], seed=ctx.seed,
+                                       randomize=block_randomize(ctx.model, ctx.seed),
                                        ssim_win_size=_ssim_window(ctx.x), memory_budget=ctx.memory_budget)
-        return Values({"randomization_spearman": r.spearman.mean(0)}, {"randomization_spearman": r.spearman.T})
+        rho = _constant_is_unrelated(r.spearman, attrs)
+        return Values({"randomization_spearman": rho.mean(0)}, {"randomization_spearman": rho.T})
 
-    return Group(("randomization_spearman",), True, compute,
+    granularity = Setting("granularity", "blocks", choice(*RANDOMIZATION_GRANULARITY),
+                          "blocks: the model's top-level parts, top first; layers: every module with parameters")
+    return Group("randomization", ("randomization_spearman",), True, compute, lambda f: (granularity,),
+                 lambda s, rows: ((len(s["steps"]) + 1) * rows, 0), {"randomization_spearman": False},
                  {"order": "cascading", "similarity": "spearman of |a|", "reduction": "mean over steps"},
-                 {"randomization_spearman": False}, {"randomization_spearman": "layers randomized (top first)"},
-                 needs_module=True)
+                 {"randomization_spearman": "layers randomized (top first)"}, needs_module=True)
+
+
+def _constant_is_unrelated(rho: Tensor, clean: Tensor) -> Tensor:
+    """Spearman ``[L, B]`` with 0 where the randomized model's explanation is
+    constant (a ReLU'd Grad-CAM of a random model is often all zeros): it
+    keeps none of the clean explanation's order, which is what the check asks;
+    the rank correlation itself is undefined (NaN) there. Where the clean
+    explanation is constant, nothing can be compared and NaN stays."""
+    flat = clean.reshape(clean.shape[0], -1).abs()
+    informative = (flat != flat[:, :1]).any(1)
+    return torch.where(rho.isnan() & informative, torch.zeros_like(rho), rho)
+
+
+def resolved_for_model(group: Group, settings: Dict[str, Any], model: Any, layer_prefix: str = "") -> Dict[str, Any]:
+    """A group's settings with what follows from the model: the randomization
+    check's ``steps`` (the user's module names, without ``layer_prefix``, the
+    path of the user's model in ``model``; in step order: top first)."""
+    if group.name == "randomization" and isinstance(model, nn.Module):
+        names = randomization_steps(model, settings["granularity"])
+        return {**settings, "steps": [n[len(layer_prefix):] for n in reversed(names)]}
+    return settings
 
 
 def _ssim_window(x: Tensor) -> int:
@@ -213,8 +339,7 @@ def available_groups() -> List[Group]:
     builders: Sequence[Tuple[str, Callable[[Any], Any]]] = (
         ("sensitivity", lambda m: _ball_group(m, _installed("stability"))),
         ("infidelity", _infidelity_group),
-        ("lipschitz", lambda m: _perturbation_group(m, "local_lipschitz_estimate",
-                                                    {"std": _INFIDELITY_STDEV, "n_samples": _SAMPLES})),
+        ("lipschitz", _lipschitz_group),
         ("deletion", _deletion_groups),
         ("fragility", _fragility_group),
         ("randomization", _randomization_group),

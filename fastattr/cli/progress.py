@@ -1,4 +1,8 @@
-"""A one-line progress bar on stderr: examples done, examples/s, ETA."""
+"""A one-line progress bar on stderr: examples done, examples/s, ETA.
+
+The count may be fractional: the audit reports its progress inside a batch
+(after each method and metric), so the bar moves from the first shard on
+even when one batch takes minutes."""
 from __future__ import annotations
 
 import sys
@@ -18,8 +22,9 @@ class Progress:
         self.t0 = time.perf_counter()
         self.last = -float("inf")
 
-    def update(self, done: int) -> None:
-        """Set the number of examples done (all ranks together) and redraw if due."""
+    def update(self, done: float) -> None:
+        """Set the number of examples done (all ranks together; fractional
+        inside a batch) and redraw if due."""
         self.done = done
         now = time.perf_counter()
         if not self.quiet and (self.tty or now - self.last >= self.every_s or done >= self.total):
@@ -34,7 +39,8 @@ class Progress:
         width = 30
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
-        line = f"audit [{bar}] {self.done}/{self.total} examples  {rate:7.1f} ex/s  ETA {eta}"
+        done = f"{self.done:.0f}" if float(self.done).is_integer() else f"{self.done:.1f}"
+        line = f"audit [{bar}] {done}/{self.total} examples  {rate:7.3g} ex/s  ETA {eta}"
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         self.stream.flush()
 
