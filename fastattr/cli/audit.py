@@ -22,7 +22,7 @@ from .methods import (
     DEFAULT_METHODS, METHOD_SETTINGS, METHODS, MethodContext, check_applicable, check_settings, describe_methods,
     explain, explainer_for, make_context, method_rows,
 )
-from .models import SelectedOutput, class_scores, load_model, user_model_prefix
+from .models import SelectedOutput, class_scores, first_output, load_model, user_model_prefix
 from .options import Resolved, describe, load_config_file, parse_assignments, resolve
 from .plan import Plan, fit_budget, measure_row_cost, rows_per_example
 from .progress import Progress
@@ -82,15 +82,7 @@ def resolve_device(spec: str) -> torch.device:
 def check_model_fits(model: Model, data: Dataset, device: torch.device) -> int:
     """The model's number of classes, after checking it takes the data's examples
     and returns ``[n, C]`` scores with a class for every label (one forward of one example)."""
-    x = torch.from_numpy(data.x[:1]).to(device)
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as e:  # any failure of the user's model on this input: report it, with the shapes
-        raise AuditError(
-            f"--data: the model cannot take its examples, shaped {list(data.x.shape[1:])} "
-            f"(as [n, {', '.join(map(str, data.x.shape[1:]))}] float32): {type(e).__name__}: {e}"
-        ) from None
+    out = first_output(model, torch.from_numpy(data.x[:1]).to(device))
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise AuditError(f"--model: expected class scores [n, C] for n examples, got {shape} for n = 1")
@@ -205,7 +197,10 @@ def _planned(config: AuditConfig, model: Model, data: Dataset, methods: Tuple[st
     sample counts), after printing the plan (rank 0, unless ``--quiet``)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu")) \
         if isinstance(model, torch.nn.Module) else torch.device("cpu")
-    cost = measure_row_cost(model, torch.from_numpy(data.x[:min(config.batch_size, 8)]).to(device))
+    # The engine runs rows in chunks of tens to hundreds: time a chunk of 16
+    # (the first examples, repeated when fewer), where per-row costs settle.
+    first = torch.from_numpy(data.x[:16]).to(device)
+    cost = measure_row_cost(model, first.repeat(-(-16 // first.shape[0]), *([1] * (first.dim() - 1)))[:16])
     rows = method_rows(method_settings)
 
     def plan_of(settings: Resolved) -> Plan:
