@@ -307,6 +307,14 @@ def test_bad_input_messages(env, model_files, tmp_path, capsys):
     # unknown names, bad numbers
     assert "--methods" in _bad(tmp_path, capsys, "--methods", "saliency,bogus", *o)
     assert "--metrics" in _bad(tmp_path, capsys, "--metrics", "bogus", *o)
+    # a method named explicitly that cannot explain the model: refused with the library's reason
+    e = _bad(tmp_path, capsys, "--model", "audit_models:mlp", "--data", npz, "--methods", "saliency,grad_cam", *o)
+    assert "--methods: grad_cam" in e and "4-D output" in e
+    e = _bad(tmp_path, capsys, "--method-option", "integrated_gradients.steps=3", *o)
+    assert "--method-option" in e and "n_steps (default 16)" in e
+    assert "--metric-option" in _bad(tmp_path, capsys, "--metric-option", "sensitivity.n_samples=0", *o)
+    (tmp_path / "bad.toml").write_text("[plots]\nx = 1\n")
+    assert "--config" in _bad(tmp_path, capsys, "--config", tmp_path / "bad.toml", *o)
     with pytest.raises(SystemExit):
         main(["audit", "--batch-size", "0"])
     assert "--batch-size" in capsys.readouterr().err

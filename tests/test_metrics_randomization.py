@@ -84,6 +84,38 @@ def test_same_for_any_batch_composition_and_layers_subset():
     assert torch.equal(sub.spearman, full.spearman[:2])  # the same keyed draws per module
 
 
+def test_given_attributions_are_the_clean_explanation():
+    case = _case("conv", batch=3)
+    res = model_randomization(case.model, case.inputs, case.target, seed=2)
+    given = _saliency(case.model, case.inputs, case.target)
+    counted = []
+
+    def explainer(model, inputs, target=None, additional_forward_args=None, **kw):
+        counted.append(model is case.model)
+        return _saliency(model, inputs, target)
+
+    with_given = model_randomization(case.model, case.inputs, case.target, explainer, seed=2, attributions=given)
+    assert not any(counted) and len(counted) == len(res.layers)  # the original model is never explained again
+    assert torch.allclose(with_given.spearman, res.spearman, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="attributions: expected tensors shaped like the inputs"):
+        model_randomization(case.model, case.inputs, case.target, attributions=given[:2])
+
+
+def test_keyed_explainer_uses_the_same_draws_for_every_model_and_batching():
+    case = _case("conv", batch=4)
+    kw = dict(explainer="smoothgrad", explainer_kwargs={"n_samples": 3, "stdev": 0.2, "seed": 5}, seed=1)
+    full = model_randomization(case.model, case.inputs, case.target, **kw)
+    part = model_randomization(case.model, case.inputs[2:], case.target[2:], **kw, example_offset=2)
+    assert torch.allclose(full.spearman[:, 2:], part.spearman, atol=1e-12, rtol=0)
+    clean = fastattr.smoothgrad(case.model, case.inputs[2:], target=case.target[2:], n_samples=3, stdev=0.2,
+                                seed=5, example_offset=2)
+    given = model_randomization(case.model, case.inputs[2:], case.target[2:], **kw, example_offset=2,
+                                attributions=clean)
+    assert torch.allclose(given.spearman, part.spearman, atol=1e-12, rtol=0)
+    shifted = model_randomization(case.model, case.inputs[2:], case.target[2:], **kw)
+    assert not torch.allclose(shifted.spearman, part.spearman)
+
+
 def test_tuple_inputs_and_additional_args():
     case = _case("two_input", batch=3)
     res = model_randomization(case.model, case.inputs, case.target, additional_forward_args=case.afa,

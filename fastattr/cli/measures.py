@@ -288,14 +288,15 @@ def _randomization_group(module: Any) -> Group:
         r = module.model_randomization(ctx.model, ctx.x, ctx.pred, explainer, kwargs,
                                        layers=[ctx.layer_prefix + n for n in reversed(s["steps"])], seed=ctx.seed,
                                        randomize=block_randomize(ctx.model, ctx.seed),
-                                       ssim_win_size=_ssim_window(ctx.x), memory_budget=ctx.memory_budget)
+                                       ssim_win_size=_ssim_window(ctx.x), memory_budget=ctx.memory_budget,
+                                       attributions=attrs, example_offset=ctx.offset)
         rho = _constant_is_unrelated(r.spearman, attrs)
         return Values({"randomization_spearman": rho.mean(0)}, {"randomization_spearman": rho.T})
 
     granularity = Setting("granularity", "blocks", choice(*RANDOMIZATION_GRANULARITY),
                           "blocks: the model's top-level parts, top first; layers: every module with parameters")
     return Group("randomization", ("randomization_spearman",), True, compute, lambda f: (granularity,),
-                 lambda s, rows: ((len(s["steps"]) + 1) * rows, 0), {"randomization_spearman": False},
+                 lambda s, rows: (len(s["steps"]) * rows, 0), {"randomization_spearman": False},
                  {"order": "cascading", "similarity": "spearman of |a|", "reduction": "mean over steps"},
                  {"randomization_spearman": "layers randomized (top first)"}, needs_module=True)
 

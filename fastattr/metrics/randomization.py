@@ -131,6 +131,8 @@ def model_randomization(
     randomize: Optional[Randomize] = None,
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
+    attributions: Optional[v.TensorOrTuple] = None,
+    example_offset: int = 0,
 ) -> RandomizationResult:
     """Model-parameter randomization test: per randomization step and example,
     the Spearman rank correlation and SSIM of the explanation of the
@@ -157,6 +159,12 @@ def model_randomization(
         randomize: ``randomize(name, module, module_index)`` redraws one
             module's parameters in place; None: :func:`keyed_uniform_init`.
         memory_budget: bytes per chunk for the explainer.
+        attributions: the explanation of the original model, shaped like
+            ``inputs``, when the caller has it (None: computed here, keyed
+            as the randomized models' explanations are).
+        example_offset: a random explainer's draws for example ``b`` are
+            keyed as example ``example_offset + b``: the same noise for the
+            original and every randomized model, and for any batching.
 
     Returns:
         :class:`RandomizationResult`: ``layers`` (``L`` names, step order),
@@ -170,6 +178,7 @@ def model_randomization(
     chosen = _check_layers(model, layers)
     check_seed(seed)
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
+    offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     features = sum(x[0].numel() for x in xs)
     if isinstance(ssim_win_size, bool) or not isinstance(ssim_win_size, int) or ssim_win_size % 2 == 0 \
             or not 3 <= ssim_win_size <= features:
@@ -181,9 +190,16 @@ def model_randomization(
     explain = Explainer(explainer, explainer_kwargs)
 
     def explanation(m: nn.Module) -> Tensor:
-        return _flat(explain(m, xs, was_tuple, target, additional_forward_args, budget), absolute)
+        return _flat(explain(m, xs, was_tuple, target, additional_forward_args, budget, offset), absolute)
 
-    clean = explanation(model)
+    if attributions is None:
+        clean = explanation(model)
+    else:
+        given, _ = v.format_inputs(attributions)
+        if len(given) != len(xs) or any(a.shape != x.shape for a, x in zip(given, xs)):
+            raise ValueError(f"attributions: expected tensors shaped like the inputs "
+                             f"{[list(x.shape) for x in xs]}, got {[list(a.shape) for a in given]}")
+        clean = _flat(tuple(a.detach() for a in given), absolute)
     rho, structural = [], []
     for _, twin in randomized_models(model, chosen, order, randomize or keyed_uniform_init(seed)):
         randomized = explanation(twin)
