@@ -13,6 +13,7 @@ from . import budget as _budget
 from .loop import row_examples
 from .._validate import FormattedTarget
 from .outputs import check_model_output, per_example_flags, rows_args, target_outputs
+from .train_mode import train_mode_guarded
 
 
 def forward_rows(
@@ -47,7 +48,7 @@ def forward_rows(
     batched = per_example_flags(additional_args)
     single = like[0].shape[0] == 1
     checked = False
-    with torch.no_grad():
+    with torch.no_grad(), train_mode_guarded(model):
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
             examples = row_examples(r0, r1, per_example, device)

@@ -25,6 +25,7 @@ from .backward import input_gradients
 from .._validate import FormattedTarget
 from .outputs import FlatTarget, check_model_output, per_example_flags, rows_args, target_outputs
 from .plan import PointPlan
+from .train_mode import train_mode_guarded
 
 
 @dataclass
@@ -363,13 +364,14 @@ class _Loop:
             deltas = torch.zeros(0, dtype=torch.float64, device=req.inputs[0].device)
             return Result(empty, empty if req.plan.keep_square else None,
                           deltas if req.want_deltas else None)
-        if req.rules is None:
-            chunk = self.chunks(total)
-        else:
-            with req.rules():  # removed again when a chunk raises
+        with train_mode_guarded(req.model):
+            if req.rules is None:
                 chunk = self.chunks(total)
-        # Convergence-delta endpoints are plain forwards, outside the rules.
-        return self.result(chunk)
+            else:
+                with req.rules():  # removed again when a chunk raises
+                    chunk = self.chunks(total)
+            # Convergence-delta endpoints are plain forwards, outside the rules.
+            return self.result(chunk)
 
     def chunks(self, total: int) -> int:
         """Evaluate and fold rows ``0 .. total-1`` chunk by chunk; return the

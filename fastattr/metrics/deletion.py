@@ -47,6 +47,7 @@ def softmax_outputs(model: Callable[..., Tensor]) -> Callable[..., Tensor]:
             raise ValueError(f"output: 'probability' needs a model with [B, C] outputs, got {shape}; use 'logit'")
         return torch.softmax(out, dim=1)
 
+    probabilities.model = model  # type: ignore[attr-defined]  # the engine finds the module behind it (train mode)
     return probabilities
 
 

@@ -22,6 +22,7 @@ from .. import _validate as v
 from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_RANDOMIZATION
+from ..engine.train_mode import warn_no_more
 from ._explain import Explainer, ExplainerType
 from .similarity import spearman, ssim
 
@@ -77,6 +78,7 @@ def randomized_models(
     yielded again, changed: use it before the next step)."""
     index = {name: i for i, (name, _) in enumerate(model.named_modules())}
     twin = copy.deepcopy(model)
+    warn_no_more(twin)  # a train-mode model is warned about once: the original, not each copy
     twin_modules = dict(twin.named_modules())
     originals = dict(model.named_modules())
     steps = list(reversed(layers)) if order == "cascading" else list(layers)

@@ -26,6 +26,7 @@ from ..engine import PURPOSE_ATTACK, Request, run, single_point_plan
 from ..engine import budget as _budget
 from ..engine.loop import row_examples
 from ..engine.outputs import per_example_flags, rows_args
+from ..engine.train_mode import train_mode_guarded
 
 Clamp = Optional[Tuple[float, float]]
 
@@ -134,7 +135,7 @@ def predicted_classes(
     chunk = _budget.unmeasured_chunk_rows((like,), memory_budget, total, chunk_rows)
     batched = per_example_flags(args)
     out = torch.empty(total, dtype=torch.int64, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), train_mode_guarded(model):
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
             rows = row_examples(r0, r1, 1, device)
@@ -146,7 +147,7 @@ def class_count(model: Callable[..., Tensor], x: Tensor, args: Tuple[Any, ...]) 
     """The ``C`` of the model's class scores ``[n, C]``, from a forward of the
     first example only (so bad labels fail before any attack compute)."""
     first = torch.zeros(1, dtype=torch.int64, device=x.device)
-    with torch.no_grad():
+    with torch.no_grad(), train_mode_guarded(model):
         logits = model(x[:1], *rows_args(args, per_example_flags(args), first, 1))
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != 1 or not logits.is_floating_point():
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
