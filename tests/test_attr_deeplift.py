@@ -1,4 +1,6 @@
-"""DeepLIFT (rescale rule) equals Captum 0.9 and a plain float64 reference.
+"""DeepLIFT with ``captum_hooks=True`` (what the drop-in runs) equals
+Captum 0.9 and a plain float64 reference; fastattr's default traced rules
+are tested in tests/test_attr_deeplift_modern.py.
 
 * models: tests/test_attr_guided.py's (conv net with BatchNorm in eval, an
   in-place nn.ReLU and MaxPool2d; an MLP with ReLU, Sigmoid, Tanh, ELU,
@@ -32,6 +34,7 @@ the CPU's vector width.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, List, Tuple
 
 import pytest
@@ -43,12 +46,16 @@ from captum_cases import (
     _build, _delta_scale, _randn, assert_as_accurate_as_captum, assert_delta_as_accurate_as_captum,
     assert_same_attr, assert_same_delta, upcast,
 )
-from fastattr.attr.deeplift import RULES, deeplift
+from fastattr.attr.deeplift import RULES
+from fastattr.attr.deeplift import deeplift as _deeplift
 from fastattr.captum.deeplift import DeepLift
 from test_attr_guided import (
     Case, Counting, RaiseOnSecondChunk, ReluConvNet, assert_unchanged, model_state,
     per_example_gradients, relu_case, swap_modules,
 )
+
+# Captum's module hooks and numbers, the mode this file holds to Captum.
+deeplift = functools.partial(_deeplift, captum_hooks=True)
 
 # Every rule test also runs the skipped-backward path (conftest.py).
 pytestmark = [

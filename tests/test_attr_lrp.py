@@ -38,6 +38,7 @@ each tolerance is a few times its figure:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
@@ -186,6 +187,11 @@ def _rel_err(ours: Any, theirs: Any) -> float:
     return max(errs) / scale
 
 
+# Captum's way: no function rules, so an addition in a forward gives each
+# term all of its relevance (the native default splits it; test_attr_lrp_modern.py).
+CAPTUM_WAY = dataclasses.replace(default_composite(), function_rules=False)
+
+
 def _captum(model: nn.Module, rules: Dict[str, Any], inputs: Any, target: Any, afa: Any) -> Tuple[Any, Tensor]:
     return captum.attr.LRP(_with_rules(model, rules)).attribute(
         inputs, target=target, additional_forward_args=afa, return_convergence_delta=True)
@@ -217,7 +223,7 @@ def _abs_sum(attr: Any) -> float:
 def test_matches_captum(name: str, rules: str, chunk_rows: Optional[int]) -> None:
     model, x, afa, target = _case(name)
     ours = lrp(_with_rules(model, RULE_SETS[rules]()), x, target=target, additional_forward_args=afa,
-               return_convergence_delta=True, chunk_rows=chunk_rows)
+               composite=CAPTUM_WAY, return_convergence_delta=True, chunk_rows=chunk_rows)
     _check(ours, _captum(model, RULE_SETS[rules](), x, target, afa), torch.float64, f"{name} {rules}")
 
 
@@ -228,7 +234,7 @@ def test_matches_captum_float32(name: str) -> None:
     twin = copy.deepcopy(model).double()
     for rules in RULE_SETS.values():
         ours, d_ours = lrp(_with_rules(model, rules()), x, target=target, additional_forward_args=afa,
-                           return_convergence_delta=True, chunk_rows=3)
+                           composite=CAPTUM_WAY, return_convergence_delta=True, chunk_rows=3)
         theirs, d_theirs = _captum(model, rules(), x, target, afa)
         truth, d_truth = _captum(twin, rules(), upcast(x), target, upcast(afa))
         assert_as_accurate_as_captum(ours, theirs, truth, f"f32 {name}")
@@ -285,7 +291,8 @@ def test_chunking(chunk: Dict[str, int]) -> None:
     model, x, afa, target = _case("two_input", batch=7)
     calls: List[int] = []
     model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
-    ours = lrp(model, x, target=target, additional_forward_args=afa, return_convergence_delta=True, **chunk)
+    ours = lrp(model, x, target=target, additional_forward_args=afa, composite=CAPTUM_WAY,
+               return_convergence_delta=True, **chunk)
     rows = chunk.get("chunk_rows", 1)
     assert calls == [min(rows, 7 - r) for r in range(0, 7, rows)]
     model._forward_pre_hooks.clear()

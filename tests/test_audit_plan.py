@@ -4,11 +4,9 @@ set explicitly, or refuses before work with the --limit that fits), and the
 progress bar moving inside a batch."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-import torch
 
 import fastattr.cli.audit as audit_module
 from fastattr.cli import main

@@ -27,6 +27,7 @@ CALLS = {
     "smoothgrad": lambda m: fastattr.smoothgrad(m, X, target=T, n_samples=3, stdev=0.1),
     "grad_cam": lambda m: fastattr.grad_cam(m, X, m[3], target=T),
     "lrp": lambda m: fastattr.lrp(m, X, target=T),
+    "deeplift": lambda m: fastattr.deeplift(m, X, target=T),
     "guided_backprop": lambda m: fastattr.guided_backprop(m, X, target=T),
     "infidelity": lambda m: M.infidelity(m, X, torch.ones_like(X), target=T, n_samples=3),
     "deletion_curve": lambda m: M.deletion_curve(m, X, torch.rand_like(X), target=T, n_steps=3),

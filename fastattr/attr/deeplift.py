@@ -1,32 +1,39 @@
-"""DeepLIFT with the rescale rule (Shrikumar et al. 2017), as Captum 0.9's ``DeepLift``.
+"""DeepLIFT with the rescale rule (Shrikumar et al. 2017), with Captum 0.9's
+``DeepLift`` arguments.
 
 Each example ``x`` is compared with its reference (baseline) ``r``: both go
-through one forward, and the backward of every supported nonlinearity
-module is replaced by its multiplier ``delta_out / delta_in`` (Captum's
-``SUPPORTED_NON_LINEAR``; modules are matched by exact type, as Captum):
+through one forward (layout below), and the backward of each nonlinear
+call is replaced by its DeepLIFT multiplier. Two ways to find the calls:
 
-* ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
-  ``nn.Softplus``: ``grad_out * (f(x) - f(r)) / (x - r)``, the ordinary
-  gradient where ``|x - r| < eps``;
-* ``nn.MaxPool1d/2d/3d``: the output differences (against the elementwise
-  max of the two pooled outputs) unpooled to the argmax positions of input
-  and reference, summed, divided by ``x - r``;
-* ``nn.Softmax``: the rescale multiplier minus its mean over the whole batch
-  (Captum normalizes over every row of the call, so a model with an
-  ``nn.Softmax`` is explained in one chunk).
+* by default, by tracing the forward (:mod:`fastattr.attr.deeplift_trace`):
+  every call of the forward gets its rule, functional or not, a module
+  called several times once per call, and products, softmax, layer norm
+  and attention get exact rules, so that the attributions sum to
+  ``f(x) - f(r)`` per example on ResNets, MobileNets, EfficientNets, ViTs;
+* with ``captum_hooks=True``, Captum's way and numbers (what
+  ``fastattr.captum.DeepLift`` runs): tensor hooks on the modules of
+  Captum's ``SUPPORTED_NON_LINEAR`` types (exact type), via
+  :mod:`fastattr.attr.relu_rules`:
 
-Functional nonlinearities (``torch.relu``...) and other modules keep their
-ordinary gradient, as in Captum. A rescaled module call with no
-``|x - r| < eps`` replaces its whole gradient, so its own backward is
-skipped (:class:`fastattr.attr.relu_rules.BackwardRule`).
+  - ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
+    ``nn.Softplus``: ``grad_out * (f(x) - f(r)) / (x - r)``, the ordinary
+    gradient where ``|x - r| < eps``;
+  - ``nn.MaxPool1d/2d/3d``: the output differences (against the
+    elementwise max of the two pooled outputs) unpooled to the argmax
+    positions of input and reference, summed, divided by ``x - r``;
+  - ``nn.Softmax``: the rescale multiplier minus its mean over the whole
+    batch (Captum normalizes over every row of the call, so a model with
+    an ``nn.Softmax`` is explained in one chunk).
 
-The rules go in through Captum's tensor-hook mechanism
-(:mod:`fastattr.attr.relu_rules`), with its consequence: when a hooked
-module feeds another directly (ReLU -> MaxPool), the first one's output
-hook runs before the second's input hook on the same tensor, so its
-rescale branch sees the second's *ordinary* gradient while autograd goes on
-with the rescaled one. Captum's numbers keep that (and their convergence
-deltas on such nets are not ~0); fastattr gives the same numbers.
+  Functional nonlinearities (``torch.relu``...) and other modules keep
+  their ordinary gradient. A rescaled module call with no ``|x - r| < eps``
+  replaces its whole gradient, so its own backward is skipped
+  (:class:`fastattr.attr.relu_rules.BackwardRule`). When a hooked module
+  feeds another directly (ReLU -> MaxPool, the ResNet stem), the first
+  one's output hook runs before the second's input hook on the same
+  tensor, so its rescale branch sees the second's *ordinary* gradient
+  while autograd goes on with the rescaled one: Captum's numbers keep that
+  (their convergence deltas on such nets are not ~0), and so do these.
 
 Layout: the engine's rows are the examples (a single-point plan); the model
 handed to the engine (one object per model, so that what the engine
@@ -60,6 +67,8 @@ from .. import _validate as v
 from ..engine import Request, run, single_point_plan
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
+from .deeplift_pairs import _Divisor, _pair_delta, _pairs, _unpairs
+from .deeplift_trace import paired_forward, traced_rules_factory
 from .relu_rules import BackwardRule, ModuleCall, backward_rules, require_module, submodules
 
 CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
@@ -68,80 +77,6 @@ CustomAttributionFunc = Callable[..., Tuple[Tensor, ...]]
 # ---------------------------------------------------------------------------
 # Rules on paired rows: row k is example k's input, row n + k its reference
 # ---------------------------------------------------------------------------
-
-
-def _pairs(t: Tensor) -> Tensor:
-    """``[2n, *F]`` -> ``[2, n, *F]`` (the inputs, then their references): a
-    view, so that results in this layout go back with :func:`_unpairs` as
-    views too."""
-    return t.view(2, -1, *t.shape[1:])
-
-
-def _unpairs(p: Tensor) -> Tensor:
-    """``[2, n, *F]`` -> ``[2n, *F]``: the inverse of :func:`_pairs`."""
-    return p.reshape(-1, *p.shape[2:])
-
-
-def _pair_delta(t: Tensor) -> Tensor:
-    """``[1, n, *F]``: input minus reference, broadcast over the pair."""
-    n = t.shape[0] // 2
-    return (t[:n] - t[n:]).unsqueeze(0)
-
-
-@functools.lru_cache(maxsize=64)
-def _threshold(eps: float, dtype: torch.dtype) -> float:
-    """``eps`` rounded to ``dtype``, as a tensor comparison with it rounds it."""
-    return torch.tensor(eps, dtype=dtype).item()
-
-
-def _maybe_small(magnitude: Tensor, eps: float) -> bool:
-    """Whether some entry of ``magnitude`` may be below ``eps``. Checked on
-    the CPU, where it is one cheap reduction; assumed elsewhere, where the
-    check would wait for the device."""
-    if magnitude.numel() == 0:
-        return False
-    if magnitude.device.type != "cpu":
-        return True
-    return magnitude.amin().item() < _threshold(eps, magnitude.dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Divisor:
-    """``delta_in`` ``[1, n, *F]`` of one call, ready for the rule's division.
-
-    Where ``|delta_in| < eps`` the rule keeps the ordinary gradient. That
-    selection is done with arithmetic, not ``torch.where``: a bool tensor
-    costs several times a float pass on the CPU. ``small`` is 1.0 there and
-    0.0 elsewhere (None: no such entry); ``safe`` is ``delta_in`` with those
-    entries made nonzero, so that the quotients there are finite and
-    ``lerp(quotient, grad_input, small)`` selects exactly.
-    """
-
-    safe: Tensor
-    small: Optional[Tensor]
-
-    @staticmethod
-    def of(delta_in: Tensor, eps: float) -> "_Divisor":
-        magnitude = delta_in.abs()
-        if not _maybe_small(magnitude, eps):
-            return _Divisor(delta_in, None)
-        # sign(eps - |d|) is +1 exactly where |d| < eps: a float mask without a bool tensor.
-        small = (eps - magnitude).sign_().clamp_(min=0)
-        if eps <= 1:  # |d| < eps <= 1: d + 1 is not 0 where small; elsewhere d + 0 is d
-            return _Divisor(delta_in + small, small)
-        return _Divisor(torch.maximum(magnitude, small).copysign_(delta_in), small)
-
-    def select(self, quotient: Tensor, grad_input: Tensor) -> Tensor:
-        """``grad_input`` where small, else ``quotient`` (broadcast to it; a
-        tensor of this call's own, written in place when shaped like
-        ``grad_input``). lerp with a weight of exactly 0 or 1 returns
-        ``start`` or ``end`` exactly (for finite values), and reads the
-        weight as a float."""
-        if self.small is None:
-            return quotient.expand_as(grad_input)
-        if quotient.shape == grad_input.shape:
-            return quotient.lerp_(grad_input, self.small)
-        return torch.lerp(quotient, grad_input, self.small)
 
 
 class _PairRule(BackwardRule):
@@ -310,6 +245,11 @@ class _BesideReferences:
         self.n_inputs = n_inputs
         self.always_paired = always_paired
 
+    @property
+    def model(self) -> Optional[nn.Module]:
+        """The model it runs (what the engine's train-mode guard looks behind wrappers for)."""
+        return self._model()
+
     def __call__(self, *args: Any) -> Tensor:
         model, k = self._model(), self.n_inputs
         rows, refs, rest = args[:k], args[k:2 * k], args[2 * k:]
@@ -320,7 +260,8 @@ class _BesideReferences:
         paired_args = tuple(
             torch.cat((a, a)) if isinstance(a, Tensor) and a.dim() > 0 else a for a in rest
         )
-        out = model(*paired, *paired_args)
+        with paired_forward(2 * n):
+            out = model(*paired, *paired_args)
         if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != 2 * n:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -415,15 +356,25 @@ def deeplift(
     eps: float = 1e-10,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    *,
+    captum_hooks: bool = False,
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """DeepLIFT (rescale rule) of ``model(inputs)[:, target]`` against
-    ``baselines``, as Captum's ``DeepLift.attribute``.
+    ``baselines``, with Captum's ``DeepLift.attribute`` arguments.
+
+    By default the rules go on every call the forward makes
+    (:mod:`fastattr.attr.deeplift_trace`): functional nonlinearities, modules
+    called several times, products of two activations; the attributions sum
+    to ``f(x) - f(baseline)`` where the model's nonlinear calls all have a
+    rule. ``captum_hooks=True`` gives Captum 0.9's numbers instead (module
+    hooks on its nonlinearity types, in its hook order; what
+    ``fastattr.captum.DeepLift`` runs).
 
     Args:
         model: an ``nn.Module`` taking the inputs (and
             ``additional_forward_args``) and returning ``[N, C]`` (or ``[N]``
-            with ``target=None``) for ``N`` rows; each supported nonlinearity
-            module may be called once per forward.
+            with ``target=None``) for ``N`` rows; with ``captum_hooks`` each
+            supported nonlinearity module may be called once per forward.
         inputs: ``[B, *F]`` or a tuple of such tensors.
         baselines: None (zeros), a number, a tensor broadcastable to the input
             (``[*F]``, ``[1, *F]``, ``[B, *F]``), or a tuple of those per input.
@@ -442,9 +393,10 @@ def deeplift(
             with ``custom_attribution_func``, as in Captum.
         eps: below this ``|x - r|`` a nonlinearity keeps its ordinary gradient.
         memory_budget: bytes one chunk may use (must be None for a model with
-            ``nn.Softmax``).
+            ``nn.Softmax`` under ``captum_hooks``).
         chunk_rows: optional cap on the examples per chunk (one chunk holds
             each example and its reference: ``2 * chunk_rows`` model rows).
+        captum_hooks: Captum's module hooks and numbers (see above).
 
     Returns:
         Attributions shaped and typed like ``inputs``; with
@@ -453,7 +405,9 @@ def deeplift(
     require_module(model, "deeplift")
     eps = _check_eps(eps)
     custom = _check_custom_func(custom_attribution_func)
-    modules = hooked_modules(model)
+    if not isinstance(captum_hooks, bool):
+        raise TypeError(f"captum_hooks: expected a bool, got {type(captum_hooks).__name__}")
+    modules = hooked_modules(model) if captum_hooks else []
     transform = "times_input_minus_baseline" if multiply_by_inputs and custom is None else "grad"
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
@@ -461,7 +415,7 @@ def deeplift(
         memory_budget, chunk_rows,
         baselines=baselines, needs_baselines=True,
         want_deltas=bool(return_convergence_delta),
-        rules=deeplift_rules(modules, eps),
+        rules=deeplift_rules(modules, eps) if captum_hooks else traced_rules_factory(eps),
     )
     if any(type(m) is nn.Softmax for m in modules):
         req = _one_chunk(req, memory_budget)

@@ -28,12 +28,14 @@ def deeplift_shap(
     multiply_by_inputs: bool = True,
     eps: float = 1e-10,
     memory_budget: Optional[int] = None,
+    *,
+    captum_hooks: bool = False,
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """DeepLIFT SHAP attributions of ``model(inputs)[target]``.
 
     Args:
         model, inputs, target, additional_forward_args, custom_attribution_func,
-            multiply_by_inputs, eps, memory_budget: as :func:`fastattr.deeplift`.
+            multiply_by_inputs, eps, memory_budget, captum_hooks: as :func:`fastattr.deeplift`.
         baselines: the reference distribution, ``[M, *F]`` per input with
             ``M >= 2`` (the same ``M`` for all), or a callable returning it.
 
@@ -44,7 +46,8 @@ def deeplift_shap(
     """
     def explain(rows: v.TensorOrTuple, bases: v.TensorOrTuple, row_target: Any, row_args: Any) -> Any:
         return deeplift(model, rows, bases, row_target, row_args, return_convergence_delta,
-                        custom_attribution_func, multiply_by_inputs, eps, memory_budget)
+                        custom_attribution_func, multiply_by_inputs, eps, memory_budget,
+                        captum_hooks=captum_hooks)
 
     return against_each_reference(explain, inputs, baselines, target, additional_forward_args,
                                   return_convergence_delta, "DeepLiftShap", "deeplift")

@@ -13,7 +13,14 @@ layers *is* the relevance, as in Captum 0.9's ``LRP``:
   Tanh, ...: Captum replaces their gradient by the gradient of their output);
 * the relevances of a seed of 1 are multiplied by the model's output
   ``f_t(x)`` at the end, as Captum does (the outputs are kept from the
-  same forward).
+  same forward);
+* with ``composite.function_rules`` (the default here; not in the Captum
+  drop-in), what the forward computes with torch functions outside the
+  layers gets rules too (:mod:`fastattr.attr.lrp_functional`): residual
+  additions split their relevance among their terms instead of handing all
+  of it to each (Captum's double counting), gates pass it to their signal,
+  ``F.batch_norm`` in a BatchNorm with children (timm's ``BatchNormAct2d``)
+  gets the BatchNorm rule, LayerNorm the LN-rule and attention the AH-rule.
 
 The forward values are the model's own all the way (every layer sees its
 original input, as Captum's second forward does through its pre-hooks), so
@@ -43,8 +50,11 @@ from ._call import build_request, shape_output
 from ._layer import per_layer
 from .integrated_gradients import delta_dtype
 from .layer_gradients import run_at_layers
+from .lrp_backward import Relevance, branch_inputs
+from .lrp_functional import FunctionRules, check_attention_module
 from .lrp_rules import (
-    FOLD, Branch, Composite, IdentityRule, PropagationRule, Rule, assign_rules, shared_default_composite,
+    FOLD, FUNCTIONS, Branch, Composite, EpsilonRule, IdentityRule, PropagationRule, Rule, assign_rules,
+    shared_default_composite,
 )
 from .relu_rules import (
     BackwardRule, Forward, ForwardWrapper, ModuleCall, replaced_forwards, require_module, watched,
@@ -57,39 +67,6 @@ _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # ---------------------------------------------------------------------------
 # The backward pieces
 # ---------------------------------------------------------------------------
-
-
-class _TimesInput(torch.autograd.Function):
-    """Forward: ``part`` (the branch's part of input ``x``; None: ``x``
-    itself); backward: the gradient times ``part``, into ``x``. The forward
-    gives a view, not a copy, unless asked for one (a layer that writes into
-    its input: a view made by a custom Function must not be written)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, part: Optional[Tensor], copy: bool) -> Tensor:
-        part = x if part is None else part
-        ctx.save_for_backward(part)
-        return part.clone() if copy else part.view_as(part)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        (part,) = ctx.saved_tensors
-        return grad * part, None, None
-
-
-class _Relevance(torch.autograd.Function):
-    """Forward: the layer's original output ``value``; backward: the
-    gradient divided by ``denom``, into the rule's output ``through``."""
-
-    @staticmethod
-    def forward(ctx: Any, value: Tensor, through: Tensor, denom: Tensor) -> Tensor:
-        ctx.save_for_backward(denom)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
-        (denom,) = ctx.saved_tensors
-        return None, grad / denom, None
 
 
 _Grads = Tuple[Optional[Tensor], ...]
@@ -120,20 +97,6 @@ def _fresh_output(out: Tensor, args: Tuple[Any, ...]) -> Tensor:
     return out.clone() if shared else out
 
 
-def _input_part(x: Tensor, part: str, copy: bool) -> Tensor:
-    """``x`` (values only) as a branch sees it, with the gradient times that part."""
-    if part == "positive":
-        return _TimesInput.apply(x, x.detach().clamp(min=0), copy)
-    if part == "negative":
-        return _TimesInput.apply(x, x.detach().clamp(max=0), copy)
-    return _TimesInput.apply(x, None, copy)
-
-
-def _branch_inputs(args: Tuple[Any, ...], part: str, copy: bool) -> Tuple[Any, ...]:
-    return tuple(_input_part(a, part, copy) if isinstance(a, Tensor) and a.is_floating_point() else a
-                 for a in args)
-
-
 def _forward_with(forward: Forward, module: nn.Module, params: Mapping[str, Tensor],
                   args: Tuple[Any, ...]) -> Tensor:
     """``forward(*args)`` (the module's own) with ``params`` in place of its parameters."""
@@ -151,7 +114,7 @@ def _rule_output(forward: Forward, module: nn.Module, branches: Sequence[Branch]
     a branch's parameters override ``base`` (default: the module's own)."""
     copy = writes_input(module)
     outs = [_forward_with(forward, module, {**(base or {}), **b.params},
-                          _branch_inputs(args, b.input_part, copy))
+                          branch_inputs(args, b.input_part, copy))
             for b in branches]
     return outs[0] if len(outs) == 1 else functools.reduce(torch.add, outs)
 
@@ -205,8 +168,10 @@ class _CallState:
         self.branches: Dict[nn.Module, Optional[Tuple[Branch, ...]]] = {}
         # id(output) -> (output, layer, its forward, rule, its inputs)
         self.producers: Dict[int, Tuple[Tensor, nn.Module, Forward, PropagationRule, Tuple[Any, ...]]] = {}
-        self.folded: Dict[Tuple[nn.Module, nn.Module], Dict[str, Tensor]] = {}
+        self.folded: Dict[Tuple[Any, nn.Module], Dict[str, Tensor]] = {}
         self.outputs: List[Tensor] = []
+        self.folding = False  # BatchNorms are folded: the Linear/Conv layers record their outputs
+        self.functions: Optional[FunctionRules] = None  # the function rules, if the composite has them
 
 
 def _rule_layer(rule: PropagationRule, state: _CallState, records_output: bool) -> ForwardWrapper:
@@ -223,7 +188,7 @@ def _rule_layer(rule: PropagationRule, state: _CallState, records_output: bool) 
             with torch.no_grad():  # only the values: the relevance flows through the branches
                 out = inner(*args, **kwargs)
             through = _rule_output(inner, module, branches, args)
-            ret = _Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
+            ret = Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
             if records_output:
                 state.producers[id(ret)] = (ret, module, inner, rule, args)
             return ret
@@ -243,7 +208,7 @@ def _epsilon_forward(module: nn.Module, inner: Forward, rule: PropagationRule, s
     copy = writes_input(module)
 
     def forward(*args: Any, **kwargs: Any) -> Tensor:
-        wrapped = _branch_inputs(args, "all", copy)
+        wrapped = branch_inputs(args, "all", copy)
         out = _fresh_output(inner(*wrapped, **kwargs), wrapped)
         if out.grad_fn is not None:
             denom = ops.stabilize(out.detach(), rule.epsilon)
@@ -262,39 +227,58 @@ def _folded_batchnorm(where: str, state: _CallState) -> ForwardWrapper:
 
     def make(bn: nn.Module, inner: Forward) -> Forward:
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-            record = state.producers.get(id(x))
-            if record is None or record[0] is not x:
-                raise ValueError(
-                    f"{where}: a BatchNorm folded by composite.batchnorm='fold' must take the "
-                    "output of a Linear or Conv layer directly (with an LRP rule)"
-                )
             with torch.no_grad():
                 out = inner(x, *args, **kwargs)
-            _, layer, layer_forward, rule, layer_args = record
-            key = (layer, bn)
-            if key not in state.folded:
-                state.folded[key] = _folded_params(layer, bn)
-            params = state.folded[key]
-            branches = rule.branches(params) or (Branch("all", params),)
-            through = _rule_output(layer_forward, layer, branches, layer_args, params)
-            return _Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
+            return _folded_into_producer(state, x, bn, bn, out, where)
 
         return forward
 
     return make
 
 
-def _captured_output(state: _CallState, folding: bool) -> ForwardWrapper:
+def _folded_into_producer(state: _CallState, x: Tensor, key: Any, bn: Any, out: Tensor, where: str) -> Tensor:
+    """``out`` (the BatchNorm ``bn``'s output for input ``x``) with the
+    backward of the rule of the Linear/Conv that produced ``x``, on the
+    merged layer recomputed on that layer's inputs; ``key`` identifies ``bn``
+    across calls (its merged parameters are made once per LRP call)."""
+    record = state.producers.get(id(x))
+    if record is None or record[0] is not x:
+        raise ValueError(
+            f"{where}: a BatchNorm folded by composite.batchnorm='fold' must take the "
+            "output of a Linear or Conv layer directly (with an LRP rule)"
+        )
+    _, layer, layer_forward, rule, layer_args = record
+    if (layer, key) not in state.folded:
+        state.folded[(layer, key)] = _folded_params(layer, bn)
+    params = state.folded[(layer, key)]
+    branches = rule.branches(params) or (Branch("all", params),)
+    through = _rule_output(layer_forward, layer, branches, layer_args, params)
+    return Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
+
+
+def _functional_fold(state: _CallState) -> Callable[[Tensor, Any, Tensor], Tensor]:
+    """The function rules' fold of an ``F.batch_norm`` call (a BatchNorm
+    with children), keyed by its running mean."""
+
+    def fold(x: Tensor, bn: Any, out: Tensor) -> Tensor:
+        return _folded_into_producer(state, x, bn.running_mean, bn, out, "model (a batch_norm call)")
+
+    return fold
+
+
+def _captured_output(state: _CallState) -> ForwardWrapper:
     """The root's forward, keeping each output (the relevances are scaled by
-    it, as Captum does); with folded BatchNorms, the layer outputs they look
-    up are cleared at each forward's start and end."""
+    it, as Captum does), with the function rules on while it runs; with
+    folded BatchNorms, the layer outputs they look up are cleared at each
+    forward's start and end."""
 
     def make(model: nn.Module, inner: Forward) -> Forward:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            if folding:
+            if state.folding:
                 state.producers.clear()
-            out = inner(*args, **kwargs)
-            if folding:
+            with state.functions or contextlib.nullcontext():
+                out = inner(*args, **kwargs)
+            if state.folding:
                 state.producers.clear()
             if isinstance(out, Tensor):  # else the engine reports it
                 state.outputs.append(out.detach())
@@ -322,16 +306,37 @@ def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rul
                     state: _CallState) -> ContextManager[None]:
     """Install ``layers``' rules and the output capture on ``model`` while
     the context is open; every forward is restored on exit, also on a raise."""
-    folding = any(rule is FOLD for _, _, rule in layers)
-    wrappers: List[Tuple[nn.Module, ForwardWrapper]] = [(model, _captured_output(state, folding))]
+    wrappers: List[Tuple[nn.Module, ForwardWrapper]] = [(model, _captured_output(state))]
     for name, module, rule in layers:
         if isinstance(rule, PropagationRule):
-            wrappers.append((module, _rule_layer(rule, state, folding and isinstance(module, _FOLDABLE))))
+            make = _rule_layer(rule, state, state.folding and isinstance(module, _FOLDABLE))
         elif rule is FOLD:
-            wrappers.append((module, _folded_batchnorm(f"model.{name}", state)))
+            make = _folded_batchnorm(f"model.{name}", state)
+        elif rule == FUNCTIONS:
+            continue  # runs as it is, under the function rules
         else:
-            wrappers.append((module, watched(_RELEVANCE_UNCHANGED)))
+            make = watched(_RELEVANCE_UNCHANGED)
+        wrappers.append((module, make if state.functions is None else _own_rule_only(make, state.functions)))
     return _cleared_after(replaced_forwards(wrappers), state)
+
+
+def _own_rule_only(make: ForwardWrapper, functions: FunctionRules) -> ForwardWrapper:
+    """``make``'s forward with the function rules off while it runs: the
+    layer's own rule covers the torch calls inside it."""
+
+    def wrapped(module: nn.Module, inner: Forward) -> Forward:
+        forward = make(module, inner)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            functions.depth += 1
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                functions.depth -= 1
+
+        return run
+
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -348,16 +353,19 @@ def _checked_layers(model: nn.Module, composite: Composite, state: _CallState
     """Every leaf layer's rule, checked (before any compute); fills
     ``state.branches``."""
     layers = assign_rules(model, composite)
-    folding = any(rule is FOLD for _, _, rule in layers)
+    state.folding = any(rule is FOLD for _, _, rule in layers) or \
+        (composite.function_rules and composite.batchnorm == "fold")
     for name, module, rule in layers:
         if isinstance(rule, PropagationRule):
-            state.branches[module] = _branches(rule, module, f"model.{name}", folding)
+            state.branches[module] = _branches(rule, module, f"model.{name}", state.folding)
         elif rule is FOLD and (module.training or module.running_mean is None):
             raise ValueError(
                 f"model.{name}: composite.batchnorm='fold' needs the BatchNorm in eval mode with "
                 "running statistics (it folds them into the preceding layer)"
             )
-        elif not isinstance(rule, IdentityRule) and rule is not FOLD:
+        elif rule == FUNCTIONS and composite.function_rules and isinstance(module, nn.MultiheadAttention):
+            check_attention_module(module, f"model.{name}")
+        elif not isinstance(rule, IdentityRule) and rule is not FOLD and rule != FUNCTIONS:
             raise TypeError(f"model.{name}: unknown LRP rule {rule!r}")
     return layers
 
@@ -381,7 +389,24 @@ def _prepared(model: nn.Module, composite: Optional[Composite]) -> Tuple[_CallSt
     elif not isinstance(composite, Composite):
         raise TypeError(f"composite: expected a fastattr.attr.lrp_rules.Composite, got {type(composite).__name__}")
     state = _CallState()
-    return state, _checked_layers(model, composite, state)
+    layers = _checked_layers(model, composite, state)
+    if composite.function_rules:
+        state.functions = _function_rules(composite, state)
+    return state, layers
+
+
+def _function_rules(composite: Composite, state: _CallState) -> FunctionRules:
+    """The function rules of ``composite``: ``F.linear`` and ``F.batch_norm``
+    get its rules for nn.Linear and nn.BatchNorm2d, the additions, LayerNorms
+    and attention the epsilon of its nn.Linear rule."""
+    linear = _z_rule_or_none(composite.rules_by_type.get(nn.Linear))
+    batchnorm = _z_rule_or_none(composite.rules_by_type.get(nn.BatchNorm2d))
+    epsilon = linear.epsilon if linear is not None else EpsilonRule.epsilon
+    return FunctionRules(linear, composite.batchnorm, batchnorm, _functional_fold(state), epsilon)
+
+
+def _z_rule_or_none(rule: Rule) -> Optional[PropagationRule]:
+    return rule if isinstance(rule, PropagationRule) else None
 
 
 def _explained_outputs(state: _CallState, target: v.FormattedTarget) -> Tensor:
@@ -414,7 +439,9 @@ def lrp(
         inputs, target, additional_forward_args, memory_budget, chunk_rows:
             as :func:`fastattr.saliency` (inputs ``[B, *F]`` or a tuple).
         composite: rules per layer type (default:
-            :func:`~fastattr.attr.lrp_rules.default_composite`, Captum's defaults).
+            :func:`~fastattr.attr.lrp_rules.default_composite`: Captum's
+            defaults for its layers, more layers, and the function rules for
+            residual additions, gates, LayerNorm and attention).
         return_convergence_delta: also return ``[B]``
             ``f_t(x) - sum(relevances)`` (Captum's delta).
 

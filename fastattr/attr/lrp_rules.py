@@ -19,14 +19,17 @@ A :class:`Composite` picks the rule of every leaf module that does not set
 one itself (``module.rule = ...``, Captum's way; Captum's own rule objects
 are translated by :func:`as_rule`). :func:`default_composite` gives Captum's
 ``SUPPORTED_LAYERS_WITH_RULES`` for the layers Captum knows, plus the 1-d/3-d
-variants and a few more shape-preserving nonlinearities it does not.
+variants, more elementwise layers it does not (Hardswish, SiLU, GELU,
+StochasticDepth...: relevance passes them unchanged), and the layers left to
+the function rules (:data:`FUNCTIONS`: LayerNorm, attention, Embedding,
+shape ops); :func:`captum_composite` gives Captum's and nothing more.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -123,8 +126,13 @@ class IdentityRule:
 PASS = IdentityRule()
 # BatchNorm in "fold" mode: merged into the Linear/Conv that produces its input.
 FOLD = "fold"
+# The module runs as it is and the function rules apply to the torch calls in
+# its forward (fastattr.attr.lrp_functional): shape ops keep their gradient,
+# which moves relevance with the elements; LayerNorm gets the LN-rule,
+# attention the AH-rule. Without Composite.function_rules: its plain gradient.
+FUNCTIONS = "functions"
 
-Rule = Any  # a PropagationRule, IdentityRule, or FOLD
+Rule = Any  # a PropagationRule, IdentityRule, FOLD or FUNCTIONS
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -134,26 +142,58 @@ class Composite:
     """Which rule each leaf module gets when it does not set ``module.rule``.
 
     ``rules_by_type``: exact module type -> rule (as Captum, subclasses are
-    not matched); ``batchnorm``: ``"rule"`` (BatchNorm gets its
+    not matched; a type with children and a rule is one unit, its children
+    get none); ``batchnorm``: ``"rule"`` (BatchNorm gets its
     ``rules_by_type`` rule, Captum's way), ``"identity"`` (relevance passes
     it unchanged) or ``"fold"`` (merged into the Linear/Conv whose output it
-    normalizes; that layer's rule then applies to the merged layer).
+    normalizes; that layer's rule then applies to the merged layer);
+    ``function_rules``: rules for the torch functions the forward calls
+    outside the layers (residual additions, gates, ``F.batch_norm`` in
+    timm's ``BatchNormAct2d``, attention; :mod:`fastattr.attr.lrp_functional`).
+    Without them (Captum's way) their plain gradient carries the relevance,
+    and an addition gives each term all of it.
     """
 
     rules_by_type: Mapping[Type[nn.Module], Rule]
     batchnorm: str = "rule"
+    function_rules: bool = True
 
     def __post_init__(self) -> None:
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm: expected one of {list(BATCHNORM_MODES)}, got {self.batchnorm!r}")
 
 
-# Shape-preserving layers relevance passes unchanged: Captum's
-# SUPPORTED_NON_LINEAR_LAYERS (ReLU, Dropout, Tanh) and their kin.
+def _optional_types(*paths: str) -> Tuple[Type[nn.Module], ...]:
+    """The classes at ``module:Name`` paths whose packages are installed."""
+    import importlib
+    found = []
+    for path in paths:
+        module, name = path.split(":")
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+# Elementwise layers relevance passes unchanged (the relevance of an
+# activation is that of its output, as for ReLU; dropout and stochastic
+# depth are identities in eval mode): Captum's SUPPORTED_NON_LINEAR_LAYERS
+# (ReLU, Dropout, Tanh) and their kin.
 PASSTHROUGH_TYPES: Tuple[Type[nn.Module], ...] = (
     nn.ReLU, nn.Dropout, nn.Tanh,
     nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus,
+    nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.SELU, nn.CELU,
     nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
+    *_optional_types("torchvision.ops:StochasticDepth", "timm.layers:DropPath"),
+)
+# Layers whose torch calls get the function rules: shape ops (relevance
+# follows the elements), Embedding (its output's relevance stays there: the
+# indices take none), LayerNorm (LN-rule) and attention (AH-rule).
+FUNCTION_RULE_TYPES: Tuple[Type[nn.Module], ...] = (
+    nn.LayerNorm, nn.Embedding, nn.Unflatten, nn.MultiheadAttention,
+    *_optional_types("torchvision.ops.misc:Permute", "torchvision.models.convnext:LayerNorm2d",
+                     "timm.layers:LayerNorm", "timm.layers:LayerNorm2d"),
 )
 # Layers with Captum's default epsilon rule, and their 1-d / 3-d variants.
 EPSILON_TYPES: Tuple[Type[nn.Module], ...] = (
@@ -169,8 +209,11 @@ def default_composite(batchnorm: str = "rule", epsilon: float = 1e-9) -> Composi
     """Captum 0.9's defaults (``EpsilonRule()`` on Linear, Conv, pooling and
     BatchNorm layers, Captum's ``Addition_Module``; ReLU, Dropout, Tanh passed
     through) extended to the 1-d/3-d variants and the layers in
-    :data:`PASSTHROUGH_TYPES`."""
-    return Composite(_rules(EPSILON_TYPES, PASSTHROUGH_TYPES, epsilon), batchnorm)
+    :data:`PASSTHROUGH_TYPES`, the layers in :data:`FUNCTION_RULE_TYPES`
+    left to the function rules, which are on."""
+    rules = _rules(EPSILON_TYPES, PASSTHROUGH_TYPES, epsilon)
+    rules.update({t: FUNCTIONS for t in FUNCTION_RULE_TYPES})
+    return Composite(rules, batchnorm)
 
 
 def _rules(epsilon_types: Tuple[Type[nn.Module], ...], passthrough_types: Tuple[Type[nn.Module], ...],
@@ -201,7 +244,8 @@ def captum_composite() -> Composite:
     drop-in's, so that a layer Captum has no default for is refused there
     too (a TypeError), as Captum's users expect. :func:`default_composite`
     knows more layers."""
-    return Composite(MappingProxyType(_rules(CAPTUM_EPSILON_TYPES, CAPTUM_PASSTHROUGH_TYPES, EpsilonRule.epsilon)))
+    return Composite(MappingProxyType(_rules(CAPTUM_EPSILON_TYPES, CAPTUM_PASSTHROUGH_TYPES, EpsilonRule.epsilon)),
+                     function_rules=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,7 +253,7 @@ def shared_default_composite() -> Composite:
     """:func:`default_composite` made once, read-only (``lrp`` without a
     composite uses it on every call)."""
     composite = default_composite()
-    return Composite(MappingProxyType(dict(composite.rules_by_type)), composite.batchnorm)
+    return Composite(MappingProxyType(dict(composite.rules_by_type)), composite.batchnorm, composite.function_rules)
 
 
 def _captum_addition_module() -> Optional[Type[nn.Module]]:
@@ -254,15 +298,17 @@ def as_rule(rule: Any, where: str) -> Optional[Rule]:
     )
 
 
-def leaf_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+def leaf_layers(model: nn.Module, units: Collection[Type[nn.Module]] = ()) -> List[Tuple[str, nn.Module]]:
     """The modules without children, root excluded, in registration order
-    (Captum's ``LRP._get_layers``); a module registered twice appears once."""
+    (Captum's ``LRP._get_layers``); a module registered twice appears once.
+    A module whose exact type is in ``units`` counts as one layer, children and all."""
     out: List[Tuple[str, nn.Module]] = []
-    _collect_leaves(model, "", {id(model)}, out)
+    _collect_leaves(model, "", {id(model)}, out, frozenset(units))
     return out
 
 
-def _collect_leaves(module: nn.Module, prefix: str, seen: set, out: List[Tuple[str, nn.Module]]) -> None:
+def _collect_leaves(module: nn.Module, prefix: str, seen: set, out: List[Tuple[str, nn.Module]],
+                    units: FrozenSet[Type[nn.Module]]) -> None:
     """``named_modules`` order, walked over ``_modules`` directly: the
     generator's per-module prefix and memo work is most of a small model's
     rule assignment, which runs on every call."""
@@ -270,8 +316,8 @@ def _collect_leaves(module: nn.Module, prefix: str, seen: set, out: List[Tuple[s
         if child is None or id(child) in seen:
             continue
         seen.add(id(child))
-        if any(c is not None for c in child._modules.values()):
-            _collect_leaves(child, f"{prefix}{name}.", seen, out)
+        if type(child) not in units and any(c is not None for c in child._modules.values()):
+            _collect_leaves(child, f"{prefix}{name}.", seen, out, units)
         else:
             out.append((prefix + name, child))
 
@@ -290,7 +336,7 @@ def assign_rules(model: nn.Module, composite: Composite) -> List[Tuple[str, nn.M
     ``module.rule`` if set, else the composite's; a layer with neither is a
     TypeError naming it (as Captum)."""
     out = []
-    for name, module in leaf_layers(model):
+    for name, module in leaf_layers(model, [t for t, r in composite.rules_by_type.items() if r == FUNCTIONS]):
         rule = _own_rule(module)
         if rule is not None:
             rule = as_rule(rule, f"model.{name}")

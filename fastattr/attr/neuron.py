@@ -223,12 +223,15 @@ def neuron_deeplift(
     multiply_by_inputs: bool = True,
     eps: float = 1e-10,
     memory_budget: Optional[int] = None,
+    *,
+    captum_hooks: bool = False,
 ) -> v.TensorOrTuple:
-    """DeepLIFT (rescale) of a neuron of ``layer``, as Captum's ``NeuronDeepLift``."""
+    """DeepLIFT (rescale) of a neuron of ``layer``, as Captum's ``NeuronDeepLift``
+    (``captum_hooks``: as :func:`fastattr.deeplift`)."""
     cut = neuron_model(model, layer, neuron_selector, attribute_to_neuron_input)
     return deeplift(cut, inputs, baselines, None, additional_forward_args,
                     custom_attribution_func=custom_attribution_func, multiply_by_inputs=multiply_by_inputs,
-                    eps=eps, memory_budget=memory_budget)
+                    eps=eps, memory_budget=memory_budget, captum_hooks=captum_hooks)
 
 
 def neuron_deeplift_shap(
@@ -243,13 +246,17 @@ def neuron_deeplift_shap(
     multiply_by_inputs: bool = True,
     eps: float = 1e-10,
     memory_budget: Optional[int] = None,
+    *,
+    captum_hooks: bool = False,
 ) -> v.TensorOrTuple:
     """DeepLIFT SHAP of a neuron of ``layer``, as Captum's ``NeuronDeepLiftShap``
-    (``baselines``: a distribution ``[M, *F]``, ``M >= 2``)."""
+    (``baselines``: a distribution ``[M, *F]``, ``M >= 2``; ``captum_hooks``:
+    as :func:`fastattr.deeplift`)."""
     cut = neuron_model(model, layer, neuron_selector, attribute_to_neuron_input)
     return deeplift_shap(cut, inputs, baselines, None, additional_forward_args,
                          custom_attribution_func=custom_attribution_func,
-                         multiply_by_inputs=multiply_by_inputs, eps=eps, memory_budget=memory_budget)
+                         multiply_by_inputs=multiply_by_inputs, eps=eps, memory_budget=memory_budget,
+                         captum_hooks=captum_hooks)
 
 
 class _ConductanceOutput:

@@ -42,7 +42,7 @@ class DeepLift(GradientAttribution):
             additional_forward_args=additional_forward_args,
             return_convergence_delta=return_convergence_delta,
             custom_attribution_func=custom_attribution_func,
-            multiply_by_inputs=self._multiply_by_inputs, eps=self.eps,
+            multiply_by_inputs=self._multiply_by_inputs, eps=self.eps, captum_hooks=True,
         )
 
 
@@ -68,5 +68,5 @@ class DeepLiftShap(DeepLift):
                               "DeepLiftShap", "attr.deeplift_shap.deeplift_shap")
         return deeplift_shap(
             self.model, inputs, baselines, target, additional_forward_args, return_convergence_delta,
-            custom_attribution_func, self._multiply_by_inputs, self.eps,
+            custom_attribution_func, self._multiply_by_inputs, self.eps, captum_hooks=True,
         )

@@ -131,7 +131,7 @@ class NeuronDeepLift(_NeuronRuleMethod):
                               "NeuronDeepLift", "attr.neuron.neuron_deeplift")
         return neuron_deeplift(self.model, inputs, self.layer, neuron_selector, baselines,
                                additional_forward_args, attribute_to_neuron_input, custom_attribution_func,
-                               self._multiply_by_inputs)
+                               self._multiply_by_inputs, captum_hooks=True)
 
 
 class NeuronDeepLiftShap(_NeuronRuleMethod):
@@ -148,7 +148,7 @@ class NeuronDeepLiftShap(_NeuronRuleMethod):
                               "NeuronDeepLiftShap", "attr.neuron.neuron_deeplift_shap")
         return neuron_deeplift_shap(self.model, inputs, self.layer, neuron_selector, baselines,
                                     additional_forward_args, attribute_to_neuron_input,
-                                    custom_attribution_func, self._multiply_by_inputs)
+                                    custom_attribution_func, self._multiply_by_inputs, captum_hooks=True)
 
 
 class NeuronConductance(NeuronAttribution):

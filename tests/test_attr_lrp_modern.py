@@ -1,0 +1,427 @@
+"""LRP on the architectures people use: residual additions, gates, timm's
+BatchNormAct2d, LayerNorm, attention, shape ops (fastattr.attr.lrp_functional).
+
+Each rule is checked against a hand-written reference built from one
+obviously-right step, ``x * J^T (R / stab(z))`` by autograd on the layer
+alone (:func:`_z_step`), and the whole-model property is conservation: on a
+bias-free float64 twin of each torchvision/timm model (every parameter that
+is not a weight zeroed, BatchNorm running means zeroed: nothing absorbs
+relevance but the stabilizer, here 1e-30) the relevances sum to ``f(x)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import timm
+import torchvision
+from torchvision.ops import SqueezeExcitation
+from torchvision.ops.misc import Permute
+
+import fastattr.captum
+from fastattr.attr import lrp_rules as rules
+from fastattr.attr.lrp import layer_lrp, lrp
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Setting forward, backward hooks"),
+              pytest.mark.filterwarnings("ignore:Input Tensor .* did not already require gradients")]
+
+EPS = 1e-9
+TOL_REF = 1e-12
+TOL_CONSERVE = 1e-6
+TINY = 1e-30  # the stabilizer of the conservation checks: absorbs nothing measurable
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _stab(z: Tensor, eps: float = EPS) -> Tensor:
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _z_step(layer: Callable[[Tensor], Tensor], x: Tensor, relevance: Tensor, eps: float = EPS) -> Tensor:
+    """The epsilon rule of ``layer`` at ``x``: ``x * J^T (R / stab(layer(x)))``."""
+    x = x.detach().requires_grad_(True)
+    z = layer(x)
+    (g,) = torch.autograd.grad(z, x, relevance / _stab(z.detach(), eps))
+    return x.detach() * g
+
+
+def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.double().eval()
+
+
+def _output_relevance(y: Tensor, target: int) -> Tensor:
+    """Captum's start: the target output's value at the target, 0 elsewhere."""
+    r = torch.zeros_like(y)
+    r[:, target] = y[:, target]
+    return r.detach()
+
+
+# ---------------------------------------------------------------------------
+# Residual additions
+# ---------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """[B, 4, 6, 6] -> [B, 3]: torchvision's BasicBlock (biases, BatchNorm)
+    with its addition written as ``form``."""
+
+    def __init__(self, form: str = "iadd", bias: bool = True) -> None:
+        super().__init__()
+        self.form = form
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.relu2 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if self.form == "iadd":
+            out += x
+        elif self.form == "add":
+            out = out + x
+        elif self.form == "radd":
+            out = x + out
+        elif self.form == "torch.add":
+            out = torch.add(out, x)
+        else:
+            out.add_(x)
+        return self.fc(self.gap(self.relu2(out)).flatten(1))
+
+
+def _head_reference(m: nn.Module, features: Tensor, y: Tensor, target: int) -> Tensor:
+    """The relevance at the input of ``m.fc(m.gap(features).flatten(1))``:
+    the epsilon rule of fc, then of the pooling."""
+    pooled = m.gap(features)
+    r_pooled = _z_step(lambda t: m.fc(t.flatten(1)), pooled, _output_relevance(y, target))
+    return _z_step(m.gap, features, r_pooled)
+
+
+def _block_reference(m: Block, x: Tensor, target: int) -> Tensor:
+    """Hand-written LRP-epsilon of :class:`Block` (BatchNorm with its own
+    epsilon rule): the addition ``s = b2 + x`` splits ``R_s`` as
+    ``b2 / stab(s)`` and ``x / stab(s)``."""
+    with torch.no_grad():
+        a1 = m.conv1(x)
+        r1 = F.relu(m.bn1(a1))
+        a2 = m.conv2(r1)
+        b2 = m.bn2(a2)
+        s = b2 + x
+        r2 = F.relu(s)
+        y = m.fc(m.gap(r2).flatten(1))
+    r_s = _head_reference(m, r2, y, target)  # ReLU: passed
+    r_b2, r_skip = b2 / _stab(s) * r_s, x / _stab(s) * r_s
+    r_r1 = _z_step(m.conv2, r1, _z_step(m.bn2, a2, r_b2))
+    return _z_step(m.conv1, x, _z_step(m.bn1, a1, r_r1)) + r_skip
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 6), (1, 4, 5, 7)])
+def test_residual_addition_matches_reference(shape: Tuple[int, ...]) -> None:
+    m = _seeded(Block())
+    x = torch.randn(*shape, dtype=torch.float64)
+    ours = lrp(m, x, target=1)
+    ref = _block_reference(m, x, 1)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+@pytest.mark.parametrize("form", ["add", "radd", "torch.add", "add_"])
+def test_every_form_of_addition_is_the_same(form: str) -> None:
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    ours = lrp(_seeded(Block(form)), x, target=2)
+    assert torch.equal(ours, lrp(_seeded(Block("iadd")), x, target=2))
+
+
+def test_bias_free_block_sums_to_f() -> None:
+    """The issue's case: relevance sums to f(x); without the function rules
+    (Captum's way: the addition hands all of its relevance to both terms)
+    it does not."""
+    m = _seeded(Block("add", bias=False))
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.zero_()
+            bn.bias.zero_()
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        f = m(x)[:, 0]
+    composite = rules.default_composite(epsilon=TINY)
+    total = lrp(m, x, target=0, composite=composite).sum((1, 2, 3))
+    assert (total - f).abs().max() <= TOL_CONSERVE * f.abs().max()
+    captum_way = dataclasses.replace(composite, function_rules=False)
+    assert (lrp(m, x, target=0, composite=captum_way).sum((1, 2, 3)) - f).abs().min() > 0.1 * f.abs().min()
+
+
+# ---------------------------------------------------------------------------
+# Gates, pass-through activations, BatchNormAct2d
+# ---------------------------------------------------------------------------
+
+
+class Gated(nn.Module):
+    """[B, 3, 8, 8] -> [B, 3]: conv, Hardswish, squeeze-excitation (a
+    Hardsigmoid gate times the signal), stochastic depth, pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.act = nn.Hardswish()
+        self.se = SqueezeExcitation(8, 4, scale_activation=nn.Hardsigmoid)
+        self.depth = torchvision.ops.StochasticDepth(0.2, "row")
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.gap(self.depth(self.se(self.act(self.conv(x))))).flatten(1))
+
+
+def test_gate_and_pass_through_match_reference() -> None:
+    """Hardswish and StochasticDepth pass relevance unchanged; the gate
+    ``scale * h`` gives all of it to the signal ``h``, none to ``scale``."""
+    m = _seeded(Gated())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        a = m.conv(x)
+        gated = m.se(m.act(a))
+        y = m.fc(m.gap(gated).flatten(1))
+    r_gated = _head_reference(m, gated, y, 0)
+    ref = _z_step(m.conv, x, r_gated)  # the gate and Hardswish pass it unchanged
+    ours = lrp(m, x, target=0)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+def _bn_act_models() -> Tuple[nn.Module, nn.Module]:
+    """The same network with timm's BatchNormAct2d and with BatchNorm2d + ReLU."""
+    timm_style = nn.Sequential(nn.Conv2d(3, 5, 3), timm.layers.BatchNormAct2d(5, act_layer=nn.ReLU),
+                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    _seeded(timm_style)
+    plain = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(5, 2)).double().eval()
+    state = {k: v for k, v in timm_style.state_dict().items()}
+    plain.load_state_dict({k.replace("4.", "5.") if k.startswith("4.") else k: v for k, v in state.items()})
+    return timm_style, plain
+
+
+@pytest.mark.parametrize("batchnorm", ["rule", "fold", "identity"])
+def test_batchnorm_act_equals_batchnorm_and_relu(batchnorm: str) -> None:
+    timm_style, plain = _bn_act_models()
+    x = torch.randn(3, 3, 7, 5, dtype=torch.float64)
+    assert torch.equal(timm_style(x), plain(x))
+    composite = rules.default_composite(batchnorm)
+    ours = lrp(timm_style, x, target=1, composite=composite)
+    ref = lrp(plain, x, target=1, composite=composite)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+# ---------------------------------------------------------------------------
+# LayerNorm, attention, shape ops, Embedding
+# ---------------------------------------------------------------------------
+
+
+def test_layernorm_rule_matches_reference() -> None:
+    """LN-rule: the standard deviation detached, the epsilon rule on
+    ``(x - mean x) / std * w + b``; with a Permute around it (shape ops:
+    relevance follows the elements)."""
+    m = _seeded(nn.Sequential(nn.Conv2d(2, 6, 1), Permute([0, 2, 3, 1]), nn.LayerNorm(6),
+                              Permute([0, 3, 1, 2]), nn.Flatten(), nn.Linear(6 * 3 * 4, 2)))
+    x = torch.randn(2, 2, 3, 4, dtype=torch.float64)
+    ln = m[2]
+    with torch.no_grad():
+        a = m[0](x).permute(0, 2, 3, 1)
+        normed = ln(a)
+        y = m[5](normed.permute(0, 3, 1, 2).flatten(1))
+    std = torch.sqrt(a.var(-1, unbiased=False, keepdim=True) + ln.eps)
+    r_normed = _z_step(lambda t: m[5](t.permute(0, 3, 1, 2).flatten(1)), normed, _output_relevance(y, 1))
+    r_a = _z_step(lambda t: (t - t.mean(-1, keepdim=True)) / std * ln.weight + ln.bias, a, r_normed)
+    ref = _z_step(m[0], x, r_a.permute(0, 3, 1, 2))
+    ours = lrp(m, x, target=1)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+class Attention(nn.Module):
+    """[B, L, E] -> [B, 2]: self-attention and a linear read-out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.fc = nn.Linear(6 * 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.attn(x, x, x, need_weights=False)
+        return self.fc(out.flatten(1))
+
+
+def test_attention_rule_matches_reference() -> None:
+    """AH-rule: the softmax weights A detached, the epsilon rule on the value
+    path ``out_proj(A · v_proj(x))``; queries and keys take no relevance."""
+    m = _seeded(Attention())
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    mha = m.attn
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+
+    def heads(t: Tensor) -> Tensor:  # [B, L, E] -> [B, H, L, E/H]
+        return t.reshape(t.shape[0], t.shape[1], 2, 3).transpose(1, 2)
+
+    with torch.no_grad():
+        weights = torch.softmax(heads(F.linear(x, w_q, b_q)) @ heads(F.linear(x, w_k, b_k)).transpose(-1, -2)
+                                / 3 ** 0.5, -1)
+        out, _ = mha(x, x, x)
+        y = m.fc(out.flatten(1))
+
+    def value_path(t: Tensor) -> Tensor:
+        mixed = (weights @ heads(F.linear(t, w_v, b_v))).transpose(1, 2).reshape(t.shape)
+        return mha.out_proj(mixed)
+
+    r_out = _z_step(lambda t: m.fc(t.flatten(1)), out, _output_relevance(y, 0))
+    ref = _z_step(value_path, x, r_out)
+    ours = lrp(m, x, target=0)
+    assert (ours - ref).abs().max() <= 1e-10 * ref.abs().max()
+
+
+def test_attention_without_a_rule_is_named_before_any_compute() -> None:
+    m = _seeded(Attention())
+    m.attn = nn.MultiheadAttention(6, 2, batch_first=True, add_zero_attn=True).double().eval()
+    calls = []
+    m.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(NotImplementedError, match="model.attn: .*add_zero_attn"):
+        lrp(m, torch.randn(1, 4, 6, dtype=torch.float64), target=0)
+    assert not calls
+
+
+def test_embedding_relevance_is_at_its_output() -> None:
+    """The indices take no relevance: it stays at the embedding's output,
+    where it sums to f(x) (no biases)."""
+    m = nn.Sequential(nn.Embedding(10, 6), nn.Flatten(), nn.Linear(18, 3, bias=False)).double()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 9]])
+    relevance = layer_lrp(m, ids, m[0], target=1, composite=rules.default_composite(epsilon=TINY))
+    with torch.no_grad():
+        f = m(ids)[:, 1]
+    assert relevance.shape == (2, 3, 6)
+    assert (relevance.sum((1, 2)) - f).abs().max() <= TOL_CONSERVE * f.abs().max()
+
+
+def test_captum_drop_in_still_refuses_what_captum_refuses() -> None:
+    with pytest.raises(TypeError, match="Hardswish"):
+        fastattr.captum.LRP(_seeded(Gated())).attribute(torch.randn(1, 3, 8, 8, dtype=torch.float64), target=0)
+
+
+# ---------------------------------------------------------------------------
+# Conservation on torchvision and timm models
+# ---------------------------------------------------------------------------
+
+
+def _vit() -> nn.Module:
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                             hidden_dim=32, mlp_dim=64, num_classes=5)
+    nn.init.normal_(m.heads.head.weight)  # zeros in torchvision: f(x) would be 0
+    return m
+
+
+MODELS: Dict[str, Callable[[], nn.Module]] = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=5),
+    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=5),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=5),
+    "vit": _vit,
+    "timm_resnet10t": lambda: timm.create_model("resnet10t", pretrained=False, num_classes=5),
+}
+RULES: Dict[str, Any] = {
+    "epsilon": rules.EpsilonRule(TINY), "zplus": rules.ZPlusRule(TINY),
+    "gamma": rules.GammaRule(0.25, epsilon=TINY), "alpha1beta0": rules.Alpha1_Beta0_Rule(epsilon=TINY),
+}
+# z+, gamma and alpha1-beta0 on the depthwise convolutions of MobileNetV3 and
+# EfficientNet (9 inputs each, after Hardswish/SiLU, which are negative
+# too) meet outputs whose rule sum z' is 0 or crosses 0: there the relevance is
+# absorbed (z' = 0) or its ratio z_i / z' explodes, so they do not conserve.
+NOT_CONSERVING = {(m, r) for m in ("mobilenet_v3_small", "efficientnet_b0") for r in ("zplus", "gamma", "alpha1beta0")}
+
+
+def _bias_free_twin(model: nn.Module) -> nn.Module:
+    """``model`` in float64, eval mode, with every parameter that is not a
+    weight zeroed (biases, ViT's class token and position embedding) and
+    BatchNorm running means zeroed: only the stabilizer absorbs relevance."""
+    model = model.double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("weight"):
+                p.zero_()
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.zero_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return model
+
+
+def _composite(rule: Any, batchnorm: str) -> rules.Composite:
+    base = rules.default_composite(batchnorm, TINY)
+    return rules.Composite({t: (rule if t in WEIGHTED else r) for t, r in base.rules_by_type.items()}, batchnorm)
+
+
+def _snapshot(model: nn.Module) -> Dict[str, Any]:
+    return {"state": {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()},
+            "modes": [m.training for m in model.modules()],
+            "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                       "forward" in m.__dict__) for m in model.modules()]}
+
+
+@pytest.mark.parametrize("batchnorm", ["rule", "fold"])
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_conserves_on_bias_free_twins(name: str, rule: str, batchnorm: str) -> None:
+    if (name, rule) in NOT_CONSERVING:
+        pytest.skip("z' vanishes or crosses 0 on depthwise convolutions (see NOT_CONSERVING)")
+    if batchnorm == "fold" and name == "vit":
+        pytest.skip("no BatchNorm")
+    torch.manual_seed(0)
+    model = _bias_free_twin(MODELS[name]())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = _snapshot(model)
+    relevance, delta = lrp(model, x, target=1, composite=_composite(RULES[rule], batchnorm),
+                           return_convergence_delta=True)
+    with torch.no_grad():
+        f = model(x)[:, 1]
+    assert relevance.shape == x.shape
+    assert (relevance.sum((1, 2, 3)) - f).abs().max() <= TOL_CONSERVE * f.abs().max()
+    assert delta.abs().max() <= TOL_CONSERVE * f.abs().max()
+    after = _snapshot(model)
+    assert before["modes"] == after["modes"] and before["hooks"] == after["hooks"]
+    assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"])
+
+
+class MeanPooled(nn.Module):
+    """[B, 3, 6, 6] -> [B, 2]: a conv, ``x.mean((2, 3))``, a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_functional_pooling_matches_reference() -> None:
+    """``x.mean(dims)`` gets the epsilon rule, as nn.AdaptiveAvgPool2d does."""
+    m = _seeded(MeanPooled())
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        a = m.conv(x)
+        pooled = a.mean((2, 3))
+        y = m.fc(pooled)
+    r_pooled = _z_step(m.fc, pooled, _output_relevance(y, 1))
+    ref = _z_step(m.conv, x, _z_step(lambda t: t.mean((2, 3)), a, r_pooled))
+    ours = lrp(m, x, target=1)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
