@@ -1,4 +1,8 @@
 """Gradient explainers, one module each, all on the one engine."""
+from .cam_family import (
+    ablation_cam, eigen_cam, grad_cam_plus_plus, hires_cam, layer_cam, score_cam, swin_reshape_transform,
+    vit_reshape_transform, xgrad_cam,
+)
 from .deeplift import deeplift
 from .deeplift_shap import deeplift_shap
 from .grad_cam import grad_cam, guided_grad_cam
@@ -23,6 +27,8 @@ from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 __all__ = [
+    "ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "score_cam",
+    "swin_reshape_transform", "vit_reshape_transform", "xgrad_cam",
     "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",
     "guided_grad_cam", "input_x_gradient", "integrated_gradients", "internal_influence", "layer_activation",
     "layer_conductance", "layer_deeplift", "layer_deeplift_shap", "layer_gradient_shap", "layer_gradient_x_activation", "layer_integrated_gradients", "layer_lrp", "lrp",
