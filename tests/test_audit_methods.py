@@ -114,6 +114,9 @@ def references(model, data):
             attr.grad_cam(model, x, layer, t, relu_attributions=True), x, "bilinear")),
         "grad_cam/nearest": (defaults("grad_cam", relu_attributions=False, interpolate_mode="nearest", layer="2"),
                              lambda x, t, o: spread_reference(attr.grad_cam(model, x, model[2], t), x, "nearest")),
+        **{name: (defaults(name), lambda x, t, o, fn=getattr(attr, name): spread_reference(
+            fn(model, x, layer, t)[:, None], x, "bilinear"))
+           for name in ("grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam")},
         "guided_grad_cam": (defaults("guided_grad_cam"), lambda x, t, o: attr.guided_grad_cam(
             model, x, layer, t, interpolate_mode="bilinear")),
         "layer_integrated_gradients": (

@@ -44,7 +44,13 @@ attribution; ``layer_conductance``, ``internal_influence``,
 ``layer_gradient_x_activation``, ``layer_gradient_shap``, ``layer_deeplift``,
 ``layer_deeplift_shap`` and ``layer_lrp`` attribute to a layer's units, and
 only Grad-CAM and layer integrated gradients have a customary map back to the
-input).
+input). Of the CAM family, the gradient maps (Grad-CAM++, XGrad-CAM, HiResCAM,
+LayerCAM; raw and signed, before pytorch-grad-cam's ReLU and min-max
+scaling) are offered; Eigen-CAM ignores the target, and Score-CAM and
+Ablation-CAM cost a forward per channel of the layer for every explained
+row (512 per example at a ResNet's ``layer4``, again for every perturbed
+copy a metric explains): call :func:`fastattr.score_cam` and
+:func:`fastattr.ablation_cam` directly.
 """
 from __future__ import annotations
 
@@ -250,6 +256,17 @@ def _cam_to_input(out: Any, x: Tensor, settings: Dict[str, Any]) -> Tensor:
     return spread_map(out, x, settings["interpolate_mode"])
 
 
+def _family_map_to_input(out: Any, x: Tensor, settings: Dict[str, Any]) -> Tensor:
+    # the CAM family's raw maps are [b, h, w]: signed, before pytorch-grad-cam's ReLU and min-max scaling
+    return spread_map(out.unsqueeze(1) if isinstance(out, Tensor) and out.dim() == 3 else out, x,
+                      settings["interpolate_mode"])
+
+
+def _gradient_cam(function: str, summary: str) -> Method:
+    return Method(function, f"{summary} of a layer, upsampled to the input (one backward to the layer)",
+                  (_layer_setting(), _mode_setting()), _no_options, to_input=_family_map_to_input)
+
+
 def _layer_attributions_to_input(out: Any, x: Tensor, settings: Dict[str, Any]) -> Tensor:
     if not isinstance(out, Tensor) or out.dim() != 4:
         got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -319,6 +336,10 @@ METHODS: Dict[str, Method] = {
          Setting("relu_attributions", True, boolean, "keep the positive part, as the Grad-CAM paper (true | false)"),
          _mode_setting()),
         lambda s, x, c: {"relu_attributions": s["relu_attributions"]}, to_input=_cam_to_input),
+    "grad_cam_plus_plus": _gradient_cam("grad_cam_plus_plus", "Grad-CAM++ map"),
+    "xgrad_cam": _gradient_cam("xgrad_cam", "XGrad-CAM map"),
+    "hires_cam": _gradient_cam("hires_cam", "HiResCAM map (gradient times activation, no pooling)"),
+    "layer_cam": _gradient_cam("layer_cam", "LayerCAM map"),
     "guided_grad_cam": Method(
         "guided_grad_cam", "guided backpropagation times the upsampled Grad-CAM map (two backwards; an nn.Module)",
         (_layer_setting(), _mode_setting()),
