@@ -101,3 +101,12 @@ def test_clean_explanation_by_a_random_explainer_is_keyed_by_data_set_index(back
     whole = score(x, t, 0)
     parts = [score(x[a:b], t[a:b], a) for a, b in SPLITS]
     torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vit_reshape_transform", "default_composite", "no_such_method"])
+def test_only_explainers_are_explainer_names(name: str) -> None:
+    from fastattr.metrics._explain import Explainer, explainer_names
+
+    with pytest.raises(ValueError, match="explainer: expected one of"):
+        Explainer(name)
+    assert "score_cam" in explainer_names() and "saliency" in explainer_names()

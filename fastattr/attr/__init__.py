@@ -26,6 +26,9 @@ from .lrp_rules import (
 from .saliency import saliency
 from .smoothgrad import smoothgrad
 
+# Public helpers that are not explainers (a metric's explainer name must be one of the others).
+HELPERS = ("default_composite", "swin_reshape_transform", "vit_reshape_transform")
+
 __all__ = [
     "ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "score_cam",
     "swin_reshape_transform", "vit_reshape_transform", "xgrad_cam",

@@ -31,12 +31,18 @@ def _takes_example_offset(fn: Callable[..., Any]) -> bool:
         return False
 
 
+def explainer_names() -> Tuple[str, ...]:
+    """The names of fastattr's explainer functions (``fastattr.attr``'s
+    functions but its helpers, such as ``vit_reshape_transform``)."""
+    return tuple(n for n in _attr.__all__ if n[0].islower() and n not in _attr.HELPERS)
+
+
 @functools.lru_cache(maxsize=None)
 def _own_explainers() -> Dict[Callable[..., Any], bool]:
     """fastattr's explainer functions, each with whether it takes
     ``example_offset``: read once, as ``inspect.signature`` costs tens of
     microseconds, which a metric on a small model pays on every call."""
-    fns = (getattr(_attr, n) for n in _attr.__all__ if n[0].islower())
+    fns = (getattr(_attr, n) for n in explainer_names())
     return {fn: _takes_example_offset(fn) for fn in fns}
 
 
@@ -48,8 +54,8 @@ class Explainer:
     def __init__(self, explainer: ExplainerType = "saliency",
                  explainer_kwargs: Optional[Mapping[str, Any]] = None) -> None:
         if isinstance(explainer, str):
-            if explainer not in _attr.__all__ or not explainer[0].islower():
-                names = sorted(n for n in _attr.__all__ if n[0].islower())
+            if explainer not in explainer_names():
+                names = sorted(explainer_names())
                 raise ValueError(f"explainer: expected one of {names} or a callable, got {explainer!r}")
             explainer = getattr(_attr, explainer)
         if not callable(explainer):
