@@ -19,7 +19,9 @@ from .neuron import (
     neuron_conductance, neuron_deconvolution, neuron_deeplift, neuron_deeplift_shap, neuron_gradient, neuron_guided_backprop,
     neuron_integrated_gradients,
 )
+from .lrp_zennit import ZENNIT_COMPOSITES, zennit_composite
 from .lrp_rules import (
+    AlphaBetaRule, FlatRule, GeneralizedGammaRule, MultiTermRule, WSquareRule, ZBoxRule,
     Alpha1_Beta0_Rule, Composite, EpsilonRule, GammaRule, IdentityRule, PropagationRule, ZPlusRule,
     default_composite,
 )
@@ -27,7 +29,7 @@ from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 # Public helpers that are not explainers (a metric's explainer name must be one of the others).
-HELPERS = ("default_composite", "swin_reshape_transform", "vit_reshape_transform")
+HELPERS = ("default_composite", "swin_reshape_transform", "vit_reshape_transform", "zennit_composite")
 
 __all__ = [
     "ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "score_cam",
@@ -40,4 +42,6 @@ __all__ = [
     "saliency", "smoothgrad",
     "Alpha1_Beta0_Rule", "Composite", "EpsilonRule", "GammaRule", "IdentityRule", "PropagationRule",
     "ZPlusRule", "default_composite",
+    "AlphaBetaRule", "FlatRule", "GeneralizedGammaRule", "MultiTermRule", "WSquareRule", "ZBoxRule",
+    "ZENNIT_COMPOSITES", "zennit_composite",
 ]

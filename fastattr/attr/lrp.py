@@ -53,8 +53,8 @@ from .layer_gradients import run_at_layers
 from .lrp_backward import Relevance, branch_inputs
 from .lrp_functional import FunctionRules, check_attention_module
 from .lrp_rules import (
-    FOLD, FUNCTIONS, Branch, Composite, EpsilonRule, IdentityRule, PropagationRule, Rule, assign_rules,
-    shared_default_composite,
+    FOLD, FUNCTIONS, Branch, Composite, EpsilonRule, IdentityRule, MultiTermRule, PropagationRule, Rule,
+    assign_rules, shared_default_composite,
 )
 from .relu_rules import (
     BackwardRule, Forward, ForwardWrapper, ModuleCall, replaced_forwards, require_module, watched,
@@ -166,6 +166,7 @@ class _CallState:
 
     def __init__(self) -> None:
         self.branches: Dict[nn.Module, Optional[Tuple[Branch, ...]]] = {}
+        self.params: Dict[nn.Module, Dict[str, Tensor]] = {}  # the MultiTermRule layers'
         # id(output) -> (output, layer, its forward, rule, its inputs)
         self.producers: Dict[int, Tuple[Tensor, nn.Module, Forward, PropagationRule, Tuple[Any, ...]]] = {}
         self.folded: Dict[Tuple[Any, nn.Module], Dict[str, Tensor]] = {}
@@ -220,6 +221,31 @@ def _epsilon_forward(module: nn.Module, inner: Forward, rule: PropagationRule, s
     return forward
 
 
+def _layer_on(forward: Forward, module: nn.Module, args: Tuple[Any, ...]
+              ) -> Callable[[Tensor, Mapping[str, Tensor]], Tensor]:
+    """``layer(x, params)``: ``forward`` on ``x`` (in place of ``args[0]``) with ``params`` swapped in."""
+    return lambda x, params: _forward_with(forward, module, params, (x, *args[1:]))
+
+
+def _multi_term_layer(rule: MultiTermRule, state: _CallState, records_output: bool) -> ForwardWrapper:
+    """The forward applying ``rule`` (its own backward, :meth:`MultiTermRule.output`)."""
+
+    def make(module: nn.Module, inner: Forward) -> Forward:
+        params = state.params[module]
+
+        def forward(*args: Any, **kwargs: Any) -> Tensor:
+            with torch.no_grad():
+                out = inner(*args, **kwargs)
+            ret = rule.output(out, _layer_on(inner, module, args), args[0], params)
+            if records_output:
+                state.producers[id(ret)] = (ret, module, inner, rule, args)
+            return ret
+
+        return forward
+
+    return make
+
+
 def _folded_batchnorm(where: str, state: _CallState) -> ForwardWrapper:
     """The forward merging a BatchNorm into the Linear/Conv that produced its
     input: the producer's rule on the merged layer, recomputed on the
@@ -251,6 +277,8 @@ def _folded_into_producer(state: _CallState, x: Tensor, key: Any, bn: Any, out: 
     if (layer, key) not in state.folded:
         state.folded[(layer, key)] = _folded_params(layer, bn)
     params = state.folded[(layer, key)]
+    if isinstance(rule, MultiTermRule):
+        return rule.output(out, _layer_on(layer_forward, layer, layer_args), layer_args[0], params)
     branches = rule.branches(params) or (Branch("all", params),)
     through = _rule_output(layer_forward, layer, branches, layer_args, params)
     return Relevance.apply(out, through, ops.stabilize(through.detach(), rule.epsilon))
@@ -310,6 +338,8 @@ def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rul
     for name, module, rule in layers:
         if isinstance(rule, PropagationRule):
             make = _rule_layer(rule, state, state.folding and isinstance(module, _FOLDABLE))
+        elif isinstance(rule, MultiTermRule):
+            make = _multi_term_layer(rule, state, state.folding and isinstance(module, _FOLDABLE))
         elif rule is FOLD:
             make = _folded_batchnorm(f"model.{name}", state)
         elif rule == FUNCTIONS:
@@ -358,6 +388,8 @@ def _checked_layers(model: nn.Module, composite: Composite, state: _CallState
     for name, module, rule in layers:
         if isinstance(rule, PropagationRule):
             state.branches[module] = _branches(rule, module, f"model.{name}", state.folding)
+        elif isinstance(rule, MultiTermRule):
+            state.params[module] = _layer_params(module, f"model.{name}")
         elif rule is FOLD and (module.training or module.running_mean is None):
             raise ValueError(
                 f"model.{name}: composite.batchnorm='fold' needs the BatchNorm in eval mode with "

@@ -15,6 +15,12 @@ Alpha1_Beta0_Rule modify the weights as Captum 0.9's rules of the same names
 (positive inputs with positive weights plus negative inputs with negative
 weights). IdentityRule passes ``R`` through unchanged.
 
+Zennit's rules that one z-rule cannot express, several denominators or
+layer copies on inputs other than x's parts, are :class:`MultiTermRule`s
+(Zennit's ``BasicHook`` terms): AlphaBetaRule (any alpha - beta = 1),
+GeneralizedGammaRule (Zennit 0.5's Gamma), FlatRule, WSquareRule, ZBoxRule.
+Zennit's named composites are in :mod:`fastattr.attr.lrp_zennit`.
+
 A :class:`Composite` picks the rule of every leaf module that does not set
 one itself (``module.rule = ...``, Captum's way; Captum's own rule objects
 are translated by :func:`as_rule`). :func:`default_composite` gives Captum's
@@ -27,12 +33,14 @@ shape ops); :func:`captum_composite` gives Captum's and nothing more.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
+
+from .. import ops
 
 # A branch's input part: the input itself, its positive or its negative part.
 INPUT_PARTS = ("all", "positive", "negative")
@@ -117,6 +125,230 @@ class ZPlusRule(PropagationRule):
         return Branch("positive", pos), Branch("negative", neg)
 
 
+# ---------------------------------------------------------------------------
+# Zennit's rules with several denominators or inputs other than x's parts
+# ---------------------------------------------------------------------------
+
+# What a term's layer copy sees: a part of the input (INPUT_PARTS) or ones.
+TERM_INPUTS = (*INPUT_PARTS, "ones")
+# Which outputs keep a term's relevance: all, or those where the layer's own
+# output (unmodified parameters) is > 0 / < 0 (Zennit's generalized Gamma).
+OUTPUT_MASKS = ("none", "positive", "negative")
+
+
+@dataclass(frozen=True, eq=False)
+class Term:
+    """One term of a :class:`MultiTermRule` (one of Zennit's ``BasicHook``
+    modifier triples): the layer evaluated on ``input`` (a part of the
+    input, ``"ones"``, or a constant tensor broadcast to the input) with
+    ``params`` in place of its parameters, counted with ``sign`` in the
+    denominator of its ``group`` and in the relevance, where the relevance is
+    also scaled by ``scale``."""
+
+    input: Any  # a TERM_INPUTS name or a Tensor
+    params: Mapping[str, Tensor]
+    group: int = 0
+    sign: float = 1.0
+    scale: float = 1.0
+    output_mask: str = "none"
+
+
+class MultiTermRule:
+    """Base of the rules that :class:`PropagationRule`'s single z-rule cannot
+    express (Zennit's ``BasicHook`` in general): for terms ``k`` with inputs
+    ``x_k`` and layer copies ``layer_k``,
+
+        d_g  = stab(sum_{k in g} sign_k layer_k(x_k), stabilizer)   (per group g)
+        R_in = sum_k sign_k scale_k x_k * J_k^T (mask_k R / d_g(k))
+
+    Subclasses set ``stabilizer`` and :meth:`terms`; :meth:`output` gives a
+    layer's output this backward (``fastattr.lrp`` runs it once
+    ``fastattr/attr/lrp.py`` dispatches it; until then it refuses the rule)."""
+
+    stabilizer: float = 1e-6
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        """The rule's terms given the layer's detached ``weight`` / ``bias`` (those it has)."""
+        raise NotImplementedError
+
+    def output(self, value: Tensor, layer: Callable[[Tensor, Mapping[str, Tensor]], Tensor], x: Tensor,
+               params: Mapping[str, Tensor]) -> Tensor:
+        """``value`` (the layer's output ``[B, *O]`` for input ``x`` ``[B, *I]``)
+        with this rule's backward: the relevance at ``x``. ``layer(x_k,
+        overrides)`` is the layer on ``x_k`` with ``overrides`` in place of
+        ``params`` (the parameters the layer has)."""
+        return _MultiTermRelevance.apply(value, x, self, layer, dict(params))
+
+
+def _term_input(term_input: Any, x: Tensor) -> Tensor:
+    """A term's input for layer input ``x``, a new leaf requiring its gradient."""
+    if isinstance(term_input, Tensor):
+        part = term_input.to(x).expand(x.shape)
+    elif term_input == "positive":
+        part = x.clamp(min=0)
+    elif term_input == "negative":
+        part = x.clamp(max=0)
+    elif term_input == "ones":
+        part = torch.ones_like(x)
+    else:
+        part = x
+    return part.detach().clone().requires_grad_(True)
+
+
+def multi_term_relevance(rule: MultiTermRule, layer: Callable[[Tensor, Mapping[str, Tensor]], Tensor],
+                         x: Tensor, params: Mapping[str, Tensor], relevance: Tensor) -> Tensor:
+    """``R_in`` ``[B, *I]`` of ``rule`` (:class:`MultiTermRule`'s formula) for
+    the relevance ``[B, *O]`` at the output of ``layer`` at input ``x``."""
+    terms = rule.terms(params)
+    with torch.enable_grad():
+        inputs = [_term_input(t.input, x.detach()) for t in terms]
+        outputs = [layer(i, {**params, **t.params}) for i, t in zip(inputs, terms)]
+    with torch.no_grad():
+        own = layer(x.detach(), dict(params)) if any(t.output_mask != "none" for t in terms) else None
+        sums: Dict[int, Tensor] = {}
+        for t, z in zip(terms, outputs):
+            sums[t.group] = sums[t.group] + t.sign * z if t.group in sums else t.sign * z
+        denominators = {g: ops.stabilize(z, rule.stabilizer) for g, z in sums.items()}
+        seeds = [_masked(relevance, own, t.output_mask) / denominators[t.group] for t in terms]
+    grads = torch.autograd.grad(outputs, inputs, seeds)
+    return sum(t.sign * t.scale * i.detach() * g for t, i, g in zip(terms, inputs, grads))
+
+
+def _masked(relevance: Tensor, own: Optional[Tensor], mask: str) -> Tensor:
+    if mask == "positive":
+        return relevance * (own > 0)
+    if mask == "negative":
+        return relevance * (own < 0)
+    return relevance
+
+
+class _MultiTermRelevance(torch.autograd.Function):
+    """Forward: the layer's output ``value``; backward: the rule's relevance at ``x``."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, x: Tensor, rule: MultiTermRule,
+                layer: Callable[[Tensor, Mapping[str, Tensor]], Tensor], params: Dict[str, Tensor]) -> Tensor:
+        ctx.save_for_backward(x.detach())
+        ctx.rule, ctx.layer, ctx.params = rule, layer, params
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        (x,) = ctx.saved_tensors
+        return None, multi_term_relevance(ctx.rule, ctx.layer, x, ctx.params, grad), None, None, None
+
+
+def _clamped(params: Mapping[str, Tensor], positive: bool, bias: bool = True) -> Dict[str, Tensor]:
+    """``max(p, 0)`` (``min(p, 0)``) of every parameter; the bias zeroed unless ``bias``."""
+    out = {name: p.clamp(min=0) if positive else p.clamp(max=0) for name, p in params.items()}
+    if not bias and "bias" in out:
+        out["bias"] = torch.zeros_like(out["bias"])
+    return out
+
+
+@dataclass(frozen=True)
+class AlphaBetaRule(MultiTermRule):
+    """Zennit's ``AlphaBeta``: ``alpha`` times the relevance split by the
+    positive contributions ``x+ w+ (+ b+)``, ``x- w-`` minus ``beta`` times
+    that split by the negative ones ``x+ w- (+ b-)``, ``x- w+``, each with its
+    own denominator. ``alpha, beta >= 0``, ``alpha - beta = 1``."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not (self.alpha >= 0 and self.beta >= 0 and abs(self.alpha - self.beta - 1) <= 1e-12):
+            raise ValueError(f"AlphaBetaRule: expected alpha >= 0, beta >= 0 and alpha - beta == 1, "
+                             f"got alpha={self.alpha!r}, beta={self.beta!r}")
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        pos, neg = _clamped(params, True), _clamped(params, False)
+        pos0, neg0 = _clamped(params, True, bias=False), _clamped(params, False, bias=False)
+        return (Term("positive", pos, 0, 1.0, self.alpha), Term("negative", neg0, 0, 1.0, self.alpha),
+                Term("positive", neg, 1, 1.0, -self.beta), Term("negative", pos0, 1, 1.0, -self.beta))
+
+
+def _gamma_params(params: Mapping[str, Tensor], gamma: float, positive: bool, bias: bool) -> Dict[str, Tensor]:
+    """``p + gamma * max(p, 0)`` (``min(p, 0)``) of every parameter; the bias zeroed unless ``bias``."""
+    clamped = _clamped(params, positive)
+    out = {name: p + gamma * clamped[name] for name, p in params.items()}
+    if not bias and "bias" in out:
+        out["bias"] = torch.zeros_like(out["bias"])
+    return out
+
+
+@dataclass(frozen=True)
+class GeneralizedGammaRule(MultiTermRule):
+    """Zennit 0.5's ``Gamma`` (for inputs of any sign): where the layer's
+    output is positive, the relevance is split by ``x+ (w + gamma w+) (+ b
+    + gamma b+)`` and ``x- (w + gamma w-)``; where it is negative, by ``x+
+    (w + gamma w-) (+ b + gamma b-)`` and ``x- (w + gamma w+)``; where it is
+    0, it is dropped. (Captum's :class:`GammaRule` is ``x (w + gamma w+)``.)"""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not self.gamma >= 0:
+            raise ValueError(f"GeneralizedGammaRule: expected gamma >= 0, got {self.gamma!r}")
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        g = self.gamma
+        return (Term("positive", _gamma_params(params, g, True, True), 0, output_mask="positive"),
+                Term("negative", _gamma_params(params, g, False, False), 0, output_mask="positive"),
+                Term("positive", _gamma_params(params, g, False, True), 1, output_mask="negative"),
+                Term("negative", _gamma_params(params, g, True, False), 1, output_mask="negative"))
+
+
+@dataclass(frozen=True)
+class FlatRule(MultiTermRule):
+    """Zennit's ``Flat``: the relevance spread over each output's receptive
+    field evenly (weights one, bias zero, inputs one)."""
+
+    stabilizer: float = 1e-6
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        flat = {name: torch.ones_like(p) if name == "weight" else torch.zeros_like(p) for name, p in params.items()}
+        return (Term("ones", flat),)
+
+
+@dataclass(frozen=True)
+class WSquareRule(MultiTermRule):
+    """Zennit's ``WSquare``: the relevance split by the squared weights
+    (inputs one; the bias squared too, as Zennit)."""
+
+    stabilizer: float = 1e-6
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        return (Term("ones", {name: p ** 2 for name, p in params.items()}),)
+
+
+@dataclass(frozen=True, eq=False)
+class ZBoxRule(MultiTermRule):
+    """Zennit's ``ZBox`` for inputs bounded by ``low <= x <= high`` (floats,
+    or tensors broadcastable to the input without its batch dimension, e.g.
+    ``[1, C, 1, 1]`` per channel): ``z = w x + b - (w+ low + b+) - (w- high + b-)``,
+    ``R_in = (x J_w^T - low J_{w+}^T - high J_{w-}^T)(R / stab(z))``."""
+
+    low: Any = 0.0
+    high: Any = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        low, high = torch.as_tensor(self.low, dtype=torch.float64), torch.as_tensor(self.high, dtype=torch.float64)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError("ZBoxRule: low and high must be finite")
+        if not (low <= high).all():
+            raise ValueError("ZBoxRule: expected low <= high everywhere")
+
+    def terms(self, params: Mapping[str, Tensor]) -> Tuple[Term, ...]:
+        low = torch.as_tensor(self.low).detach()
+        high = torch.as_tensor(self.high).detach()
+        return (Term("all", {}), Term(low, _clamped(params, True), sign=-1.0),
+                Term(high, _clamped(params, False), sign=-1.0))
+
+
 @dataclass(frozen=True)
 class IdentityRule:
     """Relevance passes through the layer unchanged (``R_in = R_out``); for
@@ -132,7 +364,7 @@ FOLD = "fold"
 # attention the AH-rule. Without Composite.function_rules: its plain gradient.
 FUNCTIONS = "functions"
 
-Rule = Any  # a PropagationRule, IdentityRule, FOLD or FUNCTIONS
+Rule = Any  # a PropagationRule, MultiTermRule, IdentityRule, FOLD or FUNCTIONS
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -151,12 +383,16 @@ class Composite:
     outside the layers (residual additions, gates, ``F.batch_norm`` in
     timm's ``BatchNormAct2d``, attention; :mod:`fastattr.attr.lrp_functional`).
     Without them (Captum's way) their plain gradient carries the relevance,
-    and an addition gives each term all of it.
+    and an addition gives each term all of it. ``first_rules``: exact module
+    type -> rule for the first leaf layer (registration order) whose type is
+    in it, ahead of ``rules_by_type`` (Zennit's ``first_map``: the input
+    layer's ZBox or Flat rule).
     """
 
     rules_by_type: Mapping[Type[nn.Module], Rule]
     batchnorm: str = "rule"
     function_rules: bool = True
+    first_rules: Mapping[Type[nn.Module], Rule] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.batchnorm not in BATCHNORM_MODES:
@@ -270,7 +506,7 @@ def as_rule(rule: Any, where: str) -> Optional[Rule]:
     are, Captum's EpsilonRule / GammaRule / Alpha1_Beta0_Rule / IdentityRule
     translated with their settings; None stays None (no rule set). ``where``
     names the module in errors."""
-    if rule is None or isinstance(rule, (PropagationRule, IdentityRule)):
+    if rule is None or isinstance(rule, (PropagationRule, MultiTermRule, IdentityRule)):
         return rule
     try:
         from captum.attr._utils import lrp_rules as captum_rules
@@ -333,13 +569,20 @@ def _own_rule(module: nn.Module) -> Any:
 
 def assign_rules(model: nn.Module, composite: Composite) -> List[Tuple[str, nn.Module, Rule]]:
     """``(name, module, rule)`` for every leaf layer of ``model``: its own
-    ``module.rule`` if set, else the composite's; a layer with neither is a
+    ``module.rule`` if set, else the composite's (``first_rules`` for the
+    first layer of a type there, then ``rules_by_type``); a layer with neither is a
     TypeError naming it (as Captum)."""
     out = []
+    first_pending = bool(composite.first_rules)
     for name, module in leaf_layers(model, [t for t, r in composite.rules_by_type.items() if r == FUNCTIONS]):
         rule = _own_rule(module)
+        # the first layer of a first_rules type, own rule or not (as Zennit's first_map)
+        first = first_pending and type(module) in composite.first_rules
+        first_pending = first_pending and not first
         if rule is not None:
             rule = as_rule(rule, f"model.{name}")
+        elif first:
+            rule = composite.first_rules[type(module)]
         elif isinstance(module, _BATCHNORMS) and composite.batchnorm != "rule" \
                 and type(module) in composite.rules_by_type:
             rule = PASS if composite.batchnorm == "identity" else FOLD
