@@ -1,116 +1,156 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes on a lent H100 (see benchmarks/README.md):
-#   1. nvidia-smi and the Python/torch that will run everything
-#   2. rebuild fastattr._C for the GPU (sm_90) when a CUDA compiler is found
-#   3. the extension loads and sees the GPU
-#   4. the CUDA tests: CUDA result == CPU result, noise bit-identical
-#   5. the benchmark table on the GPU, ResNet-18-shaped model added
-# then a PASS/FAIL summary; exit status 0 only if every step passed.
+# One prepared GPU check, under 8 minutes on a lent H100, build included
+# (see benchmarks/README.md). Steps, each under its own timeout:
+#   machine      nvidia-smi
+#   python env   a venv of its own ($GPU_CHECK_VENV) that sees the base
+#                Python's packages (torch), so pip works under PEP 668
+#   packages     torch, setuptools, wheel, ninja, numpy, pytest from the package
+#                index where missing; Captum (carried .whl/ or the index) if it can
+#   toolkit      a CUDA toolkit of torch's CUDA major (csrc/toolchain.py), else
+#                the pip one (nvidia-cuda-nvcc and friends) installed into the venv
+#   build        fastattr._C for the GPU (sm_90), CUDA kernels required; any
+#                fastattr/_C*.so carried from elsewhere is deleted first
+#   load         the extension loads, sees the GPU, runs IG there
+#   CUDA tests   the CUDA cases (-k cuda): CUDA == CPU bit for bit, noise included
+#   benchmark    the benchmark table on the GPU, ResNet-18-shaped model added
+# After every step summary.txt is rewritten, so a timeout keeps what finished;
+# the end prints the summary and `GPU CHECK: PASS` (exit 0) or `FAIL` (exit 1)
+# (a dry run: `GPU CHECK DRY RUN (nothing ran on a GPU): PASS` or `FAIL`).
 #
 #   bash benchmarks/gpu_check.sh          (from anywhere; it works in the repo root)
 #
-# Environment: PYTHON (default .venv/bin/python if it runs, else python3);
-# OUT (if set, logs and bench.json are written there); GPU_CHECK_BUDGET_S
-# (default 470: the steps' timeouts are cut to fit it). Wheels in .whl/
-# (e.g. captum, which the GPU image lacks) are installed to a temporary
-# folder first.
-set -euo pipefail
+# Environment:
+#   OUT                 results folder (default: build/gpu_check in the repo root):
+#                       summary.txt, <step>.log, tests.xml, bench.json
+#   PYTHON              the base Python (default python3); it should have torch
+#   GPU_CHECK_VENV      the venv (default /tmp/fastattr-gpu-check-venv; reused if it runs)
+#   GPU_CHECK_BUDGET_S  total seconds (default 450): step timeouts are cut to fit
+#   GPU_CHECK_ARCH      TORCH_CUDA_ARCH_LIST of the build (default 9.0: H100/H200)
+#   GPU_CHECK_DRY_RUN=1 rehearsal without a GPU: every step's setup runs, the
+#                       build is CPU-only and goes to $OUT/dry_build (the tree's
+#                       fastattr/_C*.so is left alone), the GPU-only steps are
+#                       SKIP with the reason (the CUDA tests are only collected)
+#   GPU_CHECK_SKIP_BUILD=1   (dry run only) skip the build, e.g. in the tests
+#   GPU_CHECK_FAIL_STEP=ID   (for the tests) step ID fails at once; IDs: machine
+#                       python_env packages toolkit build load cuda_tests benchmark
+set -uo pipefail  # no -e: a failing step is recorded and the next one runs
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONUNBUFFERED=1
-BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
-LOGDIR=${OUT:-$(mktemp -d)}
-declare -a SUMMARY=()
-FAILED=0
-
-say() { printf '\n=== %s (t=%ss)\n' "$*" "$SECONDS"; }
-record() {  # record STEP STATUS [NOTE]
-    SUMMARY+=("$(printf '%-34s %s%s' "$1" "$2" "${3:+  ($3)}")")
-    if [[ $2 == FAIL ]]; then FAILED=1; fi
-}
-# Seconds a step may take: at most $1, and never past the budget (keeping 15 s for the summary).
-limit() {
-    local left=$((BUDGET_S - SECONDS - 15))
-    if ((left < 10)); then left=10; fi
-    if (($1 < left)); then echo "$1"; else echo "$left"; fi
-}
-# run_step NAME MAX_SECONDS LOG CMD...: runs CMD under timeout, tees its output, records PASS/FAIL.
-run_step() {
-    local name=$1 max=$2 log=$3 t rc=0
-    shift 3
-    t=$(limit "$max")
-    say "$name (timeout ${t}s)"
-    timeout --kill-after=10 "$t" "$@" 2>&1 | tee "$LOGDIR/$log" || rc=$?
-    if ((rc == 0)); then
-        record "$name" PASS
-    elif ((rc == 124 || rc == 137)); then
-        record "$name" FAIL "timed out after ${t}s"
-    else
-        record "$name" FAIL "exit $rc"
-    fi
-    return 0
-}
-
-# --- 1. the machine and the interpreter ------------------------------------
-say "nvidia-smi"
-if command -v nvidia-smi >/dev/null 2>&1; then
-    timeout 30 nvidia-smi || true
-else
-    echo "nvidia-smi not found"
-fi
-
-if [[ -n ${PYTHON:-} ]]; then
-    PY=$PYTHON
-elif [[ -x .venv/bin/python ]] && .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
+SELF=$(realpath "${BASH_SOURCE[0]}")
+cd "$(dirname "$SELF")/.."
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export OUT_DIR=${OUT:-$PWD/build/gpu_check}
+export VENV=${GPU_CHECK_VENV:-/tmp/fastattr-gpu-check-venv}
+export DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
+export VPY=$VENV/bin/python
 # Import fastattr from this tree whatever an (editable) install elsewhere says.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G '.whl/*.whl' >/dev/null; then
-    say "installing the carried wheels: $(cd .whl && echo *.whl)"
-    site=$(mktemp -d)
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
-    export PYTHONPATH="$PYTHONPATH:$site"
-fi
-say "python"
-"$PY" - <<'EOF'
-import sys, torch
-print(sys.executable, sys.version.split()[0])
-print("torch", torch.__version__, "cuda", torch.version.cuda, "| GPU visible:", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-try:
-    import captum
-    print("captum", captum.__version__)
-except ImportError:
-    print("captum NOT installed: the benchmark table will have no Captum column "
-          "(carry its wheel in .whl/ to get one)")
-EOF
 
-# --- 2. rebuild the extension for the GPU -----------------------------------
-# The toolkit setup.py would use (csrc/toolchain.py): $CUDA_HOME/$CUDA_PATH,
-# /usr/local/cuda, or the toolkit behind the nvcc on PATH.
-TOOLKIT=$("$PY" -c 'import sys; sys.path.insert(0, "csrc"); import toolchain; print(toolchain.find_cuda_home() or "")' || true)
-if [[ -n $TOOLKIT ]]; then
-    export CUDA_HOME=$TOOLKIT PATH="$TOOLKIT/bin:$PATH"
-    say "nvcc: $TOOLKIT/bin/nvcc ($("$TOOLKIT/bin/nvcc" --version | tail -n 1))"
-    # --no-deps --no-index: the machine has no network.
+# ---- step bodies: each runs as `bash gpu_check.sh --step ID`, under its timeout ----
+
+step_machine() {
+    if ((DRY_RUN)); then echo "dry run: nvidia-smi not run"; return 0; fi
+    nvidia-smi
+}
+
+# The venv sees the base Python's packages through a .pth file (like
+# --system-site-packages, but also when the base is itself a venv), so the
+# image's torch is used and pip installs go into the venv, never the system.
+step_python_env() {
+    local base=${PYTHON:-python3}
+    if [[ -x $VPY ]] && "$VPY" -c '' 2>/dev/null; then
+        echo "reusing $VENV"
+    else
+        rm -rf "$VENV"
+        "$base" -m venv --without-pip "$VENV"
+        "$base" -c 'import site, sys
+dirs = [*site.getsitepackages(), *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))]
+print("\n".join(dict.fromkeys(dirs)))' >"$("$VPY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_base_python.pth"
+    fi
+    if ! "$VPY" -m pip --version >/dev/null 2>&1; then
+        "$VPY" -m ensurepip --default-pip ||
+            { echo "no pip for $base: install python3-pip (or python3-venv)"; return 1; }
+    fi
+    "$VPY" - <<'EOF'
+import sys
+print(sys.executable, sys.version.split()[0], "| pip:", __import__("pip").__version__)
+try:
+    import torch
+except ImportError:
+    print("torch: none in the base Python (the packages step installs it)")
+else:
+    print("torch", torch.__version__, "cuda", torch.version.cuda, "| GPU visible:", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+EOF
+}
+
+step_packages() {
+    local missing=() pkg
+    for pkg in torch setuptools wheel ninja numpy pytest; do  # each imports under its own name
+        "$VPY" -c "import $pkg" 2>/dev/null || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        echo "installing from the package index: ${missing[*]}"
+        "$VPY" -m pip install -q "${missing[@]}"
+    else
+        echo "torch, setuptools, wheel, ninja, numpy, pytest: all there"
+    fi
+    # Captum only adds the benchmark's Captum column: its absence is no failure.
+    if ! "$VPY" -c 'import captum' 2>/dev/null; then
+        if compgen -G '.whl/*.whl' >/dev/null; then
+            "$VPY" -m pip install -q --no-index --no-deps .whl/*.whl || echo "carried wheels did not install"
+        elif ((DRY_RUN)); then
+            echo "dry run: would pip install captum==0.9.0"
+        else
+            "$VPY" -m pip install -q captum==0.9.0 || echo "captum not installed: no Captum column"
+        fi
+    fi
+    "$VPY" -c 'import captum; print("captum", captum.__version__)' 2>/dev/null || echo "captum: none"
+}
+
+toolchain() { "$VPY" csrc/toolchain.py "$1"; }
+
+step_toolkit() {
+    local home
+    home=$(toolchain cuda-home)
+    if [[ -z $home ]]; then
+        local reqs
+        IFS=';' read -r -a reqs <<<"$(toolchain pip-toolkit)"
+        if ((DRY_RUN)); then
+            echo "dry run: no toolkit of torch's CUDA major; would pip install ${reqs[*]}"
+            return 0
+        fi
+        echo "no toolkit of torch's CUDA major: pip install ${reqs[*]}"
+        "$VPY" -m pip install -q "${reqs[@]}"
+        home=$(toolchain cuda-home)
+    fi
+    [[ -n $home ]] || { echo "no CUDA toolkit of torch's CUDA major found"; return 1; }
+    echo "$home" >"$OUT_DIR/cuda_home.txt"
+    echo "toolkit: $home ($("$home/bin/nvcc" --version | grep release))"
+}
+
+step_build() {
+    local mode where
+    if ((DRY_RUN)); then
+        mode=(FASTATTR_CPU_ONLY=1)
+        where=(--build-lib "$OUT_DIR/dry_build" --build-temp "$OUT_DIR/dry_build/tmp")
+    else
+        [[ -s $OUT_DIR/cuda_home.txt ]] || { echo "no toolkit (see the toolkit step)"; return 1; }
+        mode=(FASTATTR_REQUIRE_CUDA=1 TORCH_CUDA_ARCH_LIST="${GPU_CHECK_ARCH:-9.0}"
+              CUDA_HOME="$(<"$OUT_DIR/cuda_home.txt")")
+        where=(--inplace)
+        # Never a .so built elsewhere: whatever loads later is built here.
+        rm -f fastattr/_C*.so
+    fi
     # The lent machines' default g++ (/opt/gcc) was seen to build a _C.so that
     # segfaults when an op throws; the system compiler builds a sound one.
-    compilers=()
+    local compilers=()
     if [[ -x /usr/bin/gcc && -x /usr/bin/g++ ]]; then compilers=(CC=/usr/bin/gcc CXX=/usr/bin/g++); fi
-    run_step "build fastattr._C (sm_90)" 240 build.log \
-        env "${compilers[@]}" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS="$(nproc)" \
-        "$PY" -m pip install -e . --no-build-isolation --no-deps --no-index -q
-else
-    say "no nvcc found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH): using the prebuilt fastattr/_C*.so as is"
-    ls -l fastattr/_C*.so 2>/dev/null || echo "(and there is no fastattr/_C*.so)"
-    record "build fastattr._C (sm_90)" SKIP "no nvcc; prebuilt .so used as is"
-fi
+    env "${compilers[@]}" "${mode[@]}" MAX_JOBS="$(nproc)" "$VPY" setup.py -q build_ext "${where[@]}"
+    if ((DRY_RUN)); then ls -l "$OUT_DIR"/dry_build/fastattr/_C*.so; else ls -l fastattr/_C*.so; fi
+}
 
-# --- 3. the extension loads and sees the GPU --------------------------------
-run_step "extension loads, GPU visible" 60 load.log "$PY" -c '
+step_load() {
+    "$VPY" -c '
 import torch, fastattr
 from fastattr import _backend
 print("fastattr.backend():", fastattr.backend(), "| load error:", _backend._load_error)
@@ -121,31 +161,125 @@ a = fastattr.integrated_gradients(lambda t: (t * t).sum(1), x, n_steps=8)
 torch.testing.assert_close(a, x * x)  # IG of sum(x^2) from 0 is x^2
 print("IG on cuda OK")
 '
+}
 
-# --- 4. the CUDA tests -------------------------------------------------------
-# Every test file with device parameters; -k cuda keeps their CUDA cases
-# (test_ops.py: CUDA == CPU bit for bit, noise included).
-mapfile -t CUDA_TESTS < <(grep -l -E 'DEVICES|"cuda"|cuda' tests/test_*.py || true)
-if ((${#CUDA_TESTS[@]} == 0)); then CUDA_TESTS=(tests/test_ops.py); fi
-# pytest exits 5 when nothing was selected; all-skipped (no GPU seen) is a failure here too.
-run_step "CUDA tests (-k cuda)" 150 tests.log \
-    "$PY" -m pytest "${CUDA_TESTS[@]}" -q -k cuda -rfEs -p no:cacheprovider
-if [[ ${SUMMARY[-1]} == *PASS* ]] && ! grep -qE '[0-9]+ passed' "$LOGDIR/tests.log"; then
-    unset 'SUMMARY[-1]'
-    record "CUDA tests (-k cuda)" FAIL "no CUDA test ran (all skipped)"
+# Every test file that asks for a GPU; -k cuda keeps their CUDA cases
+# (tests/test_ops.py: CUDA == CPU bit for bit, noise included). Not this
+# script's own tests (tests/test_gpu_check.py), which are about the CPU side.
+cuda_test_files() {
+    grep -l -E 'torch\.cuda\.is_available\(\)|type == "cuda"' tests/test_*.py |
+        grep -v -x tests/test_gpu_check.py || echo tests/test_ops.py
+}
+
+step_cuda_tests() {
+    local files
+    mapfile -t files < <(cuda_test_files)
+    if ((DRY_RUN)); then
+        # Collection only, on the reference backend when the build was skipped.
+        local backend=()
+        compgen -G 'fastattr/_C*.so' >/dev/null || backend=(FASTATTR_BACKEND=reference)
+        env "${backend[@]}" "$VPY" -m pytest "${files[@]}" -q -k cuda --collect-only -p no:cacheprovider
+        return
+    fi
+    local rc=0
+    "$VPY" -m pytest "${files[@]}" -q -k cuda -rfEs -p no:cacheprovider \
+        --junitxml="$OUT_DIR/tests.xml" || rc=$?
+    ((rc == 0)) || return "$rc"
+    # All skipped (no GPU seen) is a failure here.
+    "$VPY" - "$OUT_DIR/tests.xml" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+suites = ET.parse(sys.argv[1]).getroot().iter("testsuite")
+ran = sum(int(s.get("tests", 0)) - int(s.get("skipped", 0)) for s in suites)
+print(f"{ran} CUDA tests ran")
+sys.exit(0 if ran > 0 else "no CUDA test ran (all skipped)")
+EOF
+}
+
+step_benchmark() {
+    "$VPY" benchmarks/run.py --device cuda --resnet --json "$OUT_DIR/bench.json"
+}
+
+if [[ ${1:-} == --step ]]; then
+    set -e
+    "step_$2"
+    exit
 fi
 
-# --- 5. the benchmark table on the GPU -----------------------------------------
-bench_args=(--device cuda --resnet)
-if [[ -n ${OUT:-} ]]; then bench_args+=(--json "$OUT/bench.json"); fi
-run_step "benchmark table (cuda, resnet)" 240 bench.log "$PY" benchmarks/run.py "${bench_args[@]}"
+# ---- the step runner -------------------------------------------------------------
 
-# --- summary -------------------------------------------------------------------
+mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR"/{summary.txt,cuda_home.txt,tests.xml,bench.json} "$OUT_DIR"/*.log
+BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+declare -a SUMMARY=()
+FAILED=0
+
+say() { printf '\n=== %s (t=%ss)\n' "$*" "$SECONDS"; }
+# The summary so far, rewritten after each step: a timeout keeps what finished.
+write_summary() {  # write_summary STATE
+    local check="GPU CHECK"
+    if ((DRY_RUN)); then check="GPU CHECK DRY RUN (nothing ran on a GPU)"; fi
+    printf '%s\n' "${SUMMARY[@]}" "$check: $1" >"$OUT_DIR/summary.txt"
+}
+record() {  # record STEP STATUS [NOTE]
+    SUMMARY+=("$(printf '%-12s %s%s' "$1" "$2" "${3:+  ($3)}")")
+    if [[ $2 == FAIL ]]; then FAILED=1; fi
+    write_summary "RUNNING"
+}
+# Seconds a step may take: at most $1, and never past the budget (keeping 15 s for the summary).
+limit() {
+    local left=$((BUDGET_S - SECONDS - 15))
+    if ((left < 10)); then left=10; fi
+    if (($1 < left)); then echo "$1"; else echo "$left"; fi
+}
+# run_step ID MAX_SECONDS [DRY_NOTE]: runs step ID under timeout, output to the
+# screen and $OUT_DIR/ID.log; PASS/FAIL, or in a dry run SKIP with DRY_NOTE when
+# given (the step was only rehearsed) and FAIL if the rehearsal failed.
+run_step() {
+    local id=$1 t rc=0 cmd=(bash "$SELF" --step "$1")
+    t=$(limit "$2")
+    if [[ ${GPU_CHECK_FAIL_STEP:-} == "$id" ]]; then
+        cmd=(bash -c 'echo "failure injected by GPU_CHECK_FAIL_STEP"; exit 3')
+    fi
+    say "$id (timeout ${t}s)"
+    timeout --kill-after=10 "$t" "${cmd[@]}" 2>&1 | tee "$OUT_DIR/$id.log" || rc=$?
+    if ((rc == 124 || rc == 137)); then
+        record "$id" FAIL "timed out after ${t}s"
+    elif ((rc != 0)); then
+        record "$id" FAIL "exit $rc, see $id.log"
+    elif ((DRY_RUN)) && [[ -n ${3:-} ]]; then
+        record "$id" SKIP "$3"
+    else
+        record "$id" PASS
+    fi
+}
+skip_step() {  # skip_step ID REASON
+    say "$1: skipped, $2"
+    record "$1" SKIP "$2"
+}
+
+run_step machine 30 "dry run: no GPU, nvidia-smi not run"
+run_step python_env 120
+run_step packages 120
+run_step toolkit 150 # the pip toolkit download
+if ((DRY_RUN)) && [[ ${GPU_CHECK_SKIP_BUILD:-0} == 1 ]]; then
+    skip_step build "dry run: GPU_CHECK_SKIP_BUILD=1"
+else
+    run_step build 240 "dry run: built CPU-only, not for the GPU"
+fi
+if ((DRY_RUN)); then
+    skip_step load "dry run: needs a GPU"
+else
+    run_step load 60
+fi
+run_step cuda_tests 150 "dry run: collected only, none run: needs a GPU"
+if ((DRY_RUN)); then
+    skip_step benchmark "dry run: needs a GPU"
+else
+    run_step benchmark 240
+fi
+
 say "summary"
-for line in "${SUMMARY[@]}"; do echo "$line"; done
-echo "logs in $LOGDIR; total ${SECONDS}s"
-if ((FAILED)); then
-    echo "GPU CHECK: FAIL"
-    exit 1
-fi
-echo "GPU CHECK: PASS"
+if ((FAILED)); then write_summary FAIL; else write_summary PASS; fi
+cat "$OUT_DIR/summary.txt"
+echo "results in $OUT_DIR; total ${SECONDS}s"
+exit "$FAILED"
