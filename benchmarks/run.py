@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -150,7 +150,8 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--min-total-s", type=float, default=None,
                    help="more repeats (up to 4x) until each implementation is timed this long (default 1.5)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file, rewritten after every "
+                   "workload (\"complete\": false until the run ends, so a timeout keeps what finished)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = p.parse_args(argv)
 
@@ -187,6 +188,15 @@ def main(argv: List[str] = None) -> int:
     print("-" * len(header))
 
     results, failed_checks, missed = [], [], []
+    environment = W.environment(device)
+
+    def write_json(load: Optional[str]) -> None:
+        # Rewritten after every workload: a run stopped by a timeout keeps what finished.
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                dict(environment=environment, load=load, complete=load is not None, repeats=repeats,
+                     min_repeat_ms=min_repeat_s * 1000, results=results), indent=2))
+
     for spec in specs:
         try:
             bench = W.build(spec, device)
@@ -197,6 +207,7 @@ def main(argv: List[str] = None) -> int:
             print(f"{spec.name:<22} {spec.rows:>5}  ERROR {msg}", flush=True)
             failed_checks.append((spec.name, [msg]))
             results.append(dict(workload=spec.name, rows=spec.rows, error=msg))
+            write_json(None)
             bench = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -220,6 +231,7 @@ def main(argv: List[str] = None) -> int:
                             captum_over_fastattr=ca_ms / fa_ms, target_met=met, check=problems,
                             repeats=len(times["floor"]),
                             times_ms={n: [t * 1000 for t in v] for n, v in times.items()}))
+        write_json(None)
         del bench
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -233,10 +245,7 @@ def main(argv: List[str] = None) -> int:
     print(f"checks: {'all passed' if not failed_checks else f'{len(failed_checks)} workload(s) FAILED or ERRORED'}; "
           f"targets: {len(specs) - len(missed) - len(failed_checks)}/{len(specs)} met"
           + ("" if targets_apply else " (informational off the CPU)"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(environment=W.environment(device), load=load_line, repeats=repeats,
-                                                   min_repeat_ms=min_repeat_s * 1000, results=results),
-                                              indent=2))
+    write_json(load_line)
     if failed_checks:
         return 1
     return 1 if (args.strict and missed) else 0
