@@ -13,6 +13,7 @@ needs."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 import weakref
 from typing import Any, Iterator, List, Tuple
@@ -23,23 +24,27 @@ from torch import Tensor, nn
 _warned: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
+def _wrapped(model: Any) -> Iterator[Any]:
+    """``model``, then what it wraps: the library's wrappers (functions and
+    modules) keep the caller's model as ``.model``."""
+    yield model
+    for _ in range(8):
+        if not hasattr(model, "model"):
+            return
+        model = model.model
+        yield model
+
+
 def underlying_module(model: Any) -> Any:
     """The outermost ``nn.Module`` of ``model`` or behind the library's
-    wrappers (functions and modules that keep the caller's model as
-    ``.model``): None for a plain function."""
-    seen = 0
-    while not isinstance(model, nn.Module) and hasattr(model, "model") and seen < 8:
-        model, seen = model.model, seen + 1
-    return model if isinstance(model, nn.Module) else None
+    wrappers: None for a plain function."""
+    return next((m for m in _wrapped(model) if isinstance(m, nn.Module)), None)
 
 
 def _warning_key(module: nn.Module) -> nn.Module:
     # A wrapper module made per call (an attack's loss, a layer hook) keeps
     # the caller's model as .model: the warning is about that one.
-    seen = 0
-    while isinstance(getattr(module, "model", None), nn.Module) and seen < 8:
-        module, seen = module.model, seen + 1
-    return module
+    return list(itertools.takewhile(lambda m: isinstance(m, nn.Module), _wrapped(module)))[-1]
 
 
 def warn_no_more(module: nn.Module) -> None:
