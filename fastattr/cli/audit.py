@@ -108,6 +108,7 @@ class Prepared:
     context: MethodContext
     groups: Tuple[Group, ...]  # the groups that compute a requested metric
     run: Dict[str, Any]  # run.json
+    shares: Dict[Tuple[str, Optional[str]], float]  # each unit of a batch's work: its share (progress)
 
 
 def _given_options(config: AuditConfig) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -187,7 +188,8 @@ def _prepare(config: AuditConfig, all_groups: Sequence[Group], ranks: Ranks, dev
                                    _explicit(file, line), ranks)
     run = run_record(config, data, identity, groups, device, methods, not_applicable, method_settings,
                      metric_settings, context)
-    return Prepared(model, data, methods, not_applicable, method_settings, metric_settings, context, groups, run)
+    return Prepared(model, data, methods, not_applicable, method_settings, metric_settings, context, groups, run,
+                    unit_shares(methods, method_settings, metric_settings, groups))
 
 
 def _planned(config: AuditConfig, model: Model, data: Dataset, methods: Tuple[str, ...], method_settings: Resolved,
@@ -239,19 +241,20 @@ def run_record(config: AuditConfig, data: Dataset, model_identity: Dict[str, Any
     }
 
 
-def _unit_weights(p: Prepared) -> Tuple[Dict[Tuple[str, Optional[str]], float], float]:
+def unit_shares(methods: Sequence[str], method_settings: Resolved, metric_settings: Resolved,
+                groups: Sequence[Group]) -> Dict[Tuple[str, Optional[str]], float]:
     """Each unit of a batch's work ((group, method) or (``"explain"``, method))
     with its share of an example's rows, for the progress inside a batch."""
-    rows = method_rows(p.method_settings)
+    rows = method_rows(method_settings)
     weights: Dict[Tuple[str, Optional[str]], float] = {}
-    for m in p.methods:
+    for m in methods:
         weights[("explain", m)] = rows[m]
-    for g in p.groups:
-        for m in (p.methods if g.per_method else (None,)):
-            gradient, forward = g.cost(p.metric_settings[g.name], rows[m] if m else 1)
+    for g in groups:
+        for m in (methods if g.per_method else (None,)):
+            gradient, forward = g.cost(metric_settings[g.name], rows[m] if m else 1)
             weights[(g.name, m)] = gradient + forward / 3  # a forward pass is about a third of forward+backward
     total = sum(weights.values()) or 1.0
-    return {k: w / total for k, w in weights.items()}, total
+    return {k: w / total for k, w in weights.items()}
 
 
 def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditConfig,
@@ -267,7 +270,7 @@ def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditCon
 
     ctx = BatchContext(p.model, x, y, pred, offset, config.seed, config.memory_budget, p.metric_settings,
                        explainer_of, p.context.layer_prefix)
-    share, _ = _unit_weights(p)
+    share = p.shares
     wanted = set(config.metrics)
     columns: Dict[str, Tensor] = {}
     curves: Dict[str, List[Tensor]] = {}
