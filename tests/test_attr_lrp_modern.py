@@ -291,6 +291,75 @@ def test_attention_rule_matches_reference() -> None:
     assert (ours - ref).abs().max() <= 1e-10 * ref.abs().max()
 
 
+class WrittenOutAttention(nn.Module):
+    """[B, L, E] -> [B, 2]: single-head self-attention written with
+    ``softmax`` and ``@`` / ``bmm`` (as timm's ``Attention`` without fused
+    attention and Hugging Face's eager attention), or with
+    ``scaled_dot_product_attention`` when ``fused``."""
+
+    def __init__(self, fused: bool, bmm: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.fc = nn.Linear(6, 18), nn.Linear(6, 6), nn.Linear(24, 2)
+        self.fused, self.bmm = fused, bmm
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.fused:
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = (q @ k.transpose(-2, -1) / 6 ** 0.5).softmax(dim=-1)
+            mixed = torch.bmm(weights, v) if self.bmm else weights @ v
+        return self.fc((x + self.proj(mixed)).flatten(1))
+
+
+@pytest.mark.parametrize("bmm", [False, True])
+def test_written_out_attention_equals_the_fused_ah_rule(bmm: bool) -> None:
+    """``softmax`` + ``@`` / ``bmm`` get the AH-rule that
+    ``scaled_dot_product_attention`` gets: the same relevance."""
+    fused = _seeded(WrittenOutAttention(fused=True))
+    written = WrittenOutAttention(fused=False, bmm=bmm).double()
+    written.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    ref = lrp(fused, x, target=1)
+    ours = lrp(written, x, target=1)
+    assert (ours - ref).abs().max() <= 1e-10 * ref.abs().max()
+
+
+def test_timm_vit_written_out_attention_conserves() -> None:
+    """timm's ViT with ``fused_attn`` off (softmax and ``@`` in its forward)
+    conserves on its bias-free twin and equals the fused model's relevance
+    (before this rule the written-out path was 8% off conservation)."""
+    torch.manual_seed(0)
+    model = _bias_free_twin(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
+                                              img_size=32, patch_size=8, depth=2))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    composite = rules.default_composite(epsilon=TINY)
+    fused = lrp(model, x, target=1, composite=composite)
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    written = lrp(model, x, target=1, composite=composite)
+    with torch.no_grad():
+        f = model(x)[:, 1]
+    assert (written.sum((1, 2, 3)) - f).abs().max() <= TOL_CONSERVE * f.abs().max()
+    assert (written - fused).abs().max() <= 1e-10 * fused.abs().max()
+
+
+def test_a_softmax_output_is_refused() -> None:
+    """A model ending in a softmax: its detached output would carry no
+    relevance, so LRP asks for the logits."""
+    class Probabilities(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x).softmax(dim=-1)
+
+    with pytest.raises(ValueError, match="output is a softmax"):
+        lrp(Probabilities().double(), torch.randn(2, 4, dtype=torch.float64), target=0,
+            composite=rules.default_composite())
+
+
 def test_attention_without_a_rule_is_named_before_any_compute() -> None:
     m = _seeded(Attention())
     m.attn = nn.MultiheadAttention(6, 2, batch_first=True, add_zero_attn=True).double().eval()

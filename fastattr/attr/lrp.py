@@ -306,6 +306,8 @@ def _captured_output(state: _CallState) -> ForwardWrapper:
                 state.producers.clear()
             with state.functions or contextlib.nullcontext():
                 out = inner(*args, **kwargs)
+            if state.functions is not None:
+                state.functions.check_output(out)
             if state.folding:
                 state.producers.clear()
             if isinstance(out, Tensor):  # else the engine reports it

@@ -42,6 +42,13 @@ alike. What it does, per function:
   ``out_proj(A · v_proj(value))`` (one step through the value path; the
   projections' biases absorb their shares). Queries and keys get no
   relevance.
+* **softmax and matmul** (attention written out, as timm's ``Attention``
+  without fused attention or Hugging Face's eager attention: ``A =
+  softmax(q k^T); A @ v``): the same AH-rule. A softmax's weights are
+  detached (a softmax is a gate, as in the products above), and a
+  ``matmul`` / ``bmm`` with one input-dependent operand gets the epsilon
+  rule, as a linear layer would. A model whose *output* is such a softmax
+  is refused: LRP explains the logits (:meth:`FunctionRules.check_output`).
 
 * **sum / mean / avg_pool / adaptive_avg_pool** (functional pooling, e.g.
   ``x.mean((2, 3))``): the epsilon rule.
@@ -54,6 +61,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -90,6 +98,9 @@ _DIVS: Dict[Any, bool] = {
 # the epsilon rule, ``R_i = (contribution of x_i) / stab(z) * R``.
 _LINEAR_IN_INPUT = (torch.sum, _T.sum, torch.mean, _T.mean, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
                     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_SOFTMAXES = (torch.softmax, _T.softmax, F.softmax)
+# Products of two operands (``torch.matmul(a, b)``; ``__rmatmul__`` as ``b @ a``, swapped by Python).
+_MATMULS = (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm)
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 _LAYER_NORM_SIGNATURE = inspect.signature(F.layer_norm)
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
@@ -199,12 +210,26 @@ class FunctionRules(TorchFunctionMode):
         self.fold = fold
         self.epsilon = epsilon
         self.depth = 0  # > 0 while a layer with a rule of its own runs: its rule covers its calls
+        # The detached softmax outputs of the current forward, by id (a
+        # weak reference each, so a freed tensor's reused id never matches).
+        self.softmax_outputs: Dict[int, "weakref.ref[Tensor]"] = {}
         self.handlers: Dict[Any, Callable[..., Any]] = {
             **{f: self._add for f in _ADDS}, **{f: self._mul for f in _MULS}, **{f: self._div for f in _DIVS},
             F.linear: self._linear, F.layer_norm: self._layer_norm, F.batch_norm: self._batch_norm,
             F.scaled_dot_product_attention: self._sdpa, F.multi_head_attention_forward: self._mha,
             **{f: self._linear_in_input for f in _LINEAR_IN_INPUT},
+            **{f: self._softmax for f in _SOFTMAXES}, **{f: self._matmul for f in _MATMULS},
         }
+
+    def check_output(self, out: Any) -> None:
+        """Refuse a model output that is a detached softmax (it carries no
+        relevance: explain the logits before it); forget this forward's softmaxes."""
+        outputs, self.softmax_outputs = self.softmax_outputs, {}
+        if isinstance(out, Tensor) and id(out) in outputs and outputs[id(out)]() is out:
+            raise ValueError(
+                "model: its output is a softmax, which LRP treats as attention weights (detached); "
+                "explain the logits: remove the final softmax"
+            )
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
@@ -322,6 +347,30 @@ class FunctionRules(TorchFunctionMode):
         return z_rule_output(value, normalized, x, params, self.batchnorm_rule)
 
     # --- attention -------------------------------------------------------------
+
+    def _softmax(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        x = args[0] if args else kwargs.get("input")
+        if not _needs_relevance(x):
+            return func(*args, **kwargs)
+        with torch.no_grad():
+            value = func(*args, **kwargs)
+        self.softmax_outputs[id(value)] = weakref.ref(value)
+        return value
+
+    def _matmul(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        operands = [args[0], args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))]
+        signals = [i for i, o in enumerate(operands) if _is_signal(o)]
+        if len(signals) != 1 or not all(isinstance(o, Tensor) and o.is_floating_point() for o in operands):
+            return func(*args, **kwargs)  # both input-dependent (q k^T): its softmax detaches the result
+        i = signals[0]
+        fixed = operands[1 - i].detach()
+        with torch.no_grad():
+            value = func(*args, **kwargs)
+
+        def product(xi: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+            return func(xi, fixed) if i == 0 else func(fixed, xi)
+
+        return z_rule_output(value, product, operands[i], {}, EpsilonRule(self.epsilon))
 
     def _sdpa(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         c = {name: args[i] if i < len(args) else kwargs.get(name, default)
