@@ -200,11 +200,17 @@ class PairedRules(TorchFunctionMode):
         super().__init__()
         self.rows = rows
         self.eps = eps
+        # Inside F.multi_head_attention_forward the heads are folded into
+        # the leading dimension, example-major ([2n * heads, ...]: the first
+        # half still holds the inputs' rows, the second the references').
+        self.heads_folded = False
 
     def paired(self, t: Any) -> bool:
         """Whether ``t`` is one of this forward's paired activations."""
-        return (isinstance(t, Tensor) and t.requires_grad and t.dim() > 0 and t.shape[0] == self.rows
-                and not isinstance(t, torch.nn.Parameter))
+        if not (isinstance(t, Tensor) and t.requires_grad and t.dim() > 0 and not isinstance(t, torch.nn.Parameter)):
+            return False
+        lead = t.shape[0]
+        return lead == self.rows or (self.heads_folded and lead > 0 and lead % self.rows == 0)
 
     def __torch_function__(self, func: Callable[..., Any], arg_types: Any, args: Tuple[Any, ...] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
@@ -252,6 +258,17 @@ def _matmul(mode: PairedRules, func: Callable[..., Any], args: Tuple[Any, ...], 
     return paired_matmul(a, b)
 
 
+def _baddbmm(mode: PairedRules, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    """``torch.baddbmm(m, a, b)`` = ``m + a @ b`` (the masked scores of
+    ``F.multi_head_attention_forward`` with ``need_weights``)."""
+    if len(args) != 3 or kwargs or mode.paired(args[0]):
+        return func(*args, **kwargs)
+    m, a, b = args
+    if not (mode.paired(a) and mode.paired(b)):
+        return func(*args, **kwargs)
+    return m + paired_matmul(a, b)
+
+
 def paired_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` with the bilinear Shapley rule (both operands paired)."""
     return _ShapleyMatmul.apply(a, b)
@@ -265,7 +282,9 @@ def paired_softmax(x: Tensor, dim: int, eps: float) -> Tensor:
     peaks = _pairs(x.detach().amax(dim, keepdim=True))
     shared = torch.max(peaks[0], peaks[1])
     shift = torch.cat((shared, shared))
-    e = _Secant.apply(x - shift, torch.exp, eps)
+    # masked scores (-inf in both rows of a pair) would make the secant's
+    # difference inf - inf; at the lowest finite value exp is 0 all the same
+    e = _Secant.apply((x - shift).clamp(min=torch.finfo(x.dtype).min), torch.exp, eps)
     inverse = _Secant.apply(e.sum(dim, keepdim=True), torch.reciprocal, eps)
     return _ShapleyProduct.apply(e, inverse, False)
 
@@ -340,8 +359,12 @@ _UNDISPATCHED: Dict[Callable[..., Any], Callable[..., Any]] = {}
 def _decomposed(mode: PairedRules, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     """A composite torch function (``F.multi_head_attention_forward``) run
     with the mode on, so that its inner calls get their rules."""
-    with mode:
-        return _without_dispatch_check(func)(*args, **kwargs)
+    folded, mode.heads_folded = mode.heads_folded, True
+    try:
+        with mode:
+            return _without_dispatch_check(func)(*args, **kwargs)
+    finally:
+        mode.heads_folded = folded
 
 
 _ELEMENTWISE = (
@@ -377,6 +400,7 @@ _HANDLERS: Dict[Callable[..., Any], Handler] = {
     F.layer_norm: _layer_norm,
     F.scaled_dot_product_attention: _attention,
     F.multi_head_attention_forward: _decomposed,
+    torch.baddbmm: _baddbmm,
 }
 
 # eps of the traced rules while a deeplift call runs them (None: not traced)
