@@ -417,6 +417,23 @@ def test_default_budget_gives_one_chunk_for_small_problems(backend):
     assert rec.sizes == [200]
 
 
+def test_gpu_default_budget_reads_total_not_free_memory(monkeypatch):
+    """The default GPU chunk budget depends on the device alone: free memory
+    (which changes between calls) is never read."""
+    from fastattr.engine import budget
+
+    class Properties:
+        total_memory = 80 << 30
+
+    def free_memory(*_):
+        raise AssertionError("default_budget read the free memory")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", free_memory)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+    assert budget.default_budget(torch.device("cuda", 0)) == 10 << 30
+    assert budget.default_budget(torch.device("cpu")) == budget.DEFAULT_CPU_BUDGET
+
+
 def test_chunk_rows_caps_every_chunk(backend):
     rec = Recorder(_mlp())
     x = _inputs(False)

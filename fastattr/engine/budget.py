@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes
+# A GPU chunk may use this fraction of the device's total memory: the rest
+# holds the model, the caller's tensors and the allocator's slack.
+GPU_BUDGET_FRACTION = 1 / 8
 # Before anything is measured, assume activations of this many times the
 # input row: generous for MLPs and small conv nets, so the first chunk of an
 # unknown model stays well inside the budget.
@@ -27,10 +30,16 @@ _measured: "weakref.WeakKeyDictionary[object, Dict[Hashable, int]]" = weakref.We
 
 def default_budget(device: torch.device) -> int:
     """Bytes one chunk may use when the caller gives no ``memory_budget``:
-    a quarter of the free memory of a GPU, 1 GiB on the CPU."""
+    an eighth of a GPU's *total* memory (:data:`GPU_BUDGET_FRACTION`), 1 GiB
+    on the CPU.
+
+    Never the memory free at the moment: the budget sets the chunk size, so
+    the batch size the model runs at, and cuDNN / BLAS round per batch size;
+    a budget read from free memory would change results from call to call.
+    The same device model gives the same chunks every time."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return max(free // 4, 1 << 20)
+        total = torch.cuda.get_device_properties(device).total_memory
+        return max(int(total * GPU_BUDGET_FRACTION), 1 << 20)
     return DEFAULT_CPU_BUDGET
 
 
