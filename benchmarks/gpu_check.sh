@@ -4,14 +4,17 @@
 #   machine      nvidia-smi
 #   python env   a venv of its own ($GPU_CHECK_VENV) that sees the base
 #                Python's packages (torch), so pip works under PEP 668
-#   packages     torch, setuptools, wheel, ninja, numpy, pytest from the package
-#                index where missing; Captum (carried .whl/ or the index) if it can
+#   packages     torch, setuptools, wheel, ninja, numpy, pytest and the audit's
+#                packages from the package index where missing; Captum (carried
+#                .whl/ or the index) if it can
 #   toolkit      a CUDA toolkit of torch's CUDA major (csrc/toolchain.py), else
 #                the pip one (nvidia-cuda-nvcc and friends) installed into the venv
 #   build        fastattr._C for the GPU (sm_90), CUDA kernels required; any
 #                fastattr/_C*.so carried from elsewhere is deleted first
 #   load         the extension loads, sees the GPU, runs IG there
-#   CUDA tests   the CUDA cases (-k cuda): CUDA == CPU bit for bit, noise included
+#   CUDA tests   the CUDA cases (-k cuda): every method, metric and drop-in, CUDA ==
+#                CPU (bit for bit where the contract says so), kernels past the
+#                grid and 2 GiB, half types, streams, host syncs, the audit
 #   benchmark    the benchmark table on the GPU, ResNet-18-shaped model added
 # After every step summary.txt is rewritten, so a timeout keeps what finished;
 # the end prints the summary and `GPU CHECK: PASS` (exit 0) or `FAIL` (exit 1)
@@ -94,6 +97,19 @@ step_packages() {
     else
         echo "torch, setuptools, wheel, ninja, numpy, pytest: all there"
     fi
+    # The audit's packages (fastattr[audit]): tests/test_cuda.py audits on the GPU.
+    local audit=() spec
+    for spec in scikit-learn:sklearn pandas:pandas pyarrow:pyarrow matplotlib:matplotlib pillow:PIL; do
+        "$VPY" -c "import ${spec#*:}" 2>/dev/null || audit+=("${spec%%:*}")
+    done
+    if ((${#audit[@]})); then
+        if ((DRY_RUN)); then
+            echo "dry run: would pip install ${audit[*]}"
+        else
+            echo "installing the audit's packages: ${audit[*]}"
+            "$VPY" -m pip install -q "${audit[@]}"
+        fi
+    fi
     # Captum only adds the benchmark's Captum column: its absence is no failure.
     if ! "$VPY" -c 'import captum' 2>/dev/null; then
         if compgen -G '.whl/*.whl' >/dev/null; then
@@ -165,10 +181,11 @@ print("IG on cuda OK")
 
 # Every test file that asks for a GPU; -k cuda keeps their CUDA cases
 # (tests/test_ops.py: CUDA == CPU bit for bit, noise included). Not this
-# script's own tests (tests/test_gpu_check.py), which are about the CPU side.
+# script's own tests (tests/test_gpu_check.py), which are about the CPU side, nor
+# the CPU rehearsal of tests/test_cuda.py (tests/test_cuda_rehearsal.py).
 cuda_test_files() {
     grep -l -E 'torch\.cuda\.is_available\(\)|type == "cuda"' tests/test_*.py |
-        grep -v -x tests/test_gpu_check.py || echo tests/test_ops.py
+        grep -v -x -e tests/test_gpu_check.py -e tests/test_cuda_rehearsal.py || echo tests/test_ops.py
 }
 
 step_cuda_tests() {

@@ -92,7 +92,7 @@ def test_dry_run_writes_each_step_log_and_no_gpu_results(dry_run):
     collected = (out / "cuda_tests.log").read_text()
     assert re.search(r"[1-9]\d*/\d+ tests collected", collected)
     files = {line.split("::")[0] for line in collected.splitlines() if "::" in line}
-    assert files == {"tests/test_cuda.py", "tests/test_ops.py"}
+    assert files == {"tests/test_cuda.py", "tests/test_ops.py", "tests/test_host_syncs.py"}
     # The toolkit found here has torch's CUDA major, and the check recorded it.
     import torch
 
