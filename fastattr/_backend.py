@@ -3,14 +3,18 @@ pure-PyTorch reference.
 
 The compiled library loads softly: without it the package still imports and
 gives the same results through ``fastattr._reference`` (slower), and says once
-why. ``FASTATTR_BACKEND=reference`` forces the reference.
+why. ``FASTATTR_BACKEND=reference`` forces the reference. A library built
+without the CUDA kernels (no toolkit at build time) runs the reference for
+CUDA tensors, op by op, and says so once (:func:`compiled_for`,
+:func:`report`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 import torch  # noqa: F401  (loads libc10/libtorch, which fastattr._C links against)
 
@@ -69,3 +73,55 @@ def use(name: str) -> Iterator[None]:
         yield
     finally:
         _current = previous
+
+
+# The dispatch keys of the devices whose kernels a build may lack.
+_KERNEL_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+@functools.lru_cache(maxsize=None)
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether the loaded library registered ``fastattr::op`` for ``device_type``."""
+    return extension_available and torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"fastattr::{op}", _KERNEL_KEYS[device_type])
+
+
+@functools.lru_cache(maxsize=None)
+def _say_fallback(op: str, device_type: str) -> None:
+    warnings.warn(
+        f"fastattr: this build of fastattr._C has no {device_type.upper()} kernel for {op} (built without "
+        f"the CUDA toolkit?); {device_type} tensors use the pure-PyTorch reference for it (same results, "
+        "slower). Rebuild with the toolkit: FASTATTR_REQUIRE_CUDA=1 pip install -e . --no-build-isolation",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def compiled_for(op: str, device: torch.device) -> bool:
+    """Whether ``op`` runs compiled on ``device``: the extension backend is
+    active and, for the CPU and CUDA, the library has a kernel for the
+    device (other devices, such as ``meta`` under tracing, are the
+    dispatcher's). False: the caller runs the reference."""
+    if _current != _EXTENSION:
+        return False
+    if device.type not in _KERNEL_KEYS or has_kernel(op, device.type):
+        return True
+    _say_fallback(op, device.type)
+    return False
+
+
+OPS = ("philox4x32", "generate_rows", "accumulate_", "stabilize")
+
+
+def report() -> Dict[str, str]:
+    """What each device runs: ``{"cpu": ..., "cuda": ...}``, each
+    ``"extension"``, ``"reference"`` or ``"reference for <ops>"``."""
+    out = {}
+    for device_type in _KERNEL_KEYS:
+        if _current != _EXTENSION:
+            out[device_type] = _REFERENCE
+            continue
+        missing = [op for op in OPS if not has_kernel(op, device_type)]
+        out[device_type] = _EXTENSION if not missing else (
+            _REFERENCE if len(missing) == len(OPS) else f"reference for {', '.join(missing)}")
+    return out

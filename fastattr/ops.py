@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _backend, _reference
 
-NOISE_KINDS = ("none", "gaussian", "uniform")
+NOISE_KINDS = ("none", "gaussian", "uniform", "gaussian_antithetic", "uniform_antithetic")
 
 
 def philox4x32(counters: Tensor, key: Tensor) -> Tensor:
@@ -27,7 +27,7 @@ def philox4x32(counters: Tensor, key: Tensor) -> Tensor:
     Returns:
         int64 ``[N, 4]``: the four 32-bit outputs of each counter.
     """
-    if _backend.backend() == "extension":
+    if _backend.compiled_for("philox4x32", counters.device):
         return torch.ops.fastattr.philox4x32.default(counters, key)
     return _reference.philox4x32(counters, key)
 
@@ -51,15 +51,19 @@ def generate_rows(
     ``n = (r // S) % n_samples``, path step ``s = r % S`` (``S = len(alphas)``,
     or 1 without a path). Its value is ``x_n = x_b + scale * z`` (``z`` keyed
     noise, or no noise when ``noise == "none"``), moved along the path as
-    ``base + alphas[s] * (x_n - base)`` when ``alphas`` is given.
+    ``base + alphas[s] * (x_n - base)`` when ``alphas`` is given. The
+    ``"_antithetic"`` kinds pair the samples: sample ``n`` takes the draws of
+    sample ``n // 2`` times ``(-1) ** n``, so samples ``2k`` and ``2k + 1`` are
+    ``x + scale * z`` and ``x - scale * z``.
 
     Args:
         inputs: ``[B, *F]`` float16/bfloat16/float32/float64.
         baselines: ``[1, *F]`` or ``[B, *F]`` like ``inputs``; required with ``alphas``.
         alphas: float64 ``[S]`` path positions, or None.
         n_samples: noise samples per example (>= 1).
-        noise: ``"none"``, ``"gaussian"`` (stdev ``scale``) or ``"uniform"``
-            (L-infinity radius ``scale``).
+        noise: ``"none"``, ``"gaussian"`` (stdev ``scale``), ``"uniform"``
+            (L-infinity radius ``scale``), or ``"gaussian_antithetic"`` /
+            ``"uniform_antithetic"`` (the same, in antithetic pairs).
         scale, seed, stream, example_offset: noise parameters and key
             (see ``csrc/README.md``).
         row_start, row_count: the slice of the ``B * n_samples * S`` rows to make.
@@ -67,7 +71,7 @@ def generate_rows(
     Returns:
         ``[row_count, *F]`` contiguous, dtype of ``inputs``.
     """
-    if _backend.backend() == "extension":
+    if _backend.compiled_for("generate_rows", inputs.device):
         return torch.ops.fastattr.generate_rows.default(
             inputs, baselines, alphas, n_samples, noise, scale, seed, stream,
             row_start, row_count, example_offset,
@@ -101,7 +105,7 @@ def accumulate_(
         weights: float64 ``[group_size]``.
         row_start, group_size, group_offset: row/group bookkeeping as above.
     """
-    if _backend.backend() == "extension":
+    if _backend.compiled_for("accumulate_", acc.device):
         torch.ops.fastattr.accumulate_.default(
             acc, acc_sq, values, weights, row_start, group_size, group_offset
         )
@@ -122,7 +126,7 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     Returns:
         A new tensor like ``z`` (its memory format when ``z`` is dense, else contiguous).
     """
-    if _backend.backend() == "extension":
+    if _backend.compiled_for("stabilize", z.device):
         return torch.ops.fastattr.stabilize.default(z, epsilon)
     return _reference.stabilize(z, epsilon)
 

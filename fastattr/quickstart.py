@@ -56,7 +56,8 @@ def main() -> None:
         model, x, target=y, n_steps=50, return_convergence_delta=True
     )
     smooth = fastattr.smoothgrad(model, x, target=y, n_samples=50, stdev=0.1, seed=0)
-    print(f"backend: {fastattr.backend()}, test accuracy: {accuracy:.3f}")
+    devices = ", ".join(f"{d}: {how}" for d, how in fastattr.backend_report().items())
+    print(f"backend: {fastattr.backend()} ({devices}), test accuracy: {accuracy:.3f}")
     # Completeness: attributions sum to f(x) - f(baseline) up to the
     # quadrature error, which ReLU kinks keep at a few percent at 50 steps.
     relative_gap = (delta.abs() / attributions.sum(1).abs().clamp_min(1e-6)).max().item()
