@@ -2,10 +2,20 @@
 the engine: keyed perturbations run in byte-budgeted chunks, the clean
 explanation computed once and shared."""
 from ._explain import Explainer
+from .axiomatic import completeness, input_invariance, mean_shifted_model, non_sensitivity
+from .complexity import effective_complexity, entropy_complexity, sparseness
 from .deletion import Curve, deletion_curve, insertion_curve, pixel_flipping
+from .faithfulness import correlation_subsets, faithfulness_correlation, faithfulness_estimate, sensitivity_n
+from .faithfulness_monotonicity import monotonicity, monotonicity_correlation
+from .faithfulness_regions import random_patch_order, region_perturbation, selectivity
+from .faithfulness_sufficiency import sufficiency
 from .fragility import FragilityResult, fragility
 from .infidelity import infidelity
 from .lipschitz import local_lipschitz_estimate
+from .localisation import (
+    attribution_localisation, focus, localisation_auc, pointing_game, relevance_mass_accuracy,
+    relevance_rank_accuracy, top_k_localisation,
+)
 from .randomization import RandomizationResult, keyed_uniform_init, model_randomization, parameterized_layers
 from .robustness import AttackAccuracy, fgsm_accuracy, pgd_accuracy
 from .sensitivity import avg_sensitivity, max_sensitivity
@@ -17,4 +27,10 @@ __all__ = [
     "deletion_curve", "fgsm_accuracy", "fragility", "infidelity", "insertion_curve", "keyed_uniform_init",
     "local_lipschitz_estimate", "max_sensitivity", "model_randomization", "parameterized_layers", "pearson",
     "pgd_accuracy", "pixel_flipping", "relative_input_stability", "spearman", "ssim", "top_k_intersection",
+    # Quantus's faithfulness, localisation, complexity and axiomatic metrics
+    "attribution_localisation", "completeness", "correlation_subsets", "effective_complexity",
+    "entropy_complexity", "faithfulness_correlation", "faithfulness_estimate", "focus", "input_invariance",
+    "localisation_auc", "mean_shifted_model", "monotonicity", "monotonicity_correlation", "non_sensitivity",
+    "pointing_game", "random_patch_order", "region_perturbation", "relevance_mass_accuracy",
+    "relevance_rank_accuracy", "selectivity", "sensitivity_n", "sparseness", "sufficiency", "top_k_localisation",
 ]

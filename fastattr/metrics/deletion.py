@@ -75,7 +75,8 @@ class ReplacedRows:
     ``counts`` int64 ``[K]``. ``fill`` is ``[1 or B, *F]``, or, per
     replacement step, a table ``[B, T]`` whose value
     ``[b, rank // step_size + fill_offsets[k]]`` fills an element of that rank
-    at point ``k`` (``fill_offsets`` int64 ``[K]``, default 0).
+    at point ``k`` (``fill_offsets`` int64 ``[K]``, default 0; every element's
+    index must lie in ``[0, T)``, replaced or not).
     """
 
     def __init__(self, source: Tensor, fill: Tensor, ranks: Tensor, feature_shape: Tuple[int, ...],
@@ -90,7 +91,9 @@ class ReplacedRows:
         examples = row_examples(r0, r1, self.points, self.source.device)
         ranks = self.ranks.index_select(0, examples)  # [n, Fa]
         points = torch.arange(r0, r1, device=self.source.device) % self.points
-        replaced = (ranks < self.counts.index_select(0, points).unsqueeze(1)).view(n, *self.feature_shape)
+        # The bound in the ranks' dtype: an int64 bound would promote (copy) them all.
+        bound = self.counts.index_select(0, points).to(ranks.dtype).unsqueeze(1)
+        replaced = (ranks < bound).view(n, *self.feature_shape)
         if self.step_size:
             steps = (ranks // self.step_size).long()
             if self.fill_offsets is not None:
@@ -105,9 +108,10 @@ class ReplacedRows:
 
 def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
              additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
-             example_offset: int = 0):
+             example_offset: int = 0, validate: Optional[Callable[[Tensor], Any]] = None):
     """Checked arguments shared by every curve: ``(x, attrs, target, args,
-    model_for_output, memory_budget, chunk_rows)``."""
+    model_for_output, memory_budget, chunk_rows)``. ``validate(x)`` runs the
+    caller's own checks of the input before an explainer runs."""
     check_model(model)
     if isinstance(inputs, tuple):
         raise TypeError("inputs: expected one tensor [B, *F]; curves rank the features of a single input")
@@ -118,6 +122,8 @@ def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, tar
     chunk_rows = v.check_optional_positive_int(chunk_rows, "chunk_rows")
     fmt_target = v.format_target(target, x.shape[0], x.device)
     args = v.format_additional_args(additional_forward_args, x.shape[0])
+    if validate is not None:
+        validate(x)
     if isinstance(attributions, Tensor):
         attrs = _broadcastable_attributions(attributions, x)
     else:
@@ -275,11 +281,13 @@ def insertion_curve(
 
 
 def _flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_low: float,
-                   uniform_high: float, example_offset: int) -> Tuple[Tensor, bool]:
+                   uniform_high: float, example_offset: int,
+                   stream: int = PIXEL_FLIPPING_STREAM) -> Tuple[Tensor, bool]:
     """``(fill, per_step)``: Quantus's ``perturb_baseline`` as fill values:
     ``"black"``/``"white"`` the example's min/max ``[B, 1, ...]``, a number or
     tensor ``[1 or B, *F]``, or ``"uniform"`` a keyed table ``[B, n_points]``
-    of one value per (example, step) in ``[uniform_low, uniform_high)``."""
+    of one value per (example, step) in ``[uniform_low, uniform_high)``, drawn
+    on ``stream`` (each metric its own)."""
     if isinstance(baseline, str):
         v.check_choice(baseline, "baseline", ("black", "white", "uniform"))
         if baseline == "uniform":
@@ -287,7 +295,7 @@ def _flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_l
             for name, value in (("uniform_low", uniform_low), ("uniform_high", uniform_high)):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"{name}: expected a finite number, got {value!r}")
-            u, _ = group_uniforms(seed, PIXEL_FLIPPING_STREAM, x.shape[0], n_points, x.device, example_offset)
+            u, _ = group_uniforms(seed, stream, x.shape[0], n_points, x.device, example_offset)
             table = uniform_low + (uniform_high - uniform_low) * u
             return table.view(x.shape[0], n_points).to(x.dtype), True
         flat = x.reshape(x.shape[0], -1)

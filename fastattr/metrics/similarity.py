@@ -1,6 +1,6 @@
 """Per-example similarity of two batches of explanations, batched in torch:
 Spearman rank correlation (scipy's, average ranks for ties), top-k
-intersection (Ghorbani et al. 2019) and SSIM (scikit-image's uniform-window
+intersection (Ghorbani et al. 2019; or with a mask, Quantus's) and SSIM (scikit-image's uniform-window
 SSIM with sample covariance). Every function compares row ``b`` of ``a``
 with row ``b`` of ``b`` and returns float64 ``[B]``."""
 from __future__ import annotations
@@ -64,23 +64,34 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return pearson(average_ranks(a.reshape(a.shape[0], -1)), average_ranks(b.reshape(b.shape[0], -1)))
 
 
-def top_k_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
+def top_k_intersection(a: Tensor, b: Tensor, k: int, order: Optional[Tensor] = None) -> Tensor:
     """float64 ``[B]``: the fraction of the ``k`` largest values of row ``a[i]``
     whose positions are also among the ``k`` largest of ``b[i]`` (Ghorbani et
     al. 2019 compare saliency maps by this, on ``|a|``: pass maps, not signed
-    attributions, when that is meant).
+    attributions, when that is meant), or, when ``b`` is a boolean mask, whose
+    positions are in the mask (Quantus's ``TopKIntersection``).
 
     Args:
-        a, b: ``[B, *F]``.
+        a: ``[B, *F]``.
+        b: ``[B, *F]`` values, or a bool mask ``[B, *F]``.
         k: ``1 <= k <= prod(F)``.
+        order: optional int64 ``[B, prod(F)]``, each row ``a[i]``'s positions
+            from the largest down: the first ``k`` are taken instead of
+            ``torch.topk``'s (whose choice among ties is unspecified).
     """
     _check_pair(a, b)
     x = a.reshape(a.shape[0], -1)
     y = b.reshape(b.shape[0], -1)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= x.shape[1]:
         raise ValueError(f"k: expected an integer in [1, {x.shape[1]}] (features per example), got {k!r}")
-    in_a = torch.zeros_like(x, dtype=torch.bool).scatter_(1, x.topk(k, dim=1).indices, True)
-    in_b = torch.zeros_like(y, dtype=torch.bool).scatter_(1, y.topk(k, dim=1).indices, True)
+    if order is not None and (not isinstance(order, Tensor) or order.dtype != torch.int64
+                              or order.shape != x.shape or order.device != x.device):
+        raise ValueError(f"order: expected an int64 tensor {tuple(x.shape)} on {x.device}, got "
+                         f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
+    top = x.topk(k, dim=1).indices if order is None else order[:, :k]
+    in_a = torch.zeros_like(x, dtype=torch.bool).scatter_(1, top, True)
+    in_b = y if y.dtype == torch.bool else torch.zeros_like(y, dtype=torch.bool).scatter_(1, y.topk(k, dim=1).indices,
+                                                                                          True)
     return (in_a & in_b).sum(1).to(torch.float64) / k
 
 

@@ -1,8 +1,25 @@
 """Quantus drop-in: Quantus 0.6's metric classes, constructors and calls,
 computed on fastattr's engine with keyed perturbations."""
+from ._axiomatic import Completeness, InputInvariance, NonSensitivity
+from ._complexity import Complexity, EffectiveComplexity, Sparseness
+from ._faithfulness import (
+    FaithfulnessCorrelation, FaithfulnessEstimate, Monotonicity, MonotonicityCorrelation, SensitivityN,
+)
+from ._faithfulness_regions import RegionPerturbation, Selectivity
+from ._faithfulness_sufficiency import Sufficiency
 from ._infidelity import Infidelity
+from ._localisation import (
+    AUC, AttributionLocalisation, Focus, PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy,
+    TopKIntersection,
+)
 from ._pixel_flipping import PixelFlipping
 from ._randomization import MPRT
 from ._sensitivity import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 
-__all__ = ["AvgSensitivity", "Infidelity", "LocalLipschitzEstimate", "MPRT", "MaxSensitivity", "PixelFlipping"]
+__all__ = [
+    "AUC", "AttributionLocalisation", "AvgSensitivity", "Completeness", "Complexity", "EffectiveComplexity",
+    "FaithfulnessCorrelation", "FaithfulnessEstimate", "Focus", "Infidelity", "InputInvariance",
+    "LocalLipschitzEstimate", "MPRT", "MaxSensitivity", "Monotonicity", "MonotonicityCorrelation",
+    "NonSensitivity", "PixelFlipping", "PointingGame", "RegionPerturbation", "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy", "Selectivity", "SensitivityN", "Sparseness", "Sufficiency", "TopKIntersection",
+]

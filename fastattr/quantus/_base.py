@@ -212,6 +212,8 @@ class QuantusMetric:
         call = self.prepare(model, x_batch, y_batch, a_batch, s_batch, channel_first, explain_func,
                             explain_func_kwargs, model_predict_kwargs, softmax, device, batch_size)
         scores = self.evaluate(call)
+        if isinstance(scores, Tensor):  # a device tensor: numpy reads host memory only
+            scores = scores.detach().cpu()
         self.evaluation_scores = list(np.asarray(scores, dtype=np.float64))
         if self.return_aggregate:
             self.evaluation_scores = [self.aggregate_func(self.evaluation_scores)]
