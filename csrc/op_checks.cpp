@@ -72,11 +72,18 @@ void check_nonnegative(int64_t v, const char* op, const char* name) {
   TORCH_CHECK(v >= 0, op, ": ", name, " must be >= 0, got ", v);
 }
 
-Noise parse_noise(c10::string_view noise) {
+// noise: "none", "gaussian", "uniform", or "gaussian_antithetic" /
+// "uniform_antithetic" (sets *antithetic).
+Noise parse_noise(c10::string_view noise, bool* antithetic) {
+  *antithetic = false;
   if (noise == "none") return Noise::none;
   if (noise == "gaussian") return Noise::gaussian;
-  TORCH_CHECK(noise == "uniform", kRows,
-              ": noise must be \"none\", \"gaussian\" or \"uniform\", got \"", noise, "\"");
+  if (noise == "uniform") return Noise::uniform;
+  *antithetic = true;
+  if (noise == "gaussian_antithetic") return Noise::gaussian;
+  TORCH_CHECK(noise == "uniform_antithetic", kRows,
+              ": noise must be \"none\", \"gaussian\", \"uniform\", \"gaussian_antithetic\" or "
+              "\"uniform_antithetic\", got \"", noise, "\"");
   return Noise::uniform;
 }
 
@@ -122,7 +129,8 @@ RowsParams check_generate_rows_args(const at::Tensor& inputs,
                 alphas->sizes());
   }
   TORCH_CHECK(n_samples >= 1, kRows, ": n_samples must be >= 1, got ", n_samples);
-  const Noise kind = parse_noise(noise);
+  bool antithetic = false;
+  const Noise kind = parse_noise(noise, &antithetic);
   TORCH_CHECK(std::isfinite(scale) && scale >= 0.0, kRows,
               ": scale must be finite and >= 0, got ", scale);
   check_nonnegative(seed, kRows, "seed");
@@ -147,6 +155,7 @@ RowsParams check_generate_rows_args(const at::Tensor& inputs,
   p.n_samples = n_samples;
   p.baseline_stride = baseline_stride;
   p.noise = kind;
+  p.antithetic = antithetic;
   p.scale = scale;
   p.seed = static_cast<uint64_t>(seed);
   p.stream = stream;

@@ -8,6 +8,7 @@ from ._backend import backend
 from ._backend import report as backend_report
 from .heap import keep_freed_memory
 from .attr import (
+    IGAccuracy, adaptive_integrated_gradients,
     ablation_cam, eigen_cam, grad_cam_plus_plus, hires_cam, layer_cam, score_cam, swin_reshape_transform,
     vit_reshape_transform, xgrad_cam,
     deconvolution, deeplift, deeplift_shap, expected_gradients, grad_cam, gradient_shap, guided_backprop,
@@ -20,6 +21,7 @@ from .attr import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IGAccuracy", "adaptive_integrated_gradients",
     "ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "score_cam",
     "swin_reshape_transform", "vit_reshape_transform", "xgrad_cam",
     "backend", "backend_report", "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap",

@@ -60,7 +60,7 @@ _C_SIN = tuple(
     for k in range(6)
 )
 
-NOISE_KINDS = ("none", "gaussian", "uniform")
+NOISE_KINDS = ("none", "gaussian", "uniform", "gaussian_antithetic", "uniform_antithetic")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -433,7 +433,9 @@ def generate_rows(
     ``n = (r // S) % n_samples``, step ``s = r % S``. In ``acc_t``:
     ``x_n = x[b] + scale * z`` (``z`` keyed by ``(seed, stream,
     example_offset + b, n, element)``; ``x_n = x[b]`` when ``noise == "none"``),
-    then ``base + alphas[s] * (x_n - base)`` when ``alphas`` is given.
+    then ``base + alphas[s] * (x_n - base)`` when ``alphas`` is given. With an
+    ``"_antithetic"`` noise kind sample ``n`` is keyed as sample ``n // 2``
+    and its ``z`` multiplied by ``(-1) ** n`` (exact).
 
     The noisy point depends on ``(b, n)`` only, so it is computed once per
     ``(b, n)`` pair in the range and shared by the pair's ``S`` path steps
@@ -461,10 +463,14 @@ def generate_rows(
     x = inputs.reshape(B, D).index_select(0, b_of_j).to(acc_t)  # [J, D]
     if noise != "none":
         n_of_j = j - b_of_j * n_samples  # j % n_samples
+        kind, antithetic = noise.removesuffix("_antithetic"), noise.endswith("_antithetic")
         z = _keyed_noise(
-            noise, seed, stream, (b_of_j + example_offset).unsqueeze(1),
-            n_of_j.unsqueeze(1), D,
+            kind, seed, stream, (b_of_j + example_offset).unsqueeze(1),
+            (n_of_j // 2 if antithetic else n_of_j).unsqueeze(1), D,
         )  # [J, D] float64
+        if antithetic:
+            # (-1) ** n: the odd sample of a pair is the even one's draw negated (exact).
+            z = z * (1 - 2 * (n_of_j & 1)).to(torch.float64).unsqueeze(1)
         # (acc_t)scale, rounded once like the C++ static_cast.
         scale_acc = float(torch.tensor(scale, dtype=torch.float64).to(acc_t))
         x = x + scale_acc * z.to(acc_t)

@@ -43,6 +43,8 @@ backends, and with 1 or 2 threads); each tolerance below is 5-7x its figure:
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -109,6 +111,11 @@ from captum_cases import (
     assert_as_accurate_as_captum, assert_delta_as_accurate_as_captum, assert_same_attr, assert_same_delta,
     captum_noise_tunnel, captum_uses_noise, fastattr_noise, float64_twin, upcast,
 )
+
+# Captum's NoiseTunnel draws independent noise (fastattr_noise hands it
+# fastattr's independent keyed draws): fastattr.smoothgrad with its default
+# antithetic pairs turned off.
+smoothgrad_iid = functools.partial(fastattr.smoothgrad, antithetic=False)
 
 
 # ---------------------------------------------------------------------------
@@ -317,7 +324,7 @@ def test_batch_one(backend: str, name: str) -> None:
     for method in ("riemann_trapezoid", "gausslegendre"):
         ours, theirs = _ig_both(case, n_steps=9, method=method, chunk_rows=4)
         _check_ig(ours, theirs, torch.float64, f"IG B=1 {name} {method}")
-    ours = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=3,
+    ours = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=3,
                                stdev=0.2, kind="vargrad", seed=5, additional_forward_args=case.afa,
                                explainer="saliency", explainer_kwargs={"abs": False})
     theirs = captum_noise_tunnel(Saliency(case.model), case, 3, 0.2, "vargrad", 5, abs=False)
@@ -373,14 +380,14 @@ def test_smoothgrad_chunked(backend: str, name: str, chunk: Dict[str, int]) -> N
     stdev = (0.3, 0.1) if name == "two_input" else 0.3
     for kind in KINDS:
         logged = RowLog(case.model)
-        ours = fastattr.smoothgrad(logged, case.inputs, target=case.target, n_samples=4,
+        ours = smoothgrad_iid(logged, case.inputs, target=case.target, n_samples=4,
                                    stdev=stdev, kind=kind, seed=3, additional_forward_args=case.afa,
                                    explainer="input_x_gradient", **chunk)
         assert logged.grad_rows == _expected_chunks(3 * 4, chunk)
         theirs = captum_noise_tunnel(InputXGradient(case.model), case, 4, stdev, kind, 3)
         assert_same_attr(ours, theirs, _nt_tol(kind, "input_x_gradient"), f"{kind}(ixg) {name} {chunk}")
     logged = RowLog(case.model)
-    ours = fastattr.smoothgrad(logged, case.inputs, target=case.target, n_samples=4,
+    ours = smoothgrad_iid(logged, case.inputs, target=case.target, n_samples=4,
                                stdev=stdev, kind="smoothgrad", seed=3, additional_forward_args=case.afa,
                                explainer="integrated_gradients",
                                explainer_kwargs=dict(n_steps=3, method="riemann_trapezoid"),
@@ -432,7 +439,7 @@ def test_noise_tunnel_matches_captum(backend: str, name: str, explainer: str, ki
     fa_name, fa_kwargs, cls, captum_kwargs = EXPLAINERS[explainer]
     stdev = (0.25, 0.5) if name == "two_input" else 0.25
     tol = _nt_tol(kind, fa_name)
-    ours = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=3, stdev=stdev,
+    ours = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=3, stdev=stdev,
                                kind=kind, seed=123, additional_forward_args=case.afa,
                                explainer=fa_name, explainer_kwargs=fa_kwargs)
     theirs = captum_noise_tunnel(_captum_method(cls, case.model, fa_kwargs), case, 3, stdev, kind,
@@ -448,7 +455,7 @@ def test_noise_tunnel_ig_convergence_delta(backend: str, name: str, method: str)
     stdev = (0.2, 0.4) if name == "two_input" else 0.2
     base_forms = [_baseline_forms(x)["BF"][0] for x in case.xs]
     baselines = tuple(base_forms) if len(base_forms) > 1 else base_forms[0]
-    ours = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=4, stdev=stdev,
+    ours = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=4, stdev=stdev,
                                kind="smoothgrad", seed=9, additional_forward_args=case.afa,
                                explainer="integrated_gradients",
                                explainer_kwargs=dict(n_steps=5, method=method, baselines=baselines),
@@ -467,7 +474,7 @@ def test_noise_tunnel_float32(backend: str, name: str, explainer: str, kind: str
     case = _case(name, torch.float32, batch=2)
     fa_name, fa_kwargs, cls, captum_kwargs = EXPLAINERS[explainer]
     stdev = (0.25, 0.5) if name == "two_input" else 0.25
-    ours = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=3, stdev=stdev,
+    ours = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=3, stdev=stdev,
                                kind=kind, seed=4, additional_forward_args=case.afa,
                                explainer=fa_name, explainer_kwargs=fa_kwargs)
     theirs = captum_noise_tunnel(_captum_method(cls, case.model, fa_kwargs), case, 3, stdev, kind,
@@ -482,9 +489,9 @@ def test_noise_patch_is_not_vacuous(backend: str) -> None:
     gives results that are far from Captum's with seed 123's noise."""
     case = _case("mlp", batch=2)
     theirs = captum_noise_tunnel(Saliency(case.model), case, 3, 0.25, "smoothgrad", 123, abs=False)
-    same = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=3, stdev=0.25,
+    same = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=3, stdev=0.25,
                                seed=123, explainer_kwargs={"abs": False})
-    other = fastattr.smoothgrad(case.model, case.inputs, target=case.target, n_samples=3, stdev=0.25,
+    other = smoothgrad_iid(case.model, case.inputs, target=case.target, n_samples=3, stdev=0.25,
                                 seed=124, explainer_kwargs={"abs": False})
     assert _rel_err(same, theirs) <= TOL_F64_POINT
     assert _rel_err(other, theirs) > 1e-3
@@ -553,7 +560,7 @@ def test_low_precision_error_within_plain_pytorch(backend: str, name: str, dtype
     noisy = [ops.generate_rows(x, None, None, 3, "gaussian", s, 8, 65536 + i, 0, x.shape[0] * 3, 0)
              for i, (x, s) in enumerate(zip(low.xs, stdevs))]
     for kind in KINDS:
-        ours = fastattr.smoothgrad(low.model, low.inputs, n_samples=3, stdev=stdev, kind=kind, seed=8,
+        ours = smoothgrad_iid(low.model, low.inputs, n_samples=3, stdev=stdev, kind=kind, seed=8,
                                    explainer_kwargs={"abs": False}, **kw(low))
         plain_noise = [(xn - x.repeat_interleave(3, 0), s) for xn, x, s in zip(noisy, low.xs, stdevs)]
         with captum_uses_noise(plain_noise):
@@ -599,7 +606,7 @@ def test_smoothgrad_of_linear_model_is_its_weights(backend: str) -> None:
     x = _randn((3, 2, 4, 4), torch.float64, 22)
     model = Linear(w)
     for kind, expected in (("smoothgrad", w), ("smoothgrad_sq", w * w), ("vargrad", torch.zeros_like(w))):
-        out = fastattr.smoothgrad(model, x, n_samples=7, stdev=0.8, kind=kind, seed=1,
+        out = smoothgrad_iid(model, x, n_samples=7, stdev=0.8, kind=kind, seed=1,
                                   explainer_kwargs={"abs": False}, chunk_rows=4)
         # VarGrad = E[g^2] - E[g]^2 cancels: measured 1.8e-15 absolute (w^2 <= 6.3).
         torch.testing.assert_close(out, expected.expand_as(x), rtol=1e-14, atol=4e-15 * float((w * w).max()))
@@ -624,9 +631,9 @@ def test_smoothgrad_noise_statistics(backend: str) -> None:
     x = _randn((2, 64), torch.float64, 32)
     model = Quadratic(a)
     common = dict(n_samples=n, stdev=s, seed=77, explainer_kwargs={"abs": False})
-    sg = fastattr.smoothgrad(model, x, kind="smoothgrad", **common)
-    vg = fastattr.smoothgrad(model, x, kind="vargrad", **common)
-    sq = fastattr.smoothgrad(model, x, kind="smoothgrad_sq", **common)
+    sg = smoothgrad_iid(model, x, kind="smoothgrad", **common)
+    vg = smoothgrad_iid(model, x, kind="vargrad", **common)
+    sq = smoothgrad_iid(model, x, kind="smoothgrad_sq", **common)
 
     mean_z = (sg - 2 * a * x) / (2 * a * s)
     var_z = vg / (4 * a * a * s * s)
@@ -645,16 +652,16 @@ def test_smoothgrad_noise_statistics(backend: str) -> None:
     # Independent keys: the same input twice in a batch, or twice in a tuple,
     # gets different noise (sample means of z then differ by ~sqrt(2/N)).
     twice = x[:1].expand(2, 64).contiguous()
-    sg2 = fastattr.smoothgrad(model, twice, kind="smoothgrad", **common)
+    sg2 = smoothgrad_iid(model, twice, kind="smoothgrad", **common)
     assert (sg2[0] - sg2[1]).abs().max() > 1e-3
-    pair = fastattr.smoothgrad(lambda u, v: model(u) + model(v), (x, x.clone()), kind="smoothgrad", **common)
+    pair = smoothgrad_iid(lambda u, v: model(u) + model(v), (x, x.clone()), kind="smoothgrad", **common)
     assert (pair[0] - pair[1]).abs().max() > 1e-3
     assert torch.equal(pair[0], sg)  # input 0 of a tuple has the single input's key
 
     # InputXGradient on a linear model: attribution w * (x + s z).
     w = _randn((64,), torch.float64, 33)
     ixg = dict(n_samples=n, stdev=s, seed=5, explainer="input_x_gradient")
-    m1 = fastattr.smoothgrad(Linear(w), x, kind="smoothgrad", **ixg)
-    v1 = fastattr.smoothgrad(Linear(w), x, kind="vargrad", **ixg)
+    m1 = smoothgrad_iid(Linear(w), x, kind="smoothgrad", **ixg)
+    v1 = smoothgrad_iid(Linear(w), x, kind="vargrad", **ixg)
     assert ((m1 - w * x) / (w.abs() * s)).abs().max() <= 5.5 / math.sqrt(n)
     assert (v1 / (w * w * s * s) - (n - 1) / n).abs().max() <= 5.5 * math.sqrt(2 / n)

@@ -18,6 +18,7 @@ struct RowsParams {
   int64_t n_samples;        // noise samples per example
   int64_t baseline_stride;  // D for baselines [B, *F], 0 for [1, *F]
   Noise noise;
+  bool antithetic;          // sample n draws pair n / 2's noise, negated when n is odd
   double scale;             // noise stdev or L-infinity radius
   uint64_t seed;
   int64_t stream;
@@ -26,6 +27,8 @@ struct RowsParams {
 
 // Row r is example b = r / P, sample n = (r / S) % N, path step s = r % S
 // (P = N * S); output element i is element d = i % D of row row_start + i / D.
+// Antithetic noise keys sample n's draws as sample n / 2 and negates them
+// for odd n, so samples 2k and 2k + 1 are the pair (z, -z).
 // Arithmetic is in acc_t (float for half types, else scalar_t), rounded to
 // scalar_t once at the end. row() does the per-row index arithmetic and
 // noise_key() names the row's draws, so that a CPU loop does both once per
@@ -44,23 +47,26 @@ struct GenerateRowsKernel {
     int64_t b;      // example
     int64_t n;      // noise sample
     int64_t s;      // path step
+    double sign;    // the noise's sign: -1 for the odd sample of an antithetic pair, else +1
   };
 
   FASTATTR_HD Row row(int64_t local) const {
     const int64_t r = p.row_start + local;
-    return Row{local, r / (p.n_samples * p.n_steps), (r / p.n_steps) % p.n_samples,
-               r % p.n_steps};
+    const int64_t n = (r / p.n_steps) % p.n_samples;
+    return Row{local, r / (p.n_samples * p.n_steps), n, r % p.n_steps,
+               p.antithetic && (n & 1) != 0 ? -1.0 : 1.0};
   }
 
   FASTATTR_HD NoiseKey noise_key(const Row& w) const {
-    return NoiseKey{p.seed, p.stream, p.example_offset + w.b, w.n};
+    return NoiseKey{p.seed, p.stream, p.example_offset + w.b, p.antithetic ? w.n >> 1 : w.n};
   }
 
   // Element d of row w, given its noise draw z (unused with Noise::none).
+  // w.sign * z is exact (a multiply by +-1), so +1 leaves z's bits as they are.
   FASTATTR_HD void element(const Row& w, int64_t d, double z) const {
     acc_t x = static_cast<acc_t>(inputs[w.b * p.numel_per_row + d]);
     if (p.noise != Noise::none) {
-      x = x + static_cast<acc_t>(p.scale) * static_cast<acc_t>(z);
+      x = x + static_cast<acc_t>(p.scale) * static_cast<acc_t>(w.sign * z);
     }
     if (alphas != nullptr) {
       const acc_t base = static_cast<acc_t>(baselines[w.b * p.baseline_stride + d]);

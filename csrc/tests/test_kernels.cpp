@@ -290,6 +290,25 @@ void test_generate_rows_element() {
   kernel.element(kernel.row(0), 2, z);
   expect(out[2] == 0.0 + 0.5 * (x_n - 0.0), "noisy path point, row-wise");
 
+  // Antithetic noise: samples 0 and 1 of example 1 are pair 0's draw, +z and
+  // -z, per element (GPU) and row-wise (CPU) alike.
+  p.antithetic = true;
+  const double z_pair = keyed_gaussian({42, 3, 101, 0}, 2);
+  for (int64_t sample = 0; sample < 2; ++sample) {
+    p.row_start = 8 + 4 * sample + 2;  // example 1, this sample, step 2
+    const GenerateRowsKernel<double, double> pair_kernel{p, inputs, baselines, alphas, out};
+    const double x_pair = -3.0 + 0.1 * (sample == 0 ? z_pair : -z_pair);
+    out[2] = 1.0;
+    pair_kernel(2);
+    expect(out[2] == 0.0 + 0.5 * (x_pair - 0.0), "antithetic path point");
+    out[2] = 1.0;
+    const auto row = pair_kernel.row(0);
+    expect(pair_kernel.noise_key(row).sample == 0, "antithetic pair key");
+    pair_kernel.element(row, 2, z_pair);
+    expect(out[2] == 0.0 + 0.5 * (x_pair - 0.0), "antithetic path point, row-wise");
+  }
+  p.antithetic = false;
+
   // Without noise and path the row is the input, rounded once to float.
   const float inputs_f[6] = {1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f};
   float out_f[3];

@@ -1,4 +1,5 @@
 """Gradient explainers, one module each, all on the one engine."""
+from .adaptive_ig import IGAccuracy, adaptive_integrated_gradients
 from .cam_family import (
     ablation_cam, eigen_cam, grad_cam_plus_plus, hires_cam, layer_cam, score_cam, swin_reshape_transform,
     vit_reshape_transform, xgrad_cam,
@@ -29,9 +30,10 @@ from .saliency import saliency
 from .smoothgrad import smoothgrad
 
 # Public helpers that are not explainers (a metric's explainer name must be one of the others).
-HELPERS = ("default_composite", "swin_reshape_transform", "vit_reshape_transform", "zennit_composite")
+HELPERS = ("adaptive_integrated_gradients", "default_composite", "swin_reshape_transform", "vit_reshape_transform", "zennit_composite")
 
 __all__ = [
+    "IGAccuracy", "adaptive_integrated_gradients",
     "ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "score_cam",
     "swin_reshape_transform", "vit_reshape_transform", "xgrad_cam",
     "deconvolution", "deeplift", "deeplift_shap", "expected_gradients", "grad_cam", "gradient_shap", "guided_backprop",

@@ -48,9 +48,14 @@ def integrated_gradients(
     multiply_by_inputs: bool = True,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
-) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
+    rtol: Optional[float] = None,
+    max_steps: int = 256,
+    safety_factor: float = 1.0,
+) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Any]]:
     """Integrated gradients of ``model(inputs)[:, target]``, as Captum's
-    ``IntegratedGradients.attribute``.
+    ``IntegratedGradients.attribute``; or, with ``rtol``, each example's path
+    refined until its estimated error is below ``rtol``
+    (:func:`fastattr.attr.adaptive_ig.adaptive_integrated_gradients`).
 
     Args:
         model, inputs, target, additional_forward_args, memory_budget,
@@ -59,16 +64,44 @@ def integrated_gradients(
             (``[*F]``, ``[1, *F]``, ``[B, *F]``), or a tuple of those per input.
         n_steps: points on the path per example.
         method: ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``,
-            ``"riemann_trapezoid"`` or ``"gausslegendre"``.
+            ``"riemann_trapezoid"`` or ``"gausslegendre"``. On
+            ReLU networks the integrand is piecewise constant, every rule's
+            error falls as ``1 / n_steps``, and 50 steps can be far too few
+            (``docs/accuracy.md``): ``rtol`` chooses the steps per example.
         return_convergence_delta: also return ``[B]`` deltas
             ``sum(attributions) - (f(x)[t] - f(baseline)[t])``.
         multiply_by_inputs: multiply the path-averaged gradient by
             ``inputs - baselines`` (True, global attribution) or not (local).
+        rtol: None (a fixed rule of ``n_steps``), or the relative L2 error
+            each example's attribution is refined to, as estimated; then
+            ``n_steps`` and ``method`` must keep their defaults and
+            ``return_convergence_delta`` be False (the rule is the adaptive
+            trapezoid; the delta is in the report).
+        max_steps, safety_factor: with ``rtol``: the most path points per
+            example, and the factor the error estimate is multiplied by.
 
     Returns:
         Attributions shaped and typed like ``inputs``; with
-        ``return_convergence_delta`` a pair ``(attributions, delta [B])``.
+        ``return_convergence_delta`` a pair ``(attributions, delta [B])``;
+        with ``rtol`` a pair ``(attributions, accuracy)``, ``accuracy`` an
+        :class:`~fastattr.attr.adaptive_ig.IGAccuracy` of ``[B]`` tensors
+        ``error`` (estimated), ``steps``, ``converged`` and ``delta``.
     """
+    if rtol is not None:
+        for name, value, default in (("n_steps", n_steps, 50), ("method", method, "gausslegendre"),
+                                     ("return_convergence_delta", return_convergence_delta, False)):
+            if value != default:
+                raise ValueError(
+                    f"{name}: not taken with rtol (the adaptive rule picks the steps per example "
+                    f"and returns the convergence delta in its report), got {value!r}"
+                )
+        from .adaptive_ig import adaptive_integrated_gradients  # it imports this module
+
+        return adaptive_integrated_gradients(
+            model, inputs, baselines, target, additional_forward_args, rtol=rtol,
+            max_steps=max_steps, safety_factor=safety_factor, multiply_by_inputs=multiply_by_inputs,
+            memory_budget=memory_budget, chunk_rows=chunk_rows,
+        )
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
         lambda xs: path_plan(n_steps, method, multiply_by_inputs),

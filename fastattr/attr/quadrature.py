@@ -48,3 +48,12 @@ def path_rule(method: str, n_steps: int) -> Tuple[Tensor, Tensor]:
     else:  # riemann_right
         alphas = torch.linspace(1 / n, 1, n, dtype=torch.float64)
     return alphas, sizes
+
+
+def nested_trapezoid_start() -> Tuple[Tensor, float]:
+    """The first panels of the adaptive trapezoid rule
+    (:mod:`fastattr.attr.adaptive_ig`): alphas ``0, 1/4, 1/2, 3/4, 1``
+    (float64 ``[5]``, CPU) and the panels' width ``1/4``. Bisecting a panel
+    adds its midpoint, so every alpha stays a dyadic fraction (exact in any
+    float dtype down to the panel widths the refinement allows)."""
+    return torch.linspace(0, 1, 5, dtype=torch.float64), 0.25

@@ -45,7 +45,9 @@ class PointPlan:
     alphas: Optional[Tensor]  # float64 [S] path positions, or None (S = 1, no path)
     step_weights: Tensor  # float64 [S]
     n_samples: int = 1
-    noise: str = "none"  # "none" | "gaussian" | "uniform"
+    # "none" | "gaussian" | "uniform", or "gaussian_antithetic" | "uniform_antithetic"
+    # (sample n takes pair n // 2's draws times (-1)^n; csrc/README.md section 3)
+    noise: str = "none"
     noise_scales: Tuple[float, ...] = ()  # one stdev / radius per input
     seed: int = 0
     # Random draws key example b as example_offset + b: its index in a data
@@ -66,6 +68,12 @@ class PointPlan:
     def stream(self, input_index: int) -> int:
         """Philox stream of input ``input_index`` for this plan's purpose."""
         return self.purpose * 65536 + input_index
+
+
+def noise_kind(kind: str, antithetic: bool) -> str:
+    """The row generator's name of noise ``kind`` (``"gaussian"`` or
+    ``"uniform"``), drawn in antithetic pairs ``(z, -z)`` when ``antithetic``."""
+    return f"{kind}_antithetic" if antithetic else kind
 
 
 @functools.lru_cache(maxsize=None)
