@@ -10,17 +10,21 @@ from .faithfulness_monotonicity import monotonicity, monotonicity_correlation
 from .faithfulness_regions import random_patch_order, region_perturbation, selectivity
 from .faithfulness_sufficiency import sufficiency
 from .fragility import FragilityResult, fragility
+from .imputation import linear_imputation, noisy_linear_imputation
 from .infidelity import infidelity
+from .irof import IROFCurve, irof
 from .lipschitz import local_lipschitz_estimate
 from .localisation import (
     attribution_localisation, focus, localisation_auc, pointing_game, relevance_mass_accuracy,
     relevance_rank_accuracy, top_k_localisation,
 )
 from .randomization import RandomizationResult, keyed_uniform_init, model_randomization, parameterized_layers
+from .road import road
 from .robustness import AttackAccuracy, fgsm_accuracy, pgd_accuracy
 from .sensitivity import avg_sensitivity, max_sensitivity
 from .similarity import pearson, spearman, ssim, top_k_intersection
 from .stability import relative_input_stability
+from .superpixels import slic
 
 __all__ = [
     "AttackAccuracy", "Curve", "Explainer", "FragilityResult", "RandomizationResult", "avg_sensitivity",
@@ -33,4 +37,5 @@ __all__ = [
     "localisation_auc", "mean_shifted_model", "monotonicity", "monotonicity_correlation", "non_sensitivity",
     "pointing_game", "random_patch_order", "region_perturbation", "relevance_mass_accuracy",
     "relevance_rank_accuracy", "selectivity", "sensitivity_n", "sparseness", "sufficiency", "top_k_localisation",
+    "IROFCurve", "irof", "linear_imputation", "noisy_linear_imputation", "road", "slic",
 ]

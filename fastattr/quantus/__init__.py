@@ -8,18 +8,20 @@ from ._faithfulness import (
 from ._faithfulness_regions import RegionPerturbation, Selectivity
 from ._faithfulness_sufficiency import Sufficiency
 from ._infidelity import Infidelity
+from ._irof import IROF
 from ._localisation import (
     AUC, AttributionLocalisation, Focus, PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy,
     TopKIntersection,
 )
 from ._pixel_flipping import PixelFlipping
 from ._randomization import MPRT
+from ._road import ROAD
 from ._sensitivity import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 
 __all__ = [
     "AUC", "AttributionLocalisation", "AvgSensitivity", "Completeness", "Complexity", "EffectiveComplexity",
-    "FaithfulnessCorrelation", "FaithfulnessEstimate", "Focus", "Infidelity", "InputInvariance",
+    "FaithfulnessCorrelation", "FaithfulnessEstimate", "Focus", "IROF", "Infidelity", "InputInvariance",
     "LocalLipschitzEstimate", "MPRT", "MaxSensitivity", "Monotonicity", "MonotonicityCorrelation",
-    "NonSensitivity", "PixelFlipping", "PointingGame", "RegionPerturbation", "RelevanceMassAccuracy",
+    "NonSensitivity", "PixelFlipping", "PointingGame", "ROAD", "RegionPerturbation", "RelevanceMassAccuracy",
     "RelevanceRankAccuracy", "Selectivity", "SensitivityN", "Sparseness", "Sufficiency", "TopKIntersection",
 ]
