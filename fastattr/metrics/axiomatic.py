@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import _validate as v
 from ..engine import PURPOSE_PERTURBATION, forward_rows, row_examples
 from ._explain import Explainer, ExplainerType
-from .deletion import Baseline, _flipping_fill, _prepare
+from .deletion import Baseline, flipping_fill, prepare_curve_call
 from .infidelity import AttributionsOrExplainer, check_model
 
 _NAMED_BASELINES = ("black", "white", "mean", "uniform")
@@ -43,14 +43,14 @@ def _replacement(baseline: Baseline, x: Tensor, n_steps: int, seed: int, uniform
     if isinstance(baseline, str) and v.check_choice(baseline, "baseline", _NAMED_BASELINES) == "mean":
         mean = x.reshape(x.shape[0], -1).to(torch.float64).mean(1).to(x.dtype)
         return mean.view(-1, *([1] * (x.dim() - 1))), False
-    return _flipping_fill(baseline, x, n_steps, seed, uniform_low, uniform_high, example_offset, stream)
+    return flipping_fill(baseline, x, n_steps, seed, uniform_low, uniform_high, example_offset, stream)
 
 
 def _prepare_replacing(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
                        additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
                        example_offset: int, baseline: Baseline, seed: int, uniform_low: float, uniform_high: float,
                        stream: int, n_steps: Callable[[Tensor], int]):
-    """The curves' checked arguments (:func:`~fastattr.metrics.deletion._prepare`)
+    """The curves' checked arguments (:func:`~fastattr.metrics.deletion.prepare_curve_call`)
     plus ``(fill, per_step)`` of :func:`_replacement` with ``n_steps(x)``
     columns, made (so checked) before an explainer given as ``attributions`` runs."""
     made = []
@@ -58,7 +58,7 @@ def _prepare_replacing(model: Any, inputs: Any, attributions: AttributionsOrExpl
     def validate(x: Tensor) -> None:
         made.append(_replacement(baseline, x, n_steps(x), seed, uniform_low, uniform_high, example_offset, stream))
 
-    prepared = _prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
+    prepared = prepare_curve_call(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                         memory_budget, chunk_rows, example_offset, validate)
     return (*prepared, *made[0])
 

@@ -106,9 +106,9 @@ class ReplacedRows:
         return (torch.where(replaced, fill, source),)
 
 
-def _prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
-             additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
-             example_offset: int = 0, validate: Optional[Callable[[Tensor], Any]] = None):
+def prepare_curve_call(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
+                       additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
+                       example_offset: int = 0, validate: Optional[Callable[[Tensor], Any]] = None):
     """Checked arguments shared by every curve: ``(x, attrs, target, args,
     model_for_output, memory_budget, chunk_rows)``. ``validate(x)`` runs the
     caller's own checks of the input before an explainer runs."""
@@ -198,7 +198,7 @@ def curve_outputs(model: Callable[..., Tensor], rows: ReplacedRows, x: Tensor, t
 def _fraction_curve(remove: bool, model, inputs, attributions, target, n_steps, baseline, output,
                     additional_forward_args, explainer_kwargs, blur_sigma, blur_kernel_size,
                     memory_budget, chunk_rows) -> Curve:
-    x, attrs, target, args, evaluated, memory_budget, chunk_rows = _prepare(
+    x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows)
     counts = _fraction_counts(attrs[0].numel(), n_steps, x.device)
@@ -280,9 +280,9 @@ def insertion_curve(
                            memory_budget, chunk_rows)
 
 
-def _flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_low: float,
-                   uniform_high: float, example_offset: int,
-                   stream: int = PIXEL_FLIPPING_STREAM) -> Tuple[Tensor, bool]:
+def flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_low: float,
+                  uniform_high: float, example_offset: int,
+                  stream: int = PIXEL_FLIPPING_STREAM) -> Tuple[Tensor, bool]:
     """``(fill, per_step)``: Quantus's ``perturb_baseline`` as fill values:
     ``"black"``/``"white"`` the example's min/max ``[B, 1, ...]``, a number or
     tensor ``[1 or B, *F]``, or ``"uniform"`` a keyed table ``[B, n_points]``
@@ -350,14 +350,14 @@ def pixel_flipping(
         ``[B]`` (trapezoids of width 1, Quantus's ``return_auc_per_sample``).
     """
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
-    x, attrs, target, args, evaluated, memory_budget, chunk_rows = _prepare(
+    x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset)
     step = v.check_positive_int(features_in_step, "features_in_step")
     n_features = x[0].numel()
     n_points = -(-n_features // step)
     counts = (torch.arange(1, n_points + 1, dtype=torch.int64, device=x.device) * step).clamp_(max=n_features)
-    fill, per_step = _flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high, example_offset)
+    fill, per_step = flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high, example_offset)
     if order is None:
         order = descending_order(attrs.expand(x.shape))
     elif not isinstance(order, Tensor) or order.shape != (x.shape[0], n_features) or order.dtype != torch.int64:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..engine import PURPOSE_PERTURBATION
-from .deletion import Baseline, _flipping_fill, _prepare, descending_order
+from .deletion import Baseline, flipping_fill, prepare_curve_call, descending_order
 from .infidelity import AttributionsOrExplainer
 from .similarity import average_ranks, pearson
 
@@ -87,10 +87,10 @@ def prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, targ
     def validate(x: Tensor) -> None:
         if check is not None:
             check(x)
-        made.append(_flipping_fill(baseline, x, n_fill(x), seed, uniform_low, uniform_high, example_offset,
+        made.append(flipping_fill(baseline, x, n_fill(x), seed, uniform_low, uniform_high, example_offset,
                                    stream))
 
-    x, attrs, target, args, evaluated, memory_budget, chunk_rows = _prepare(
+    x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset, validate)
     (fill, per_step), = made

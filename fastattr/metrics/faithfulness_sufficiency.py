@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as v
-from .deletion import _prepare
+from .deletion import prepare_curve_call
 from .infidelity import AttributionsOrExplainer
 from .robustness import predicted_classes
 
@@ -101,7 +101,7 @@ def sufficiency(
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     threshold = check_threshold(threshold)
     v.check_choice(distance, "distance", DISTANCES)
-    x, attrs, _, args, _, memory_budget, chunk_rows = _prepare(
+    x, attrs, _, args, _, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, "logit", additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset)
     predicted = predicted_classes(model, lambda r0, r1: x[r0:r1], x.shape[0], args, x[:1], memory_budget,

@@ -30,7 +30,7 @@ from .. import _validate as v
 from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_PERTURBATION
-from .deletion import ReplacedRows, _prepare, curve_outputs, ranks_of
+from .deletion import ReplacedRows, prepare_curve_call, curve_outputs, ranks_of
 from .infidelity import AttributionsOrExplainer
 from .superpixels import segment_counts, slic
 
@@ -166,7 +166,7 @@ def irof(
                 raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if segments is not None:
         segments = check_segments(segments, inputs)
-    x, attrs, target, args, evaluated, memory_budget, chunk_rows = _prepare(
+    x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset)
     b, c, h, w = x.shape

@@ -23,7 +23,7 @@ from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_PERTURBATION, forward_rows, row_examples
 from ..engine import budget as _budget
-from .deletion import _prepare, descending_order, ranks_of
+from .deletion import prepare_curve_call, descending_order, ranks_of
 from .imputation import DEFAULT_TOL, check_tol, noisy_linear_imputation
 from .infidelity import AttributionsOrExplainer
 
@@ -163,7 +163,7 @@ def road(
                              f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
         if not torch.equal(order.sort(dim=1).values.cpu(), torch.arange(h * w).expand(order.shape)):
             raise ValueError(f"order: each row must be a permutation of 0 .. {h * w - 1}")
-    x, attrs, _, args, evaluated, memory_budget, chunk_rows = _prepare(
+    x, attrs, _, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset)
     if attrs.shape[1] != 1:
