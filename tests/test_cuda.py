@@ -325,3 +325,15 @@ def test_cuda_audit_torchrun_two_ranks_nccl(tmp_path) -> None:
     one = run_audit(tmp_path / "one", "cuda", tf32=True)
     two = run_audit_torchrun(tmp_path / "two", "cuda", ranks=2)
     pd.testing.assert_frame_equal(two, one, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+def test_cuda_nan_stays_nan() -> None:
+    """NaN in gives NaN out on both devices (its bits are the hardware's:
+    csrc/README.md); every other element keeps the CPU's bits."""
+    z = torch.tensor([float("nan"), -float("nan"), 1.5, -0.0, 0.0, float("inf")], dtype=torch.float32)
+    x = torch.tensor([[float("nan"), 1.0, -2.0]], dtype=torch.float64)
+    for cpu, gpu in ((ops.stabilize(z, 0.25), ops.stabilize(z.to(DEVICE), 0.25)),
+                     (_generate(x, 2, 0, 2), _generate(x.to(DEVICE), 2, 0, 2))):
+        gpu = gpu.cpu()
+        assert torch.equal(gpu.isnan(), cpu.isnan())
+        assert torch.equal(gpu[~gpu.isnan()], cpu[~cpu.isnan()])
