@@ -4,6 +4,8 @@ explanation computed once and shared."""
 from ._explain import Explainer
 from .axiomatic import completeness, input_invariance, mean_shifted_model, non_sensitivity
 from .complexity import effective_complexity, entropy_complexity, sparseness
+from .consistency import consistency
+from .continuity import continuity
 from .deletion import Curve, deletion_curve, insertion_curve, pixel_flipping
 from .faithfulness import correlation_subsets, faithfulness_correlation, faithfulness_estimate, sensitivity_n
 from .faithfulness_monotonicity import monotonicity, monotonicity_correlation
@@ -18,12 +20,16 @@ from .localisation import (
     attribution_localisation, focus, localisation_auc, pointing_game, relevance_mass_accuracy,
     relevance_rank_accuracy, top_k_localisation,
 )
-from .randomization import RandomizationResult, keyed_uniform_init, model_randomization, parameterized_layers
+from .random_logit import random_logit
+from .randomization import (
+    ComplexityChange, RandomizationResult, discrete_entropy, efficient_model_randomization, keyed_uniform_init,
+    model_randomization, parameterized_layers, smooth_model_randomization,
+)
 from .road import road
 from .robustness import AttackAccuracy, fgsm_accuracy, pgd_accuracy
 from .sensitivity import avg_sensitivity, max_sensitivity
 from .similarity import pearson, spearman, ssim, top_k_intersection
-from .stability import relative_input_stability
+from .stability import relative_input_stability, relative_output_stability, relative_representation_stability
 from .superpixels import slic
 
 __all__ = [
@@ -38,4 +44,7 @@ __all__ = [
     "pointing_game", "random_patch_order", "region_perturbation", "relevance_mass_accuracy",
     "relevance_rank_accuracy", "selectivity", "sensitivity_n", "sparseness", "sufficiency", "top_k_localisation",
     "IROFCurve", "irof", "linear_imputation", "noisy_linear_imputation", "road", "slic",
+    # Quantus's robustness and randomisation metrics
+    "ComplexityChange", "consistency", "continuity", "discrete_entropy", "efficient_model_randomization",
+    "random_logit", "relative_output_stability", "relative_representation_stability", "smooth_model_randomization",
 ]

@@ -12,7 +12,9 @@ so a seed gives the same randomized model in any process or device.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from numbers import Real
 from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -21,12 +23,15 @@ from torch import Tensor, nn
 from .. import _validate as v
 from .. import ops
 from ..attr.smoothgrad import check_seed
-from ..engine import PURPOSE_RANDOMIZATION
+from ..engine import PURPOSE_RANDOMIZATION, PURPOSE_SMOOTHGRAD
 from ..engine.train_mode import warn_no_more
 from ._explain import Explainer, ExplainerType
+from .continuity import ExplainGivenRows, block_examples, explain_in_blocks, explainer_of_rows, formatted_call
 from .similarity import spearman, ssim
 
 ORDERS = ("cascading", "independent")
+# The smooth and efficient tests also randomize cumulatively from the first layer up (Quantus's default there).
+ALL_ORDERS = ORDERS + ("bottom_up",)
 # Randomize(name, module, module_index): redraw a module's parameters in place.
 Randomize = Callable[[str, nn.Module, int], None]
 
@@ -72,10 +77,11 @@ def randomized_models(
     model: nn.Module, layers: Sequence[str], order: str, randomize: Randomize
 ) -> Iterator[Tuple[str, nn.Module]]:
     """``(layer, model copy)`` per step: ``cascading`` randomizes ``layers``
-    from the last one backwards, cumulatively; ``independent`` randomizes
-    each alone, in the given order (the previous layer's parameters and
-    buffers restored first). One deep copy serves every step (it is
-    yielded again, changed: use it before the next step)."""
+    from the last one backwards, cumulatively; ``bottom_up`` from the first
+    one forwards, cumulatively; ``independent`` randomizes each alone, in
+    the given order (the previous layer's parameters and buffers restored
+    first). One deep copy serves every step (it is yielded again, changed:
+    use it before the next step)."""
     index = {name: i for i, (name, _) in enumerate(model.named_modules())}
     twin = copy.deepcopy(model)
     warn_no_more(twin)  # a train-mode model is warned about once: the original, not each copy
@@ -110,6 +116,27 @@ def _check_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str
     bad = [n for n in chosen if not isinstance(n, str) or n not in names]
     if not chosen or bad:
         raise ValueError(f"layers: expected a non-empty list of module names of the model, unknown: {bad}")
+    return chosen
+
+
+def _check_ssim_win_size(ssim_win_size: Any, features: int) -> None:
+    if isinstance(ssim_win_size, bool) or not isinstance(ssim_win_size, int) or ssim_win_size % 2 == 0 \
+            or not 3 <= ssim_win_size <= features:
+        raise ValueError(
+            f"ssim_win_size: expected an odd integer in [3, {features}] (features per example), got {ssim_win_size!r}"
+        )
+
+
+def _check_randomization(model: Any, order: Any, layers: Optional[Sequence[str]], seed: Any,
+                         randomize: Any) -> List[str]:
+    """Check what the smooth and efficient tests randomize; return the layers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module (its parameters are randomized), got {type(model).__name__}")
+    v.check_choice(order, "order", ALL_ORDERS)
+    chosen = _check_layers(model, layers)
+    check_seed(seed)
+    if randomize is not None and not callable(randomize):
+        raise TypeError(f"randomize: expected None or a callable, got {type(randomize).__name__}")
     return chosen
 
 
@@ -182,11 +209,7 @@ def model_randomization(
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
     offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     features = sum(x[0].numel() for x in xs)
-    if isinstance(ssim_win_size, bool) or not isinstance(ssim_win_size, int) or ssim_win_size % 2 == 0 \
-            or not 3 <= ssim_win_size <= features:
-        raise ValueError(
-            f"ssim_win_size: expected an odd integer in [3, {features}] (features per example), got {ssim_win_size!r}"
-        )
+    _check_ssim_win_size(ssim_win_size, features)
     if randomize is not None and not callable(randomize):
         raise TypeError(f"randomize: expected None or a callable, got {type(randomize).__name__}")
     explain = Explainer(explainer, explainer_kwargs)
@@ -194,18 +217,245 @@ def model_randomization(
     def explanation(m: nn.Module) -> Tensor:
         return _flat(explain(m, xs, was_tuple, target, additional_forward_args, budget, offset), absolute)
 
-    if attributions is None:
-        clean = explanation(model)
-    else:
-        given, _ = v.format_inputs(attributions)
-        if len(given) != len(xs) or any(a.shape != x.shape for a, x in zip(given, xs)):
-            raise ValueError(f"attributions: expected tensors shaped like the inputs "
-                             f"{[list(x.shape) for x in xs]}, got {[list(a.shape) for a in given]}")
-        clean = _flat(tuple(a.detach() for a in given), absolute)
+    clean = explanation(model) if attributions is None else _given(attributions, xs, absolute)
+    return _similarities(model, chosen, order, randomize or keyed_uniform_init(seed), explanation, clean,
+                         ssim_win_size)
+
+
+def _given(attributions: v.TensorOrTuple, xs: Tuple[Tensor, ...], absolute: bool) -> Tensor:
+    """The caller's explanation of the original model, flat ``[B, D]``."""
+    given, _ = v.format_inputs(attributions)
+    if len(given) != len(xs) or any(a.shape != x.shape for a, x in zip(given, xs)):
+        raise ValueError(f"attributions: expected tensors shaped like the inputs "
+                         f"{[list(x.shape) for x in xs]}, got {[list(a.shape) for a in given]}")
+    return _flat(tuple(a.detach() for a in given), absolute)
+
+
+def _similarities(model: nn.Module, layers: List[str], order: str, randomize: Randomize,
+                  explanation: Callable[[nn.Module], Tensor], clean: Tensor, ssim_win_size: int) -> RandomizationResult:
+    """Spearman and SSIM of ``clean`` (flat ``[B, D]``) with ``explanation(m)``
+    of every randomized model ``m``, in step order."""
     rho, structural = [], []
-    for _, twin in randomized_models(model, chosen, order, randomize or keyed_uniform_init(seed)):
+    for _, twin in randomized_models(model, layers, order, randomize):
         randomized = explanation(twin)
         rho.append(spearman(clean, randomized))
         structural.append(ssim(clean, randomized, ssim_win_size))
-    steps = list(reversed(chosen)) if order == "cascading" else chosen
+    steps = list(reversed(layers)) if order == "cascading" else layers
     return RandomizationResult(steps, torch.stack(rho), torch.stack(structural))
+
+
+# -- smooth MPRT: each model's explanation averaged over noisy copies ---------------
+
+
+def noisy_copies(xs: Tuple[Tensor, ...], e0: int, e1: int, n_samples: int, noise_magnitude: float, seed: int,
+                 example_offset: int) -> Tuple[Tensor, ...]:
+    """``[b * n_samples, *F_i]`` per input, examples ``e0 .. e1-1``: per
+    example, ``n_samples - 1`` copies ``x + s z`` and then ``x`` itself
+    (Quantus's SmoothMPRT: its last sample is noise-free). ``s`` is
+    ``noise_magnitude * (max - min)`` of the example's values, ``z`` keyed
+    standard normal noise (``(seed, example_offset + b, n, element)``,
+    SmoothGrad's stream: the same noise for every model explained)."""
+    out = []
+    for i, x in enumerate(xs):
+        block = x[e0:e1]
+        b, features = block.shape[0], block.shape[1:]
+        rows = block.unsqueeze(1).repeat(1, n_samples, *([1] * len(features)))  # [b, N, *F]
+        if n_samples > 1:
+            z = ops.generate_rows(torch.zeros_like(block), None, None, n_samples - 1, "gaussian", 1.0, seed,
+                                  PURPOSE_SMOOTHGRAD * 65536 + i, 0, b * (n_samples - 1), example_offset + e0)
+            flat = block.reshape(b, -1)
+            spread = (flat.amax(1) - flat.amin(1)) * noise_magnitude
+            rows[:, :-1] += spread.view(b, 1, *([1] * len(features))) * z.view(b, n_samples - 1, *features)
+        out.append(rows.reshape(b * n_samples, *features))
+    return tuple(out)
+
+
+def smoothed_explanation(explain_rows: ExplainGivenRows, xs: Tuple[Tensor, ...], n_samples: int,
+                         noise_magnitude: float, seed: int, example_offset: int,
+                         examples_per_block: int) -> Tuple[Tensor, ...]:
+    """float64 ``[B, *A_i]``: the mean of ``explain_rows`` over each example's
+    :func:`noisy_copies` (made and explained a block of examples at a time)."""
+    batch = xs[0].shape[0]
+    means: List[Optional[Tensor]] = [None] * len(xs)
+
+    def rows_for(e0: int, e1: int) -> Tuple[Tensor, ...]:
+        return noisy_copies(xs, e0, e1, n_samples, noise_magnitude, seed, example_offset)
+
+    def consume(_rows: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], e0: int, e1: int) -> None:
+        for i, a in enumerate(attrs):
+            if means[i] is None:
+                means[i] = torch.empty((batch, *a.shape[1:]), dtype=torch.float64, device=a.device)
+            means[i][e0:e1] = a.to(torch.float64).view(e1 - e0, n_samples, *a.shape[1:]).mean(1)
+
+    explain_in_blocks(explain_rows, batch, n_samples, rows_for, consume, examples_per_block, xs[0].device)
+    return tuple(means)
+
+
+def _check_noise_magnitude(noise_magnitude: Any) -> float:
+    if isinstance(noise_magnitude, bool) or not isinstance(noise_magnitude, Real) \
+            or not math.isfinite(noise_magnitude) or noise_magnitude < 0:
+        raise ValueError(f"noise_magnitude: expected a finite number >= 0, got {noise_magnitude!r}")
+    return float(noise_magnitude)
+
+
+def smooth_model_randomization(
+    model: nn.Module,
+    inputs: v.TensorOrTuple,
+    target: v.TargetType = None,
+    explainer: ExplainerType = "saliency",
+    explainer_kwargs: Optional[Mapping[str, Any]] = None,
+    order: str = "bottom_up",
+    layers: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    n_samples: int = 50,
+    noise_magnitude: float = 0.1,
+    absolute: bool = True,
+    ssim_win_size: int = 7,
+    randomize: Optional[Randomize] = None,
+    additional_forward_args: Any = None,
+    memory_budget: Optional[int] = None,
+    attributions: Optional[v.TensorOrTuple] = None,
+    example_offset: int = 0,
+) -> RandomizationResult:
+    """Smooth model-parameter randomization test (Hedström et al. 2023,
+    "Sanity checks revisited"): :func:`model_randomization` where every
+    model's explanation is the mean over ``n_samples`` noisy copies of each
+    example (:func:`noisy_copies`: ``n_samples - 1`` with Gaussian noise of
+    standard deviation ``noise_magnitude * (max - min)`` of the example, and
+    the example itself), which denoises the comparison.
+
+    The noisy copies of a block of examples are explained in one call (one
+    engine plan for saliency, input x gradient and integrated gradients);
+    their noise is keyed by ``(seed, example, sample)``, the same for every model.
+
+    Args:
+        model, inputs, target, explainer, explainer_kwargs, layers, absolute,
+            ssim_win_size, randomize, additional_forward_args, memory_budget,
+            attributions, example_offset: as :func:`model_randomization`.
+        order: ``"bottom_up"`` (default, as Quantus's SmoothMPRT),
+            ``"cascading"`` or ``"independent"``.
+        seed: key of the randomized parameters and of the noise (int >= 0).
+        n_samples: copies averaged per example (>= 1; 1: no noise).
+        noise_magnitude: the noise's standard deviation over the example's range (>= 0).
+
+    Returns:
+        :class:`RandomizationResult`.
+    """
+    chosen = _check_randomization(model, order, layers, seed, randomize)
+    n_samples = v.check_positive_int(n_samples, "n_samples")
+    magnitude = _check_noise_magnitude(noise_magnitude)
+    offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
+    exp, req, was_tuple = formatted_call(model, inputs, target, explainer, explainer_kwargs,
+                                         additional_forward_args, memory_budget, None)
+    xs = req.inputs
+    features = sum(x[0].numel() for x in xs)
+    _check_ssim_win_size(ssim_win_size, features)
+    blocks = block_examples(xs, n_samples, memory_budget)
+
+    def explanation(m: nn.Module) -> Tensor:
+        rows = explainer_of_rows(exp, dataclasses.replace(req, model=m), was_tuple, memory_budget, offset, n_samples)
+        return _flat(smoothed_explanation(rows, xs, n_samples, magnitude, seed, offset, blocks), absolute)
+
+    clean = explanation(model) if attributions is None else _given(attributions, xs, absolute)
+    return _similarities(model, chosen, order, randomize or keyed_uniform_init(seed), explanation, clean,
+                         ssim_win_size)
+
+
+# -- efficient MPRT: the explanation's complexity before and after ------------------
+
+
+class ComplexityChange(NamedTuple):
+    """Discrete entropy of the explanation of the original and of the randomized model."""
+
+    original: Tensor  # float64 [B]
+    randomized: Tensor  # float64 [B]
+    relative: Tensor  # float64 [B]: (randomized - original) / original
+
+
+def histogram_counts(a: Tensor, n_bins: int) -> Tensor:
+    """int64 ``[B, n_bins]``: ``np.histogram(a[b], bins=n_bins)`` of each row of
+    ``a`` ``[B, D]``: equal bins over ``[min, max]`` (``[v - 0.5, v + 0.5]``
+    for a constant row), edges and bin indices computed in ``a``'s dtype
+    exactly as numpy does, so values on an edge land in numpy's bin."""
+    lo, hi = a.amin(1, keepdim=True), a.amax(1, keepdim=True)
+    same = lo == hi
+    lo, hi = torch.where(same, lo - 0.5, lo), torch.where(same, hi + 0.5, hi)
+    delta = hi - lo
+    # np.linspace(lo, hi, n_bins + 1) in a's dtype (a zero step: numpy's denormal path)
+    k = torch.arange(n_bins + 1, dtype=a.dtype, device=a.device)
+    step = delta / n_bins
+    edges = torch.where(step == 0, k / n_bins * delta, k * step) + lo
+    edges[:, -1:] = hi
+    index = ((a - lo) / delta * n_bins).to(torch.int64)
+    index = torch.where(index == n_bins, n_bins - 1, index)
+    index = index - (a < edges.gather(1, index)).to(torch.int64)
+    index = index + ((a >= edges.gather(1, index + 1)) & (index != n_bins - 1)).to(torch.int64)
+    counts = torch.zeros(a.shape[0], n_bins, dtype=torch.int64, device=a.device)
+    return counts.scatter_add_(1, index, torch.ones_like(index))
+
+
+def discrete_entropy(a: Tensor, n_bins: int = 100) -> Tensor:
+    """float64 ``[B]``: the Shannon entropy (nats) of the histogram of each
+    example's values (``a`` ``[B, *F]``, flattened) in ``n_bins`` equal bins
+    (:func:`histogram_counts`), as Quantus's ``discrete_entropy``
+    (``scipy.stats.entropy`` of ``np.histogram``'s counts)."""
+    flat = a.reshape(a.shape[0], -1)
+    if not v._all_finite(flat):
+        raise ValueError("explanation: contains NaN or Inf (a histogram needs a finite range)")
+    p = histogram_counts(flat, n_bins).to(torch.float64)
+    p = p / p.sum(1, keepdim=True)
+    return -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(1)
+
+
+def efficient_model_randomization(
+    model: nn.Module,
+    inputs: v.TensorOrTuple,
+    target: v.TargetType = None,
+    explainer: ExplainerType = "saliency",
+    explainer_kwargs: Optional[Mapping[str, Any]] = None,
+    order: str = "bottom_up",
+    layers: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    n_bins: int = 100,
+    randomize: Optional[Randomize] = None,
+    additional_forward_args: Any = None,
+    memory_budget: Optional[int] = None,
+    example_offset: int = 0,
+) -> ComplexityChange:
+    """Efficient model-parameter randomization test (Hedström et al. 2023):
+    the relative change of the explanation's discrete entropy
+    (:func:`discrete_entropy`, every input joined) from the original model
+    to the model after the last randomization step (every layer, for the
+    cumulative orders); higher is better.
+
+    Only those two models are explained: the intermediate steps randomize
+    the one model copy and are not explained.
+
+    Args:
+        model, inputs, target, explainer, explainer_kwargs, layers, seed,
+            randomize, additional_forward_args, memory_budget, example_offset:
+            as :func:`model_randomization`.
+        order: as :func:`smooth_model_randomization` (default ``"bottom_up"``).
+        n_bins: bins of the histograms (>= 1).
+
+    Returns:
+        :class:`ComplexityChange`.
+    """
+    chosen = _check_randomization(model, order, layers, seed, randomize)
+    xs, was_tuple = v.format_inputs(inputs)
+    xs = tuple(x.detach() for x in xs)
+    n_bins = v.check_positive_int(n_bins, "n_bins")
+    budget = v.check_optional_positive_int(memory_budget, "memory_budget")
+    offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
+    explain = Explainer(explainer, explainer_kwargs)
+
+    def entropy(m: nn.Module) -> Tensor:
+        attrs = explain(m, xs, was_tuple, target, additional_forward_args, budget, offset)
+        return discrete_entropy(_flat(attrs, absolute=False), n_bins)
+
+    original = entropy(model)
+    twin = model
+    for _, twin in randomized_models(model, chosen, order, randomize or keyed_uniform_init(seed)):
+        pass  # each step randomizes the copy further; only the last is explained
+    randomized = entropy(twin)
+    return ComplexityChange(original, randomized, (randomized - original) / original)

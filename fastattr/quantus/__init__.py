@@ -2,6 +2,8 @@
 computed on fastattr's engine with keyed perturbations."""
 from ._axiomatic import Completeness, InputInvariance, NonSensitivity
 from ._complexity import Complexity, EffectiveComplexity, Sparseness
+from ._consistency import Consistency
+from ._continuity import Continuity
 from ._faithfulness import (
     FaithfulnessCorrelation, FaithfulnessEstimate, Monotonicity, MonotonicityCorrelation, SensitivityN,
 )
@@ -14,12 +16,15 @@ from ._localisation import (
     TopKIntersection,
 )
 from ._pixel_flipping import PixelFlipping
-from ._randomization import MPRT
+from ._randomization import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 from ._road import ROAD
 from ._sensitivity import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+from ._stability import RelativeInputStability, RelativeOutputStability, RelativeRepresentationStability
 
 __all__ = [
-    "AUC", "AttributionLocalisation", "AvgSensitivity", "Completeness", "Complexity", "EffectiveComplexity",
+    "AUC", "AttributionLocalisation", "AvgSensitivity", "Completeness", "Complexity", "Consistency", "Continuity",
+    "EffectiveComplexity", "EfficientMPRT", "RandomLogit", "RelativeInputStability", "RelativeOutputStability",
+    "RelativeRepresentationStability", "SmoothMPRT",
     "FaithfulnessCorrelation", "FaithfulnessEstimate", "Focus", "IROF", "Infidelity", "InputInvariance",
     "LocalLipschitzEstimate", "MPRT", "MaxSensitivity", "Monotonicity", "MonotonicityCorrelation",
     "NonSensitivity", "PixelFlipping", "PointingGame", "ROAD", "RegionPerturbation", "RelevanceMassAccuracy",
