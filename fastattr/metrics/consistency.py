@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _validate as v
 from ._explain import ExplainerType
-from .continuity import explain_inputs, formatted_call
+from .explained_rows import explain_inputs, formatted_call
 from .stability import ModelReads
 
 # Quantus divides by the number of same-class explanations + 1e-9.

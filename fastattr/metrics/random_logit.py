@@ -14,7 +14,7 @@ from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_RANDOMIZATION
 from ..engine.draws import group_uniforms
 from ._explain import ExplainerType
-from .continuity import explain_inputs, formatted_call
+from .explained_rows import explain_inputs, formatted_call
 from .similarity import pearson, spearman, ssim
 
 # A sub-stream of the randomization purpose that the parameter draws

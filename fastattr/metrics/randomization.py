@@ -26,7 +26,7 @@ from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_RANDOMIZATION, PURPOSE_SMOOTHGRAD
 from ..engine.train_mode import warn_no_more
 from ._explain import Explainer, ExplainerType
-from .continuity import ExplainGivenRows, block_examples, explain_in_blocks, explainer_of_rows, formatted_call
+from .explained_rows import ExplainGivenRows, block_examples, explain_in_blocks, explainer_of_rows, formatted_call
 from .similarity import spearman, ssim
 
 ORDERS = ("cascading", "independent")

@@ -19,9 +19,8 @@ from .. import _validate as v
 from ..attr._call import build_request
 from ..captum._base import reject
 from ..engine import single_point_plan
-from ..metrics.continuity import (
-    ExplainGivenRows, block_examples, check_image, continuity_values, prediction_differs_from,
-)
+from ..metrics.continuity import check_image, continuity_values, prediction_differs_from
+from ..metrics.explained_rows import ExplainGivenRows, block_examples
 from ..metrics.stability import ModelReads
 from ._base import QuantusCall, QuantusMetric, quantus_function_name
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
-from ..metrics.continuity import block_examples
+from ..metrics.explained_rows import block_examples
 from ..metrics.random_logit import off_classes
 from ..metrics.randomization import (
     Randomize, discrete_entropy, keyed_uniform_init, randomized_models, smoothed_explanation,
