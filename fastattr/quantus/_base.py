@@ -40,8 +40,37 @@ def _normalise_by_max(a: Tensor) -> Tensor:
     return a / peak.view(-1, *([1] * (a.dim() - 1)))
 
 
+def _normalise_by_average_second_moment_estimate(a: Tensor) -> Tensor:
+    """``a / sqrt(mean(a^2))`` per example (Quantus's
+    ``normalise_by_average_second_moment_estimate`` on one example; an
+    example whose second moment is 0 is left as it is)."""
+    flat = a.reshape(a.shape[0], -1)
+    root = (flat.square().sum(1) / flat.shape[1]).sqrt()
+    root = torch.where(root == 0, torch.ones_like(root), root)
+    return a / root.view(-1, *([1] * (a.dim() - 1)))
+
+
 # Quantus's normalise functions, per example, by name.
-PER_EXAMPLE_NORMALISERS: Dict[str, Callable[[Tensor], Tensor]] = {"normalise_by_max": _normalise_by_max}
+PER_EXAMPLE_NORMALISERS: Dict[str, Callable[[Tensor], Tensor]] = {
+    "normalise_by_max": _normalise_by_max,
+    "normalise_by_average_second_moment_estimate": _normalise_by_average_second_moment_estimate,
+}
+
+
+def per_example_normaliser(normalise_func: Optional[Callable[..., Any]],
+                           normalise_func_kwargs: Optional[Dict[str, Any]],
+                           default: str = "normalise_by_max") -> Callable[[Tensor], Tensor]:
+    """The per-example twin of Quantus's ``normalise_func`` (None: the
+    metric's Quantus default, ``default``); NotImplementedError for others."""
+    name = default if normalise_func is None else quantus_function_name(
+        normalise_func, "quantus.functions.normalise_func")
+    if name not in PER_EXAMPLE_NORMALISERS:
+        raise NotImplementedError(
+            f"normalise_func={normalise_func!r}: fastattr normalises per example with "
+            f"{sorted(PER_EXAMPLE_NORMALISERS)} only"
+        )
+    reject("normalise_func_kwargs", normalise_func_kwargs, None)
+    return PER_EXAMPLE_NORMALISERS[name]
 
 
 def _as_tensor(value: Any, name: str, device: torch.device) -> Tensor:
@@ -166,17 +195,8 @@ class QuantusMetric:
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
         self.abs, self.normalise = bool(abs), bool(normalise)
-        self.normalise_func = None
-        if self.normalise:
-            name = "normalise_by_max" if normalise_func is None else quantus_function_name(
-                normalise_func, "quantus.functions.normalise_func")
-            if name not in PER_EXAMPLE_NORMALISERS:
-                raise NotImplementedError(
-                    f"normalise_func={normalise_func!r}: fastattr normalises per example with "
-                    f"{sorted(PER_EXAMPLE_NORMALISERS)} only"
-                )
-            reject("normalise_func_kwargs", normalise_func_kwargs, None)
-            self.normalise_func = PER_EXAMPLE_NORMALISERS[name]
+        self.normalise_func = (per_example_normaliser(normalise_func, normalise_func_kwargs)
+                               if self.normalise else None)
         self.return_aggregate = bool(return_aggregate)
         self.aggregate_func = np.mean if aggregate_func is None else aggregate_func
         self.default_plot_func = default_plot_func

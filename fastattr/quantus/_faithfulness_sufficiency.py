@@ -21,7 +21,7 @@ from ..captum._base import reject
 from ..metrics.deletion import softmax_outputs
 from ..metrics.faithfulness_sufficiency import DISTANCES, check_threshold, sufficiency_scores
 from ..metrics.robustness import predicted_classes
-from ._base import PER_EXAMPLE_NORMALISERS, QuantusCall, quantus_function_name
+from ._base import QuantusCall, per_example_normaliser
 from ._faithfulness import SoftmaxByDefault
 
 
@@ -47,10 +47,8 @@ class Sufficiency(SoftmaxByDefault):
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
         # Quantus normalises the distance matrix with normalise_func even when
         # normalise is False.
-        if normalise_func is not None and quantus_function_name(
-                normalise_func, "quantus.functions.normalise_func") not in PER_EXAMPLE_NORMALISERS:
-            raise NotImplementedError(f"normalise_func={normalise_func!r}: fastattr supports Quantus's "
-                                      f"{sorted(PER_EXAMPLE_NORMALISERS)} only")
+        if normalise_func is not None:
+            per_example_normaliser(normalise_func, None)  # supported, or NotImplementedError naming it
         self.normalise_func = None  # a common scale of the batch: see the module note
         self.threshold = check_threshold(threshold)
         if distance_func not in DISTANCES:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from .. import _validate as v
@@ -25,29 +24,12 @@ from ..metrics.stability import (
     Denominator, ModelReads, hidden_layers, input_change, nan_where_prediction_changes, output_change,
     relative_stability_values, representation_change, representation_layers,
 )
-from ._base import PER_EXAMPLE_NORMALISERS, QuantusCall, QuantusMetric, quantus_function_name
+from ._base import QuantusCall, QuantusMetric, per_example_normaliser
 from ._sensitivity import perturbation_of, quantus_explanations
 
 
 # A denominator and the model reads it makes (None: it reads nothing of the model).
 MadeDenominator = Tuple[Denominator, Optional[ModelReads]]
-
-
-def normalise_by_average_second_moment_estimate(a: Tensor) -> Tensor:
-    """``a / sqrt(mean(a^2))`` per example (Quantus's
-    ``normalise_by_average_second_moment_estimate`` on one example; an
-    example whose second moment is 0 is left as it is)."""
-    flat = a.reshape(a.shape[0], -1)
-    root = (flat.square().sum(1) / flat.shape[1]).sqrt()
-    root = torch.where(root == 0, torch.ones_like(root), root)
-    return a / root.view(-1, *([1] * (a.dim() - 1)))
-
-
-# The per-example normalisers of the metrics whose Quantus default is the second moment.
-NORMALISERS: Dict[str, Callable[[Tensor], Tensor]] = {
-    **PER_EXAMPLE_NORMALISERS,
-    "normalise_by_average_second_moment_estimate": normalise_by_average_second_moment_estimate,
-}
 
 
 def second_moment_normaliser(normalise: bool, normalise_func: Optional[Callable[..., Any]],
@@ -57,14 +39,8 @@ def second_moment_normaliser(normalise: bool, normalise_func: Optional[Callable[
     (None when ``normalise`` is False)."""
     if not normalise:
         return None
-    name = "normalise_by_average_second_moment_estimate" if normalise_func is None else quantus_function_name(
-        normalise_func, "quantus.functions.normalise_func")
-    if name not in NORMALISERS:
-        raise NotImplementedError(
-            f"normalise_func={normalise_func!r}: fastattr normalises per example with {sorted(NORMALISERS)} only"
-        )
-    reject("normalise_func_kwargs", normalise_func_kwargs, None)
-    return NORMALISERS[name]
+    return per_example_normaliser(normalise_func, normalise_func_kwargs,
+                                  "normalise_by_average_second_moment_estimate")
 
 
 class _RelativeStability(QuantusMetric):
