@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import __version__
 from . import rundir
 from .config import AuditConfig, AuditError, build_parser, check_names, fingerprint
-from .data import Dataset, load_dataset
+from .data import MASK_SHAPES, Dataset, load_dataset
 from .measures import BatchContext, Group, Values, available_groups, metric_names, resolved_for_model
 from .methods import (
     DEFAULT_METHODS, METHOD_SETTINGS, METHODS, MethodContext, check_applicable, check_settings, describe_methods,
@@ -158,6 +158,7 @@ def _prepare(config: AuditConfig, all_groups: Sequence[Group], ranks: Ranks, dev
     transform = transform_from_options(config.resize, config.crop, config.channels, config.mean, config.std,
                                        config.transforms)
     data = load_dataset(config.data, config.limit, config.seed, transform)
+    check_masks_given(config, all_groups, data)
     if config.model is None and ranks.rank != 0:
         ranks.barrier()  # rank 0 trains and caches the default model first
     model, identity = load_model(config.model, config.weights, config.trust_pickle, config.model_args)
@@ -181,7 +182,8 @@ def _prepare(config: AuditConfig, all_groups: Sequence[Group], ranks: Ranks, dev
     features = int(data.x[0].size)
     declared = {g.name: g.settings(features) for g in all_groups}
     resolved = _resolved(declared, file["metrics"], line["metrics"], "--metric-option")
-    metric_settings = {g.name: resolved_for_model(g, resolved[g.name], model, context.layer_prefix) for g in groups}
+    metric_settings = {g.name: resolved_for_model(g, resolved[g.name], model, context.layer_prefix,
+                                                  data.x.shape[1:]) for g in groups}
     method_settings = {m: method_settings[m] for m in methods}
     if not config.quiet or config.budget_minutes is not None or config.plan_only:
         metric_settings = _planned(config, model, data, methods, method_settings, metric_settings, groups,
@@ -190,6 +192,15 @@ def _prepare(config: AuditConfig, all_groups: Sequence[Group], ranks: Ranks, dev
                      metric_settings, context)
     return Prepared(model, data, methods, not_applicable, method_settings, metric_settings, context, groups, run,
                     unit_shares(methods, method_settings, metric_settings, groups))
+
+
+def check_masks_given(config: AuditConfig, groups: Sequence[Group], data: Dataset) -> None:
+    """An AuditError naming ``s`` when a requested metric needs ground-truth masks the data lacks."""
+    needing = [n for g in groups if g.needs_masks for n in g.metrics if n in config.metrics]
+    if needing and data.s is None:
+        raise AuditError(
+            f"--metrics: {', '.join(needing)} compare explanations with ground-truth masks, and --data has none: "
+            f"give an .npz with an array s (masks {MASK_SHAPES} of 0/1) beside x and y")
 
 
 def _planned(config: AuditConfig, model: Model, data: Dataset, methods: Tuple[str, ...], method_settings: Resolved,
@@ -268,8 +279,9 @@ def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditCon
     def explainer_of(method: str) -> Tuple[Any, Dict[str, Any]]:
         return explainer_for(method, x, config.seed, config.memory_budget, p.method_settings[method], p.context)
 
+    masks = None if p.data.s is None else torch.from_numpy(p.data.s[offset:offset + x.shape[0]]).to(x.device)
     ctx = BatchContext(p.model, x, y, pred, offset, config.seed, config.memory_budget, p.metric_settings,
-                       explainer_of, p.context.layer_prefix)
+                       explainer_of, p.context.layer_prefix, masks)
     share = p.shares
     wanted = set(config.metrics)
     columns: Dict[str, Tensor] = {}

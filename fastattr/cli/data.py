@@ -1,6 +1,7 @@
 """The audited data set, in memory: inputs ``x`` float32 ``[N, *F]`` in pixel
 units and integer labels ``y`` int64 ``[N]``, from scikit-learn's digits, an
-``.npz`` or an image folder; resized, cropped and channel-converted by an
+``.npz`` or an image folder; an ``.npz`` may add ground-truth masks ``s``
+(for the localisation metrics); resized, cropped and channel-converted by an
 :class:`~fastattr.cli.transforms.InputTransform`; cut to a stratified,
 seeded sample by ``--limit``; and a content hash that identifies it."""
 from __future__ import annotations
@@ -27,11 +28,12 @@ class Dataset:
     class_names: Tuple[str, ...]
     source_index: np.ndarray  # int64 [N]: each example's position in the whole data set
     names: Tuple[str, ...]  # an image folder's files, relative to it ([N]); () for arrays
+    s: Optional[np.ndarray] = None  # bool [N, 1 or C, *S]: ground-truth masks, broadcastable to x
 
     def content_hash(self) -> str:
-        """sha256 of the shapes and bytes of ``x`` and ``y``."""
+        """sha256 of the shapes and bytes of ``x`` and ``y`` (and ``s``, when there are masks)."""
         h = hashlib.sha256()
-        for a in (self.x, self.y):
+        for a in (self.x, self.y) if self.s is None else (self.x, self.y, self.s):
             h.update(repr((a.dtype.str, a.shape)).encode())
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
@@ -130,26 +132,68 @@ def transformed_arrays(x: np.ndarray, transform: Optional[InputTransform], sourc
     return x if t is original else np.ascontiguousarray(t.numpy())
 
 
-def load_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of an ``.npz`` with ``x`` ``[N, ...]`` (float, or uint8 scaled to [0, 1]) and ``y`` ``[N]``."""
+MASK_SHAPES = "[N, H, W], [N, 1, H, W] or [N, C, H, W]"
+
+
+def check_masks(s: np.ndarray, x: np.ndarray, source: str) -> np.ndarray:
+    """The ground-truth masks ``s`` of inputs ``x`` ``[N, C, *S]`` as bool
+    ``[N, 1 or C, *S]``: ``s`` is ``[N, *S]`` (one mask per example, every
+    channel), ``[N, 1, *S]`` or ``[N, C, *S]`` (one per channel), of 0 / 1
+    (or bool) values. Anything else is an AuditError naming ``--data``."""
+    n, spatial = x.shape[0], x.shape[2:]
+    shapes = {(n, *spatial), (n, 1, *spatial), tuple(x.shape)} if x.ndim >= 3 else {tuple(x.shape)}
+    if tuple(s.shape) not in shapes:
+        expected = MASK_SHAPES if x.ndim == 4 else " or ".join(str(list(t)) for t in sorted(shapes))
+        raise AuditError(f"--data: {source}: masks s must be {expected} beside x {list(x.shape)}, "
+                         f"got {list(s.shape)}")
+    if s.dtype != np.bool_ and (s.dtype.kind not in "iuf" or not np.isin(s, (0, 1)).all()):
+        raise AuditError(f"--data: {source}: masks s must hold only 0 / 1 (or True / False), got dtype {s.dtype}"
+                         + ("" if s.dtype.kind not in "iuf" else " with other values"))
+    s = s.astype(np.bool_)
+    return np.ascontiguousarray(s[:, None] if s.ndim == x.ndim - 1 else s)
+
+
+def transformed_masks(s: np.ndarray, transform: Optional[InputTransform], source: str) -> np.ndarray:
+    """Masks bool ``[N, 1 or C, H, W]`` resized and cropped as the inputs are,
+    with nearest-neighbour interpolation (so they stay 0 / 1); per-channel
+    masks cannot follow a change of the number of channels (an AuditError)."""
+    if transform is None:
+        return s
+    if transform.channels is not None and s.shape[1] not in (1, transform.channels):
+        raise AuditError(f"--channels: {source}: masks s have one per channel ({s.shape[1]}); give one mask per "
+                         f"example ({MASK_SHAPES.split(' or ')[0]}) to change the channels")
+    if transform.resize is None and transform.crop is None:
+        return s
+    nearest = dataclasses.replace(transform, interpolation="nearest")
+    return np.ascontiguousarray(resized(torch.from_numpy(s).to(torch.float32), nearest).numpy() > 0.5)
+
+
+def load_npz(path: str) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """``(x, y, s)`` of an ``.npz`` with ``x`` ``[N, ...]`` (float, or uint8
+    scaled to [0, 1]), ``y`` ``[N]`` and optional masks ``s`` (:func:`check_masks`; None without)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x", "y") if k not in f.files]
             if missing:
                 raise AuditError(f"--data: {path}: missing array(s) {missing}; has {f.files}")
             x, y = f["x"], f["y"]
+            s = f["s"] if "s" in f.files else None
     except (OSError, ValueError) as e:
         raise AuditError(f"--data: {path}: not a readable .npz without pickled objects ({e})") from None
-    return _check_arrays(x, y, path)
+    x, y = _check_arrays(x, y, path)
+    return x, y, None if s is None else check_masks(s, x, path)
 
 
 def _array_dataset(x: np.ndarray, y: np.ndarray, description: str, class_names: Tuple[str, ...],
-                   limit: Optional[int], seed: int, transform: Optional[InputTransform]) -> Dataset:
-    """The sample of ``(x, y)`` chosen by ``limit``, transformed."""
+                   limit: Optional[int], seed: int, transform: Optional[InputTransform],
+                   s: Optional[np.ndarray] = None) -> Dataset:
+    """The sample of ``(x, y)`` (and masks ``s``) chosen by ``limit``, transformed."""
     chosen = stratified_subset(y, len(y) if limit is None else limit, seed)
     x = transformed_arrays(x[chosen], transform, description)
+    if s is not None:
+        s = transformed_masks(s[chosen], transform, description)
     return Dataset(x, y[chosen], description + _sample_note(chosen, len(y), seed) + _transform_note(transform),
-                   class_names, chosen, ())
+                   class_names, chosen, (), s)
 
 
 # PIL modes read as one channel. 16-bit ("I;16*", and "I" as PNG gives it in
@@ -251,9 +295,9 @@ def load_dataset(spec: Optional[str], limit: Optional[int], seed: int = 0,
     """The data set named by ``--data`` (None: the digits' held-out split):
     a stratified sample of ``limit`` examples drawn with ``seed``
     (:func:`stratified_subset`; all, in order, without a limit), with
-    ``transform``'s resize, crop and channels applied; its mean/std are
-    checked against the channels (they go into the model:
-    :func:`~fastattr.cli.transforms.with_normalization`)."""
+    ``transform``'s resize, crop and channels applied (to an ``.npz``'s
+    masks ``s`` too); its mean/std are checked against the channels (they
+    go into the model: :func:`~fastattr.cli.transforms.with_normalization`)."""
     if spec is None:
         _, _, x, y = digits_split()
         data = _array_dataset(x, y, "scikit-learn digits, held-out split (every fifth example)",
@@ -263,9 +307,9 @@ def load_dataset(spec: Optional[str], limit: Optional[int], seed: int = 0,
     elif os.path.isdir(spec):
         data = load_image_folder(spec, limit, seed, transform)
     else:
-        x, y = load_npz(spec)
+        x, y, s = load_npz(spec)
         data = _array_dataset(x, y, f"npz {os.path.abspath(spec)}", tuple(str(c) for c in range(y.max() + 1)),
-                              limit, seed, transform)
+                              limit, seed, transform, s)
     if transform is not None and transform.normalizes:
         check_normalization_fits(transform, data.x.shape[1], spec or "the digits")
     return data

@@ -3,6 +3,9 @@ that are installed: per-method measures of an explanation (one value per
 example, maybe a curve per example) and per-example model measures
 (correct under attack). Measures that share their expensive part (max and
 avg sensitivity share their perturbed explanations) are one group, run once.
+Quantus's other metrics are groups too, declared in ``measures_faithfulness``,
+``measures_robustness``, ``measures_axiomatic`` and ``measures_explanation``
+and registered here; they run on request only.
 
 Each group has settings (``--metric-option <group>.<key>=<value>``). The
 sample counts of the perturbation metrics default by input size, because
@@ -38,6 +41,7 @@ class BatchContext:
     settings: Mapping[str, Mapping[str, Any]]  # group name -> its resolved settings
     explainer_of: ExplainerOf  # how a metric re-runs a method on perturbed inputs
     layer_prefix: str = ""  # the user's model's path in the audited model (module names are the user's)
+    masks: Optional[Tensor] = None  # bool [b, 1 or C, *S]: the data's ground-truth masks, if it has them
 
     def of(self, group: str) -> Mapping[str, Any]:
         return self.settings[group]
@@ -55,6 +59,10 @@ class Values:
 Compute = Callable[[BatchContext, Optional[str], Optional[Tensor]], Values]
 # (the group's settings, one method's rows per example) -> (gradient rows, forward-only rows) per example
 Cost = Callable[[Mapping[str, Any], int], Tuple[int, int]]
+# (the group's resolved settings, the audited model, one example's shape [*F], the user's model's path in it)
+# -> the settings with what follows from the model and the shape (e.g. a curve's points, for the cost);
+# an AuditError naming --metrics or --metric-option when the group cannot run on them
+Resolve = Callable[[Dict[str, Any], Any, Tuple[int, ...], str], Dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,8 @@ class Group:
     curves: Dict[str, str] = dataclasses.field(default_factory=dict)  # curve name -> its x-axis label
     needs_module: bool = False  # works on an nn.Module only (not TorchScript)
     by_default: bool = True  # run without --metrics (the fragility attack is costly: on request only)
+    needs_masks: bool = False  # compares explanations with the data's ground-truth masks (an .npz's s)
+    resolve: Optional[Resolve] = None  # settings that follow from the model and the input shape
 
 
 def samples_for(features: int) -> int:
@@ -77,7 +87,8 @@ def samples_for(features: int) -> int:
     return 10 if features <= 4096 else 6 if features <= 65536 else 4
 
 
-def _samples(features: int, what: str) -> Setting:
+def samples_setting(features: int, what: str) -> Setting:
+    """``n_samples``: ``what`` per example, defaulting by input size (:func:`samples_for`)."""
     return Setting("n_samples", samples_for(features), integer(1),
                    f"{what} per example (default by input size: 10 up to 4,096 values, 6 up to 65,536, 4 above)")
 
@@ -109,7 +120,7 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
 
     return Group("sensitivity", names, True, compute,
                  lambda f: (Setting("radius", 0.05, number(0, above=True), "L-inf radius, in input units"),
-                            _samples(f, "perturbed explanations")),
+                            samples_setting(f, "perturbed explanations")),
                  lambda s, rows: (s["n_samples"] * rows, 0), {n: False for n in names},
                  {"perturbation": "uniform L-inf ball", "sensitivity_norm": "fro", "sensitivity_normalize": True,
                   "stability_norm": 2.0, "stability_eps_min": _EPS_MIN})
@@ -124,7 +135,7 @@ def _infidelity_group(module: Any) -> Group:
         return Values({"infidelity": value})
 
     return Group("infidelity", ("infidelity",), True, compute,
-                 lambda f: (_samples(f, "gaussian perturbations"),
+                 lambda f: (samples_setting(f, "gaussian perturbations"),
                             Setting("stdev", 0.1, number(0, above=True), "the perturbations' std, in input units")),
                  lambda s, rows: (0, s["n_samples"] + 1), {"infidelity": False},
                  {"perturbation": "gaussian", "normalize": False})
@@ -182,7 +193,7 @@ def _lipschitz_group(module: Any) -> Group:
 
     return Group("lipschitz", ("local_lipschitz_estimate",), True, compute,
                  lambda f: (Setting("std", 0.1, number(0, above=True), "the perturbations' std, in input units"),
-                            _samples(f, "perturbed explanations")),
+                            samples_setting(f, "perturbed explanations")),
                  lambda s, rows: (s["n_samples"] * rows, 0), {"local_lipschitz_estimate": False},
                  {"perturbation": "gaussian"})
 
@@ -288,17 +299,32 @@ def _randomization_group(module: Any) -> Group:
         r = module.model_randomization(ctx.model, ctx.x, ctx.pred, explainer, kwargs,
                                        layers=[ctx.layer_prefix + n for n in reversed(s["steps"])], seed=ctx.seed,
                                        randomize=block_randomize(ctx.model, ctx.seed),
-                                       ssim_win_size=_ssim_window(ctx.x), memory_budget=ctx.memory_budget,
+                                       ssim_win_size=ssim_window(ctx.x), memory_budget=ctx.memory_budget,
                                        attributions=attrs, example_offset=ctx.offset)
         rho = _constant_is_unrelated(r.spearman, attrs)
         return Values({"randomization_spearman": rho.mean(0)}, {"randomization_spearman": rho.T})
 
-    granularity = Setting("granularity", "blocks", choice(*RANDOMIZATION_GRANULARITY),
-                          "blocks: the model's top-level parts, top first; layers: every module with parameters")
-    return Group("randomization", ("randomization_spearman",), True, compute, lambda f: (granularity,),
+    return Group("randomization", ("randomization_spearman",), True, compute, lambda f: (granularity_setting(),),
                  lambda s, rows: (len(s["steps"]) * rows, 0), {"randomization_spearman": False},
                  {"order": "cascading", "similarity": "spearman of |a|", "reduction": "mean over steps"},
-                 {"randomization_spearman": "layers randomized (top first)"}, needs_module=True)
+                 {"randomization_spearman": "layers randomized (top first)"}, needs_module=True,
+                 resolve=with_randomization_steps)
+
+
+def granularity_setting() -> Setting:
+    """What a randomization step re-initialises (``granularity``)."""
+    return Setting("granularity", "blocks", choice(*RANDOMIZATION_GRANULARITY),
+                   "blocks: the model's top-level parts, top first; layers: every module with parameters")
+
+
+def with_randomization_steps(settings: Dict[str, Any], model: Any, shape: Tuple[int, ...],
+                             layer_prefix: str) -> Dict[str, Any]:
+    """``settings`` with ``steps``: the modules randomized by its
+    ``granularity``, top first, by the user's names (without ``layer_prefix``)."""
+    if not isinstance(model, nn.Module):
+        return settings
+    names = randomization_steps(model, settings["granularity"])
+    return {**settings, "steps": [n[len(layer_prefix):] for n in reversed(names)]}
 
 
 def _constant_is_unrelated(rho: Tensor, clean: Tensor) -> Tensor:
@@ -312,17 +338,17 @@ def _constant_is_unrelated(rho: Tensor, clean: Tensor) -> Tensor:
     return torch.where(rho.isnan() & informative, torch.zeros_like(rho), rho)
 
 
-def resolved_for_model(group: Group, settings: Dict[str, Any], model: Any, layer_prefix: str = "") -> Dict[str, Any]:
-    """A group's settings with what follows from the model: the randomization
-    check's ``steps`` (the user's module names, without ``layer_prefix``, the
-    path of the user's model in ``model``; in step order: top first)."""
-    if group.name == "randomization" and isinstance(model, nn.Module):
-        names = randomization_steps(model, settings["granularity"])
-        return {**settings, "steps": [n[len(layer_prefix):] for n in reversed(names)]}
-    return settings
+def resolved_for_model(group: Group, settings: Dict[str, Any], model: Any, layer_prefix: str = "",
+                       shape: Tuple[int, ...] = ()) -> Dict[str, Any]:
+    """A group's settings with what follows from the model and one example's
+    ``shape`` ``[*F]`` (its ``resolve``): e.g. the randomization check's
+    ``steps`` (the user's module names, without ``layer_prefix``, the path of
+    the user's model in ``model``; in step order: top first)."""
+    return settings if group.resolve is None else group.resolve(settings, model, tuple(shape), layer_prefix)
 
 
-def _ssim_window(x: Tensor) -> int:
+def ssim_window(x: Tensor) -> int:
+    """SSIM's window for explanations shaped like ``x`` ``[b, *F]``, flattened: 7, or the largest odd size below F."""
     features = x[0].numel()
     return 7 if features >= 7 else max(3, features - (1 - features % 2))
 
@@ -351,6 +377,11 @@ def available_groups() -> List[Group]:
         if module is not None:
             made = build(module)
             groups.extend(made if isinstance(made, list) else [made])
+    # Quantus's other metrics, on request only (by_default=False)
+    from . import measures_axiomatic, measures_explanation, measures_faithfulness, measures_robustness
+
+    for extra in (measures_faithfulness, measures_robustness, measures_axiomatic, measures_explanation):
+        groups.extend(extra.groups(_installed))
     return groups
 
 

@@ -4,7 +4,8 @@ faithfulness and robustness ranks, the recommended method and why), one
 table of every metric's median [IQR], the model's accuracy under attack,
 the metrics' distributions, example heatmaps (best, typical, worst per
 method, beside their inputs), the sanity-check curves over the randomized
-layers, deletion/insertion curves, and the settings of every method and metric."""
+layers, deletion/insertion curves, the other selected metrics' curves, and
+the settings of every method and metric."""
 from __future__ import annotations
 
 import base64
@@ -309,6 +310,32 @@ def _deletion_curves(merged: Merged) -> str:
     return _img(fig, "deletion and insertion curves")
 
 
+_OWN_SECTIONS = (SANITY_METRIC, "deletion", "insertion")  # the curves drawn in their own sections above
+
+
+def _other_curves(merged: Merged) -> str:
+    """A section of every other metric's curve (Quantus's metrics, on request),
+    by step, labelled as its group declares; nothing when none was computed."""
+    import matplotlib.pyplot as plt
+
+    from .measures import available_groups
+
+    names = [n for n in merged.summary["curve_quantiles"] if n not in _OWN_SECTIONS]
+    if not names:
+        return ""
+    labels = {name: label for g in available_groups() for name, label in g.curves.items()}
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names) + 2, 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for method, q in merged.summary["curve_quantiles"][name].items():
+            _band(ax, np.arange(1, len(q["median"]) + 1), q, method)
+        ax.set_title(f"{name}: median, interquartile band", fontsize=9)
+        ax.set_xlabel(labels.get(name, "step"), fontsize=8)
+    axes[0, -1].legend(*axes[0, 0].get_legend_handles_labels(), fontsize=8, loc="upper left",
+                       bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return f"<h2>Other curves</h2>{_img(fig, 'other metrics curves')}"
+
+
 def _settings_text(settings: Mapping[str, Any]) -> str:
     def value(v: Any) -> str:
         return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
@@ -349,6 +376,7 @@ torch {_e(s['versions']['torch'])}.</p>
 <h2>Example heatmaps</h2>{_heatmaps(merged, methods, examples_of)}
 <h2>Sanity checks (model-parameter randomization)</h2>{_sanity_curves(merged)}
 <h2>Deletion and insertion</h2>{_deletion_curves(merged)}
+{_other_curves(merged)}
 <h2>Settings</h2>{_settings(merged)}
 <p class=note>Configuration fingerprint {s['fingerprint'][:16]}…; full configuration in summary.json.</p>
 </body></html>

@@ -38,6 +38,19 @@ AXES: Dict[str, str] = {
     "relative_input_stability": ROBUSTNESS,
     "fragility_topk": ROBUSTNESS,
     "fragility_spearman": ROBUSTNESS,
+    # Quantus's, on request
+    "faithfulness_correlation": FAITHFULNESS,
+    "faithfulness_estimate": FAITHFULNESS,
+    "monotonicity": FAITHFULNESS,
+    "monotonicity_correlation": FAITHFULNESS,
+    "region_perturbation_auc": FAITHFULNESS,
+    "selectivity_auc": FAITHFULNESS,
+    "irof": FAITHFULNESS,
+    "road": FAITHFULNESS,
+    "pixel_flipping_auc": FAITHFULNESS,
+    "continuity": ROBUSTNESS,
+    "relative_output_stability": ROBUSTNESS,
+    "relative_representation_stability": ROBUSTNESS,
 }
 
 # The sanity check's statistic: per example the Spearman rank correlation of
