@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..engine import PointPlan, Request
+from ..engine.model_form import check_model_form
 
 
 def build_request(
@@ -28,16 +29,20 @@ def build_request(
     whole_examples: bool = False,
     leaves: Optional[Callable[[], Tuple[Tensor, ...]]] = None,
     activation_key: Optional[Tuple[object, Hashable]] = None,
+    model_form: str = "eager",
 ) -> Tuple[Request, bool]:
     """Validate everything and return ``(request, inputs_was_tuple)``.
 
     ``plan_for(inputs_tuple)`` builds the method's plan once the inputs are
-    known; ``rules``, ``whole_examples``, ``leaves`` and ``activation_key`` pass through to the
+    known; ``rules``, ``whole_examples``, ``leaves``, ``activation_key`` and
+    ``model_form`` (``"eager"``, ``"fast"`` or ``"compiled"``, see
+    :mod:`fastattr.engine.model_form`) pass through to the
     :class:`~fastattr.engine.Request`. With ``leaves`` (the gradient is taken
     inside the model) integer inputs, such as token ids, are accepted.
     """
     if not callable(model):
         raise TypeError(f"model: expected a callable (an nn.Module or a function), got {type(model).__name__}")
+    check_model_form(model_form)
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "fastattr needs autograd: call it outside torch.inference_mode() "
@@ -64,6 +69,7 @@ def build_request(
         whole_examples=whole_examples,
         leaves=leaves,
         activation_key=activation_key,
+        model_form=model_form,
     )
     return req, was_tuple
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .. import _validate as v
 from ..engine import forward_rows, run, single_point_plan
 from ..engine import budget as _budget
+from ..engine.model_form import check_model_form
 from ..engine.outputs import check_model_output, target_outputs
 from ._call import build_request
 from ._layer import LayerLeaves, capture_layers, format_layers, layers_activation_key
@@ -422,6 +423,7 @@ def score_cam(
     upsample_to_input: bool = False, scale: bool = False,
     reshape_transform: Optional[ReshapeTransform] = None,
     memory_budget: Optional[int] = None, chunk_rows: Optional[int] = None,
+    model_form: str = "eager",
 ) -> Tensor:
     """Score-CAM (Wang et al. 2020) of ``layer``, as pytorch-grad-cam's ``ScoreCAM``.
 
@@ -437,10 +439,14 @@ def score_cam(
         inputs: ``[B, C, H, W]``.
         model, layer, target, upsample_to_input, scale, reshape_transform,
         memory_budget, chunk_rows: as :func:`grad_cam_plus_plus`.
+        model_form: the form the masked rows run the model in, as
+            :func:`fastattr.saliency`'s (the layer's activations are taken
+            from the model as it is).
 
     Returns:
         ``[B, h, w]`` (``[B, H, W]`` upsampled), in the layer's dtype.
     """
+    check_model_form(model_form)
     _check_flags(upsample_to_input=upsample_to_input, scale=scale)
     _check_transform(reshape_transform)
     layer = _one_layer(model, layer)
@@ -465,7 +471,8 @@ def score_cam(
         formatted = formatted.index_select(0, rows // channels)
     scores = forward_rows(model, masked_rows, rows.shape[0], 1, (x,), formatted,
                           memory_budget=v.check_optional_positive_int(memory_budget, "memory_budget"),
-                          chunk_rows=v.check_optional_positive_int(chunk_rows, "chunk_rows"))
+                          chunk_rows=v.check_optional_positive_int(chunk_rows, "chunk_rows"),
+                          model_form=model_form)
     weights = torch.softmax(scores[row_of].reshape(batch, channels).to(acts.dtype), dim=1)
     return finish_map(_weighted_sum(weights, acts), size, upsample_to_input, scale)
 

@@ -183,12 +183,13 @@ def gradient_shap(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "eager",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """GradientSHAP attributions of ``model(inputs)[:, target]``.
 
     Args:
         model, inputs, target, additional_forward_args, memory_budget,
-            chunk_rows: as :func:`fastattr.saliency` (inputs ``[B, *F]`` or a tuple).
+            chunk_rows, model_form: as :func:`fastattr.saliency` (inputs ``[B, *F]`` or a tuple).
         baselines: the reference distribution: ``[M, *F]`` (or ``[*F]``, or a
             number) per input, the same ``M`` for all inputs, or a callable
             returning it (Captum's forms).
@@ -211,7 +212,7 @@ def gradient_shap(
     req, was_tuple = gradient_shap_request(
         model, inputs, baselines, target, n_samples, stdev, seed, additional_forward_args,
         bool(return_convergence_delta), "times_input_minus_baseline" if multiply_by_inputs else "grad",
-        memory_budget, chunk_rows, example_offset,
+        memory_budget, chunk_rows, example_offset, model_form=model_form,
     )
     x = req.inputs[0]
     result = run(req)
@@ -233,6 +234,7 @@ def expected_gradients(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "eager",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """Expected gradients: :func:`gradient_shap` without input noise
     (``baselines`` is the background data set ``[M, *F]``)."""
@@ -241,4 +243,5 @@ def expected_gradients(
         additional_forward_args=additional_forward_args,
         return_convergence_delta=return_convergence_delta,
         memory_budget=memory_budget, chunk_rows=chunk_rows, example_offset=example_offset,
+        model_form=model_form,
     )

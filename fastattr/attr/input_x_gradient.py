@@ -17,15 +17,16 @@ def input_x_gradient(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "eager",
 ) -> v.TensorOrTuple:
     """``inputs * d model(inputs)[:, target] / d inputs``, as Captum's ``InputXGradient``.
 
-    Args and shapes as :func:`fastattr.saliency` (``[B, *F]`` or a tuple);
+    Args (``model_form`` too) and shapes as :func:`fastattr.saliency` (``[B, *F]`` or a tuple);
     returns attributions shaped and typed like ``inputs``.
     """
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
         lambda xs: single_point_plan("times_input"),
-        memory_budget, chunk_rows,
+        memory_budget, chunk_rows, model_form=model_form,
     )
     return shape_output(run(req).mean, req.inputs, was_tuple)

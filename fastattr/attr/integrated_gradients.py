@@ -51,6 +51,7 @@ def integrated_gradients(
     rtol: Optional[float] = None,
     max_steps: int = 256,
     safety_factor: float = 1.0,
+    model_form: str = "eager",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Any]]:
     """Integrated gradients of ``model(inputs)[:, target]``, as Captum's
     ``IntegratedGradients.attribute``; or, with ``rtol``, each example's path
@@ -79,6 +80,7 @@ def integrated_gradients(
             trapezoid; the delta is in the report).
         max_steps, safety_factor: with ``rtol``: the most path points per
             example, and the factor the error estimate is multiplied by.
+        model_form: as :func:`fastattr.saliency` (with ``rtol``: ``"eager"`` only).
 
     Returns:
         Attributions shaped and typed like ``inputs``; with
@@ -89,7 +91,8 @@ def integrated_gradients(
     """
     if rtol is not None:
         for name, value, default in (("n_steps", n_steps, 50), ("method", method, "gausslegendre"),
-                                     ("return_convergence_delta", return_convergence_delta, False)):
+                                     ("return_convergence_delta", return_convergence_delta, False),
+                                     ("model_form", model_form, "eager")):
             if value != default:
                 raise ValueError(
                     f"{name}: not taken with rtol (the adaptive rule picks the steps per example "
@@ -107,7 +110,7 @@ def integrated_gradients(
         lambda xs: path_plan(n_steps, method, multiply_by_inputs),
         memory_budget, chunk_rows,
         baselines=baselines, needs_baselines=True,
-        want_deltas=bool(return_convergence_delta),
+        want_deltas=bool(return_convergence_delta), model_form=model_form,
     )
     result = run(req)
     attributions = shape_output(result.mean, req.inputs, was_tuple)

@@ -18,6 +18,7 @@ def saliency(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "eager",
 ) -> v.TensorOrTuple:
     """Gradient of ``model(inputs)[:, target]`` w.r.t. each input, as Captum's ``Saliency``.
 
@@ -33,6 +34,12 @@ def saliency(
         memory_budget: bytes one chunk may use (default: see
             :func:`fastattr.engine.budget.default_budget`).
         chunk_rows: optional extra cap on the rows per chunk.
+        model_form: the form the rows run the model in: ``"eager"`` (as it
+            is), ``"fast"`` (a copy with BatchNorm folded and channels-last
+            rows: equal up to float rounding) or ``"compiled"`` (that copy
+            under ``torch.compile``); see :mod:`fastattr.engine.model_form`
+            and ``docs/model_form.md``. A model the form does not apply to
+            (train mode, hooks, ...) runs eagerly.
 
     Returns:
         Attributions shaped and typed like ``inputs`` (tensor or tuple).
@@ -40,6 +47,6 @@ def saliency(
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,
         lambda xs: single_point_plan("abs" if abs else "grad"),
-        memory_budget, chunk_rows,
+        memory_budget, chunk_rows, model_form=model_form,
     )
     return shape_output(run(req).mean, req.inputs, was_tuple)

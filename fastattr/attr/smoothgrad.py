@@ -141,6 +141,7 @@ def smoothgrad(
     example_offset: int = 0,
     antithetic: bool = True,
     return_standard_error: bool = False,
+    model_form: str = "eager",
 ) -> Union[v.TensorOrTuple, Tuple[Any, ...]]:
     """Average an explainer over ``n_samples`` Gaussian-noised copies of each input.
 
@@ -185,6 +186,7 @@ def smoothgrad(
             average's own sampling error only, not an inner explainer's (the
             integration error of IG's path). An estimate from ``N`` samples
             itself: it scatters by about ``1 / sqrt(2 (K - 1))`` of itself.
+        model_form: as :func:`fastattr.saliency`.
 
     Returns:
         Attributions shaped and typed like ``inputs``; then, in this order,
@@ -234,7 +236,7 @@ def smoothgrad(
         model, inputs, target, additional_forward_args, plan_for,
         memory_budget, chunk_rows,
         baselines=baselines, needs_baselines=needs_baselines,
-        want_deltas=bool(return_convergence_delta),
+        want_deltas=bool(return_convergence_delta), model_form=model_form,
     )
     stats = None
     if return_standard_error:

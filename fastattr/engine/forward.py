@@ -11,6 +11,7 @@ from torch import Tensor
 
 from . import budget as _budget
 from .loop import row_examples
+from .model_form import model_in_form
 from .._validate import FormattedTarget
 from .outputs import check_model_output, per_example_flags, rows_args, target_outputs
 from .train_mode import train_mode_guarded
@@ -26,6 +27,7 @@ def forward_rows(
     additional_args: Sequence[Any] = (),
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "eager",
 ) -> Tensor:
     """float64 ``[total]``: the target output of ``model`` at every row.
 
@@ -39,12 +41,16 @@ def forward_rows(
             dimension are gathered per row.
         memory_budget, chunk_rows: bytes per chunk (default
             :func:`budget.default_budget`) and an optional row cap.
+        model_form: ``"eager"``, ``"fast"`` or ``"compiled"``: the form the
+            rows run ``model`` in (:mod:`fastattr.engine.model_form`).
     """
     device = like[0].device
     out = torch.empty(total, dtype=torch.float64, device=device)
     if total == 0:
         return out
     chunk = _budget.unmeasured_chunk_rows(like, memory_budget, total, chunk_rows)
+    form = model_in_form(model, model_form, like, additional_args)
+    form.serve_rows(chunk, grad=False)
     batched = per_example_flags(additional_args)
     single = like[0].shape[0] == 1
     checked = False
@@ -52,7 +58,7 @@ def forward_rows(
         for r0 in range(0, total, chunk):
             r1 = min(total, r0 + chunk)
             examples = row_examples(r0, r1, per_example, device)
-            values = model(*rows_for(r0, r1), *rows_args(additional_args, batched, None if single else examples, r1 - r0))
+            values = form.model(*rows_for(r0, r1), *rows_args(additional_args, batched, None if single else examples, r1 - r0))
             if not checked:
                 target = check_model_output(values, r1 - r0, target)
                 checked = True

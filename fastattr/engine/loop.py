@@ -24,6 +24,7 @@ from . import budget as _budget
 from .backward import input_gradients
 from .._validate import FormattedTarget
 from .outputs import FlatTarget, check_model_output, per_example_flags, rows_args, target_outputs
+from .model_form import ModelForm, request_form
 from .plan import PointPlan
 from .train_mode import train_mode_guarded
 
@@ -83,6 +84,9 @@ class Request:
     # be measured afresh on every call; the owner's parameters are what the
     # measure leaves out.
     activation_key: Optional[Tuple[object, Hashable]] = None
+    # The form the chunk rows run the model in ("eager" | "fast" | "compiled",
+    # see model_form.py); eager, with the reason, where it does not apply.
+    model_form: str = "eager"
 
 
 @dataclass
@@ -92,6 +96,9 @@ class Result:
     # [B * n_samples], row b * n_samples + n: sum of sample n's attribution
     # minus f(x_n)[target] - f(baseline)[target] (path methods' completeness gap)
     deltas: Optional[Tensor]
+    # The form the model ran in, and why it is not the one requested (None: it is).
+    model_form: str = "eager"
+    form_reason: Optional[str] = None
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -163,7 +170,8 @@ class _Loop:
         if req.leaves is not None and plan.sample_transform not in ("grad", "abs"):
             raise ValueError("Request.leaves: only the gradient transforms (the rows are not the leaves); "
                              "a Request.row_transform may multiply by the layer's values")
-        self.model = req.model
+        self.form: ModelForm = request_form(req)
+        self.model = self.form.model
         self.batch = req.inputs[0].shape[0]
         self.n_samples = plan.n_samples
         self.n_steps = plan.n_steps
@@ -262,7 +270,10 @@ class _Loop:
         if not self.checked:
             self.check_output(out, n)
         wrt = pts if self.req.leaves is None else self.req.leaves()
-        return input_gradients(out, wrt, self.grad_outputs(out, examples))
+        grads = input_gradients(out, wrt, self.grad_outputs(out, examples))
+        if self.form.reuses_outputs:  # CUDA graphs overwrite them on the next chunk
+            grads = tuple(g.clone() for g in grads)
+        return grads
 
     # -- folding -----------------------------------------------------------
     def fold(self, grads: Tuple[Tensor, ...], r0: int, r1: int) -> None:
@@ -380,21 +391,24 @@ class _Loop:
         budget = req.memory_budget or _budget.default_budget(req.inputs[0].device)
         # Backward rules change what autograd saves per row: measured per rule set.
         rules = getattr(req.rules, "func", req.rules)
-        owner, tag = req.activation_key or (self.model, None)
+        owner, tag = req.activation_key or (req.model, None)
         inputs_sig, row_bytes = _budget.signature_and_row_bytes(req.inputs)
-        sig = (inputs_sig, getattr(rules, "__qualname__", None), tag)
+        sig = (inputs_sig, getattr(rules, "__qualname__", None), tag, self.form.form)
         measured = _budget.cached_activation_bytes(owner, sig)
         chunk = self.chunk_rows(budget, row_bytes, measured, total)
+        if measured is not None:  # a compiled form serves this chunk size (never the measuring chunk)
+            self.form.serve_rows(chunk)
         r0 = 0
         while r0 < total:
             r1 = min(total, r0 + chunk)
             if measured is None:
-                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(owner))
+                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(owner) | self.form.own_storages)
                 with meter.measuring():
                     grads = self.gradients(r0, r1)
                 measured = -(-meter.total // (r1 - r0))
                 _budget.store_activation_bytes(owner, sig, measured)
                 chunk = self.chunk_rows(budget, row_bytes, measured, total)
+                self.form.serve_rows(chunk)
             else:
                 grads = self.gradients(r0, r1)
             if req.row_transform is not None:
@@ -473,4 +487,7 @@ class _Loop:
 
 def run(req: Request) -> Result:
     """Evaluate ``req.plan`` on ``req.model`` chunk by chunk; see :class:`Result`."""
-    return _Loop(req).run()
+    loop = _Loop(req)
+    result = loop.run()
+    result.model_form, result.form_reason = loop.form.form, loop.form.reason
+    return result
