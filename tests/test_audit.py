@@ -106,6 +106,9 @@ def test_default_run_end_to_end(env, tmp_path):
             s = summary["methods"][m][name]
             vals = frame.loc[frame["method"] == m, name].to_numpy()
             vals = vals[np.isfinite(vals)]
+            if not len(vals):  # a measure the method does not have (explanation_error of saliency)
+                assert s["mean"] is None and s["median"] is None
+                continue
             assert s["mean"] == pytest.approx(vals.mean()) and s["median"] == pytest.approx(np.median(vals))
             assert s["p5"] <= s["median"] <= s["p95"]
     assert set(summary["accuracy"]) >= {"clean", "fgsm", "pgd"}

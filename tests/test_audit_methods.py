@@ -72,7 +72,7 @@ def references(model, data):
     value_range = float(data.max() - data.min())
     mean = data.mean(0, keepdim=True)
     layer = model[4]
-    ig_settings = defaults("integrated_gradients", n_steps=5, method="riemann_trapezoid", baseline="mean")
+    ig_settings = defaults("integrated_gradients", rtol="off", n_steps=5, method="riemann_trapezoid", baseline="mean")
     gamma = lrp_rules.GammaRule(0.5, epsilon=1e-6)
     gamma_rules = dict(attr.default_composite(epsilon=1e-6).rules_by_type)
     gamma_rules.update({nn.Conv2d: gamma, nn.Linear: gamma})
@@ -81,9 +81,12 @@ def references(model, data):
         "input_x_gradient": (defaults("input_x_gradient"), lambda x, t, o: attr.input_x_gradient(model, x, t)),
         "integrated_gradients": (ig_settings, lambda x, t, o: attr.integrated_gradients(
             model, x, mean, t, n_steps=5, method="riemann_trapezoid")),
-        "integrated_gradients/blur": (defaults("integrated_gradients", baseline="blur"),
+        "integrated_gradients/blur": (defaults("integrated_gradients", rtol="off", baseline="blur"),
                                       lambda x, t, o: attr.integrated_gradients(
                                           model, x, gaussian_blur(x, 5.0, 11), t, n_steps=16)),
+        "integrated_gradients/rtol": (defaults("integrated_gradients", baseline="mean"),
+                                      lambda x, t, o: attr.integrated_gradients(
+                                          model, x, mean, t, rtol=0.05, max_steps=64)[0]),
         "smoothgrad": (defaults("smoothgrad", stdev=0.2, n_samples=3),
                        lambda x, t, o: attr.smoothgrad(model, x, t, n_samples=3, stdev=0.2 * value_range,
                                                        seed=SEED, example_offset=o)),
@@ -362,7 +365,8 @@ def test_resolve_parses_types():
              "saliency": {"abs": "false"}, "smoothgrad": {"stdev": "0.25"}, "lrp": {"epsilon": "1e-6"}}
     before = copy.deepcopy(given)
     out = resolve(METHOD_SETTINGS, given, "--method-option")
-    assert out["integrated_gradients"] == {"n_steps": 32, "baseline": -0.5, "method": "riemann_left"}
+    assert out["integrated_gradients"] == {"n_steps": 32, "baseline": -0.5, "method": "riemann_left",
+                                           "rtol": 0.05, "max_steps": 64}
     assert out["saliency"] == {"abs": False}
     assert out["smoothgrad"]["stdev"] == 0.25 and out["smoothgrad"]["n_samples"] == 8
     assert out["lrp"]["epsilon"] == 1e-6
@@ -384,6 +388,7 @@ def test_resolve_parses_types():
     ({"grad_cam": {"layer": ""}}, "expected a module name"),
     ({"integrated_gradient": {"n_steps": "3"}}, "unknown 'integrated_gradient'; available: saliency, "),
     ({"integrated_gradients": {"steps": "3"}}, "integrated_gradients has no setting 'steps'; its settings: "
+                                                "rtol (default 0.05), max_steps (default 64), "
                                                 "n_steps (default 16), method (default gausslegendre), "
                                                 "baseline (default zeros)"),
     ({"input_x_gradient": {"abs": "true"}}, "input_x_gradient has no setting 'abs'; its settings: none"),
@@ -413,7 +418,8 @@ def test_config_file_then_command_line(tmp_path):
     from_file = resolve(METHOD_SETTINGS, loaded["methods"], "--config")
     cli = parse_assignments(["integrated_gradients.n_steps=32"], "--method-option")
     final = resolve(METHOD_SETTINGS, cli, "--method-option", base=from_file)
-    assert final["integrated_gradients"] == {"n_steps": 32, "method": "gausslegendre", "baseline": "mean"}
+    assert final["integrated_gradients"] == {"n_steps": 32, "method": "gausslegendre", "baseline": "mean",
+                                             "rtol": 0.05, "max_steps": 64}
     assert final["smoothgrad"]["stdev"] == 0.3
     assert from_file["integrated_gradients"]["n_steps"] == 8  # the base is not modified
 
@@ -445,10 +451,17 @@ def test_wrong_toml_type_names_the_option(tmp_path):
 
 
 def test_settings_that_do_not_fit_together():
-    given = {"integrated_gradients": {"method": "riemann_left", "n_steps": "1"}}
+    given = {"integrated_gradients": {"method": "riemann_left", "n_steps": "1", "rtol": "off"}}
     s = resolve(METHOD_SETTINGS, given, "--method-option")
     with pytest.raises(AuditError, match="^--method-option: integrated_gradients: the riemann_left rule needs n_steps"):
         check_settings(s, "--method-option")
+    fixed_rule_with_rtol = resolve(METHOD_SETTINGS, {"integrated_gradients": {"method": "riemann_left"}},
+                                   "--method-option")
+    with pytest.raises(AuditError, match="method=riemann_left is a fixed rule, but rtol=0.05 .* set rtol=off"):
+        check_settings(fixed_rule_with_rtol, "--method-option")
+    with pytest.raises(AuditError, match="rtol must be > 0"):
+        check_settings(resolve(METHOD_SETTINGS, {"integrated_gradients": {"rtol": "0"}}, "--method-option"),
+                       "--method-option")
     check_settings(resolve(METHOD_SETTINGS, {}, "--method-option"), "--method-option")
 
 

@@ -46,7 +46,8 @@ def never_built():
     raise RuntimeError("the model was built: the audit started work before refusing")
 '''
 DEFAULTS = ("max_sensitivity", "avg_sensitivity", "relative_input_stability", "infidelity", "local_lipschitz_estimate",
-            "deletion_auc", "insertion_auc", "randomization_spearman", "fgsm_accuracy", "pgd_accuracy")
+            "deletion_auc", "insertion_auc", "randomization_spearman", "fgsm_accuracy", "pgd_accuracy",
+            "explanation_error")
 FAITHFULNESS = ("faithfulness_correlation", "faithfulness_estimate", "monotonicity", "monotonicity_correlation",
                 "region_perturbation_auc", "selectivity_auc", "irof", "road", "pixel_flipping_auc")
 ROBUSTNESS = ("continuity", "relative_output_stability", "relative_representation_stability", "random_logit",

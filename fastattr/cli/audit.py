@@ -20,7 +20,7 @@ from .data import MASK_SHAPES, Dataset, load_dataset
 from .measures import BatchContext, Group, Values, available_groups, metric_names, resolved_for_model
 from .methods import (
     DEFAULT_METHODS, METHOD_SETTINGS, METHODS, MethodContext, check_applicable, check_settings, describe_methods,
-    explain, explainer_for, make_context, method_rows,
+    explain, explain_with_error, explainer_for, make_context, method_rows,
 )
 from .models import SelectedOutput, class_scores, first_output, load_model, user_model_prefix
 from .options import Resolved, describe, load_config_file, parse_assignments, resolve
@@ -300,8 +300,9 @@ def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditCon
             keep(g.compute(ctx, None, None), columns, stacked=False)
             advance(share[(g.name, None)])
     for method in p.methods:
-        attrs = explain(method, p.model, x, pred, config.seed, offset, config.memory_budget,
-                        p.method_settings[method], p.context).detach()
+        attrs, ctx.errors[method] = explain_with_error(method, p.model, x, pred, config.seed, offset,
+                                                       config.memory_budget, p.method_settings[method], p.context)
+        attrs = attrs.detach()
         advance(share[("explain", method)])
         for g in p.groups:
             if g.per_method:

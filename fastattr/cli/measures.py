@@ -42,6 +42,8 @@ class BatchContext:
     explainer_of: ExplainerOf  # how a metric re-runs a method on perturbed inputs
     layer_prefix: str = ""  # the user's model's path in the audited model (module names are the user's)
     masks: Optional[Tensor] = None  # bool [b, 1 or C, *S]: the data's ground-truth masks, if it has them
+    # method -> its own error estimate float64 [b] (IG with rtol, SmoothGrad), filled as each method explains
+    errors: Dict[str, Optional[Tensor]] = dataclasses.field(default_factory=dict)
 
     def of(self, group: str) -> Mapping[str, Any]:
         return self.settings[group]
@@ -353,6 +355,21 @@ def ssim_window(x: Tensor) -> int:
     return 7 if features >= 7 else max(3, features - (1 - features % 2))
 
 
+def _explanation_error_group() -> Group:
+    # What the method says of its own accuracy: no extra rows, so on by default.
+    def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
+        error = ctx.errors.get(method)
+        if error is None:
+            error = torch.full((ctx.x.shape[0],), float("nan"), dtype=torch.float64, device=ctx.x.device)
+        return Values({"explanation_error": error})
+
+    return Group("explanation_error", ("explanation_error",), True, compute, lambda f: (),
+                 lambda s, rows: (0, 0), {"explanation_error": False},
+                 {"explanation_error": "the method's own estimate of its relative error: IG refined to rtol "
+                                       "(estimated path error), SmoothGrad (standard error of the noise "
+                                       "average); NaN for methods without one"})
+
+
 def _installed(module: str) -> Optional[Any]:
     try:
         return importlib.import_module(f"fastattr.metrics.{module}")
@@ -377,6 +394,7 @@ def available_groups() -> List[Group]:
         if module is not None:
             made = build(module)
             groups.extend(made if isinstance(made, list) else [made])
+    groups.append(_explanation_error_group())
     # Quantus's other metrics, on request only (by_default=False)
     from . import measures_axiomatic, measures_explanation, measures_faithfulness, measures_robustness
 

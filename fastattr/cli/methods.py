@@ -104,6 +104,10 @@ class Method:
     check: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None
     # settings -> model rows (forward and backward) per explained example: the method's cost
     rows: Callable[[Dict[str, Any]], int] = lambda settings: 1
+    # settings -> whether the function's own options make it return (attributions, accuracy report)
+    reports_error: Callable[[Dict[str, Any]], bool] = lambda settings: False
+    # settings -> options that make the function also return its error (when it has one)
+    error_options: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda settings: {}
 
     @property
     def uses_layer(self) -> bool:
@@ -169,6 +173,23 @@ def _riemann_steps(settings: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _ig_check(settings: Dict[str, Any]) -> Optional[str]:
+    if settings["rtol"] == "off":
+        return _riemann_steps(settings)
+    if settings["rtol"] <= 0:
+        return f"rtol must be > 0 (or off), got {settings['rtol']}"
+    if settings["method"] != "gausslegendre":
+        return (f"method={settings['method']} is a fixed rule, but rtol={settings['rtol']} refines each path "
+                "with its own (the adaptive trapezoid): set rtol=off to use a fixed rule")
+    return None
+
+
+def _ig_rows(settings: Dict[str, Any]) -> int:
+    # With rtol each example takes the steps it needs (5 to max_steps): the
+    # plan counts n_steps for it, the fixed rule's count, as its estimate.
+    return settings["n_steps"] if settings["rtol"] == "off" else min(max(5, settings["n_steps"]), settings["max_steps"])
+
+
 # --- settings to options ---
 
 def _baseline(value: Union[str, float], x: Tensor, context: MethodContext) -> Union[float, Tensor]:
@@ -204,6 +225,20 @@ def _no_options(settings: Dict[str, Any], x: Tensor, context: MethodContext) -> 
 def _path_options(settings: Dict[str, Any], x: Tensor, context: MethodContext) -> Dict[str, Any]:
     return {"n_steps": settings["n_steps"], "method": settings["method"],
             "baselines": _baseline(settings["baseline"], x, context)}
+
+
+def _ig_options(settings: Dict[str, Any], x: Tensor, context: MethodContext) -> Dict[str, Any]:
+    if settings["rtol"] == "off":
+        return _path_options(settings, x, context)
+    return {"rtol": settings["rtol"], "max_steps": settings["max_steps"],
+            "baselines": _baseline(settings["baseline"], x, context)}
+
+
+def _smoothgrad_error(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """SmoothGrad's standard error where it has one: the mean (or mean of
+    squares) over at least two independent units (antithetic pairs)."""
+    units = settings["n_samples"] // 2 if settings["n_samples"] % 2 == 0 else 0
+    return {"return_standard_error": True} if settings["kind"] != "vargrad" and units >= 2 else {}
 
 
 def _smoothgrad_options(settings: Dict[str, Any], x: Tensor, context: MethodContext) -> Dict[str, Any]:
@@ -285,9 +320,15 @@ METHODS: Dict[str, Method] = {
         lambda s, x, c: {"abs": s["abs"]}),
     "input_x_gradient": Method("input_x_gradient", "input times gradient (one backward)", (), _no_options),
     "integrated_gradients": Method(
-        "integrated_gradients", "path integral of gradients from a baseline (n_steps backwards)",
-        (_steps_setting(), _quadrature_setting(), _baseline_setting()), _path_options, check=_riemann_steps,
-        rows=lambda s: s["n_steps"]),
+        "integrated_gradients",
+        "path integral of gradients from a baseline, each example's path refined to rtol (up to max_steps "
+        "backwards, planned at n_steps; exactly n_steps with rtol = off)",
+        (Setting("rtol", 0.05, choice_or_number(("off",)),
+                 "relative error each example's attribution is refined to, as estimated (docs/accuracy.md), "
+                 "or off for a fixed n_steps rule"),
+         Setting("max_steps", 64, integer(5), "rtol: the most path points per example (integer >= 5)"),
+         _steps_setting(), _quadrature_setting(), _baseline_setting()),
+        _ig_options, check=_ig_check, rows=_ig_rows, reports_error=lambda s: s["rtol"] != "off"),
     "smoothgrad": Method(
         "smoothgrad", "an explainer averaged over noisy copies (n_samples x its cost)",
         (_samples_setting(), _stdev_setting(0.1),
@@ -297,7 +338,7 @@ METHODS: Dict[str, Method] = {
          Setting("abs", True, boolean, "explainer = saliency: absolute gradient (true | false)"),
          Setting("n_steps", 16, integer(1),
                  "explainer = integrated_gradients: Gauss-Legendre steps from a zero baseline (integer >= 1)")),
-        _smoothgrad_options, keyed=True, rows=_smoothgrad_rows),
+        _smoothgrad_options, keyed=True, rows=_smoothgrad_rows, error_options=_smoothgrad_error),
     "gradient_shap": Method(
         "gradient_shap", "gradients at random points between the noisy input and drawn baselines (n_samples backwards)",
         (_samples_setting(), _stdev_setting(0.1),
@@ -474,19 +515,36 @@ def explain(method: str, model: Model, x: Tensor, target: Tensor, seed: int, off
     random draws keyed by ``seed`` and example ``offset + i`` (``offset``: the
     data-set index of ``x[0]``). Raises what the fastattr function raises, and
     ValueError when the result is not shaped like ``x``."""
+    return explain_with_error(method, model, x, target, seed, offset, memory_budget, settings, context,
+                              want_error=False)[0]
+
+
+def explain_with_error(method: str, model: Model, x: Tensor, target: Tensor, seed: int, offset: int,
+                       memory_budget: Optional[int], settings: Dict[str, Any], context: MethodContext,
+                       want_error: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`explain`'s attributions and, with ``want_error``, the method's
+    own estimate of each example's relative error, float64 ``[b]`` (IG with
+    ``rtol``: the path's estimated error; SmoothGrad: the standard error of
+    its noise average), or None for a method without one."""
     m = METHODS[method]
     kwargs = m.options(settings, x, context)
+    if want_error:
+        kwargs.update(m.error_options(settings))
     if m.uses_layer:
         kwargs["layer"] = _layer(model, settings, context)
     if m.keyed:
         kwargs.update(seed=seed, example_offset=offset)
     out = getattr(_attr, m.function)(model, x, target=target, memory_budget=memory_budget, **kwargs)
+    error = None
+    if m.reports_error(settings) or (want_error and m.error_options(settings)):
+        out, report = out
+        error = getattr(report, "error", report).to(torch.float64)
     if m.to_input is not None:
         out = m.to_input(out, x, settings)
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"{method} gave attributions shaped {got}, not like the inputs {list(x.shape)}")
-    return out
+    return out, error
 
 
 def _reads_input_values(settings: Dict[str, Any]) -> bool:
@@ -505,12 +563,14 @@ def explainer_for(method: str, x: Tensor, seed: int, memory_budget: Optional[int
     ``example_offset``, and folds saliency, input x gradient and integrated
     gradients into its own engine run; fragility can differentiate those).
     The others (layer methods, a ``"blur"`` baseline, which is the blur of
-    each perturbed copy) give a callable with the metrics' explainer
+    each perturbed copy, IG refined to ``rtol``, whose function returns its
+    accuracy report too) give a callable with the metrics' explainer
     signature that runs :func:`explain` on the model it is handed (a
     randomized copy in the randomization test), with ``memory_budget`` in
     its kwargs (the metrics pass a budget to fastattr's own functions only)."""
     m = METHODS[method]
-    if m.uses_layer or m.to_input is not None or _reads_input_values(settings):
+    # (a method that reports its error returns a pair: run through explain, which unpacks it)
+    if m.uses_layer or m.to_input is not None or _reads_input_values(settings) or m.reports_error(settings):
         def explainer(model: Model, inputs: Tensor, target: Any = None, additional_forward_args: Any = None,
                       memory_budget: Optional[int] = None, example_offset: int = 0) -> Tensor:
             if additional_forward_args is not None:
