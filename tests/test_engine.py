@@ -913,3 +913,71 @@ def test_example_offset_keys_a_batch_as_part_of_a_data_set(backend, explainer):
     assert not torch.equal(shifted[0], whole[0][3:])
     with pytest.raises(ValueError, match="example_offset"):
         explain(x, -1)
+
+
+class _RunsOutOfMemoryAbove(nn.Module):
+    """The wrapped model, raising torch.OutOfMemoryError (as CUDA's allocator
+    does) on a forward of more than ``limit`` rows; counts the row sizes."""
+
+    def __init__(self, model: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.sizes = model, limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"{x.shape[0]} rows do not fit")
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad"])
+def test_out_of_memory_chunk_is_retried_in_halves(backend, name):
+    """A chunk that runs out of memory runs again in halves, the rest of the
+    call at that size: the result equals a call made at that chunk size."""
+    torch.manual_seed(0)
+    model = _mlp().double()
+    x = torch.randn(5, 5, dtype=torch.float64)
+    call = {
+        "integrated_gradients": lambda m, **kw: fastattr.integrated_gradients(m, x, target=1, n_steps=20, **kw),
+        "smoothgrad": lambda m, **kw: fastattr.smoothgrad(m, x, target=1, n_samples=20, stdev=0.1, seed=3, **kw),
+    }[name]
+    flaky = _RunsOutOfMemoryAbove(model, limit=30)
+    got = call(flaky, chunk_rows=100)
+    assert flaky.sizes[:3] == [100, 50, 25] and max(flaky.sizes[2:]) == 25
+    assert torch.equal(got, call(model, chunk_rows=25))
+
+
+def test_out_of_memory_at_one_row_is_raised(backend):
+    model = _RunsOutOfMemoryAbove(_mlp(), limit=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        fastattr.saliency(model, torch.randn(3, 5), target=0)
+
+
+def test_plan_tensors_are_copied_to_a_device_once():
+    """The cached plans' alphas and weights: one device copy, reused by every call."""
+    from fastattr.attr.integrated_gradients import path_plan
+    from fastattr.engine import loop
+
+    plan = path_plan(7, "gausslegendre", True)
+    meta = torch.device("meta")
+    first = loop._plan_tensor_on(plan.alphas, meta)
+    assert first.device == meta and loop._plan_tensor_on(plan.alphas, meta) is first
+    assert loop._plan_tensor_on(plan.alphas, torch.device("cpu")) is plan.alphas
+
+
+def test_forward_rows_retry_out_of_memory_in_halves():
+    from fastattr._validate import format_target
+    from fastattr.engine import forward_rows
+
+    model = _mlp().double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    scales = torch.linspace(0.5, 1.5, 10, dtype=torch.float64)
+
+    def rows_for(r0, r1):
+        r = torch.arange(r0, r1)
+        return (x[r // 10] * scales[r % 10].view(-1, 1),)
+
+    flaky = _RunsOutOfMemoryAbove(model, limit=12)
+    got = forward_rows(flaky, rows_for, 40, 10, (x,), format_target(2, 4, x.device), chunk_rows=40)
+    assert flaky.sizes[:3] == [40, 20, 10] and max(flaky.sizes[2:]) == 10
+    assert torch.equal(got, forward_rows(model, rows_for, 40, 10, (x,), format_target(2, 4, x.device), chunk_rows=10))

@@ -55,12 +55,25 @@ def forward_rows(
     single = like[0].shape[0] == 1
     checked = False
     with torch.no_grad(), train_mode_guarded(model):
-        for r0 in range(0, total, chunk):
+        r0 = 0
+        while r0 < total:
             r1 = min(total, r0 + chunk)
             examples = row_examples(r0, r1, per_example, device)
-            values = form.model(*rows_for(r0, r1), *rows_args(additional_args, batched, None if single else examples, r1 - r0))
+            try:
+                values = form.model(*rows_for(r0, r1),
+                                    *rows_args(additional_args, batched, None if single else examples, r1 - r0))
+            except torch.OutOfMemoryError:
+                if r1 - r0 == 1:
+                    raise
+                # the same rows again in halves, and the rest of the call at that size
+                chunk = (r1 - r0) // 2
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                form.serve_rows(chunk, grad=False)
+                continue
             if not checked:
                 target = check_model_output(values, r1 - r0, target)
                 checked = True
             out[r0:r1] = target_outputs(values, target, examples)
+            r0 = r1
     return out

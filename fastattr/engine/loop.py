@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Hashable, List, Optional, Tuple, Union
 
@@ -146,8 +147,26 @@ def _group_baselines(req: Request, i: int, g0: int, g1: int) -> Tensor:
     return base.index_select(0, examples)
 
 
-def _on(t: Tensor, device: torch.device) -> Tensor:
-    return t if t.device == device else t.to(device)
+# Device copies of the plans' tensors (cached plans: the same alphas and step
+# weights every call), so that a call copies nothing to the device: a copy
+# from pageable host memory waits for the device's queue.
+_DEVICE_COPIES: Dict[Tuple[int, torch.device], Tuple["weakref.ref[Tensor]", Tensor]] = {}
+_DEVICE_COPIES_MAX = 256
+
+
+def _plan_tensor_on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``: a plan's tensor (never written), its copy cached per device."""
+    if t.device == device:
+        return t
+    key = (id(t), device)
+    hit = _DEVICE_COPIES.get(key)
+    if hit is not None and hit[0]() is t:
+        return hit[1]
+    if len(_DEVICE_COPIES) >= _DEVICE_COPIES_MAX:
+        _DEVICE_COPIES.clear()
+    copy = t.to(device)
+    _DEVICE_COPIES[key] = (weakref.ref(t), copy)
+    return copy
 
 
 @functools.lru_cache(maxsize=16)
@@ -178,8 +197,8 @@ class _Loop:
         self.per_example = plan.points_per_example
         self.acc_dtypes = [accumulator_dtype(x.dtype) for x in req.inputs]
         device = req.inputs[0].device
-        self.alphas = None if plan.alphas is None else _on(plan.alphas, device)
-        self.step_weights = _on(plan.step_weights, device)
+        self.alphas = None if plan.alphas is None else _plan_tensor_on(plan.alphas, device)
+        self.step_weights = _plan_tensor_on(plan.step_weights, device)
         self.target: Union[FormattedTarget, FlatTarget] = req.target  # flat once checked
         self.example_seeds: Optional[Tensor] = None  # [B, *O] one-hot of each example's target
         self.batch_args = per_example_flags(req.additional_args)
@@ -202,6 +221,7 @@ class _Loop:
         # the fold need not remake them; detached only where they are used.
         self.rows_are_samples = plan.alphas is None and req.group_alphas is None and req.leaves is None
         self.chunk_rows_made: Optional[Tuple[int, int, Tuple[Tensor, ...]]] = None
+        self.rows_after_oom: Optional[int] = None  # rows per chunk since a chunk ran out of memory
 
     # -- one chunk ---------------------------------------------------------
     def points(self, i: int, r0: int, n: int) -> Tensor:
@@ -401,16 +421,29 @@ class _Loop:
         r0 = 0
         while r0 < total:
             r1 = min(total, r0 + chunk)
-            if measured is None:
-                meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(owner) | self.form.own_storages)
-                with meter.measuring():
+            try:
+                if measured is None:
+                    meter = _budget.SavedBytesMeter(_budget.model_storage_ptrs(owner) | self.form.own_storages)
+                    with meter.measuring():
+                        grads = self.gradients(r0, r1)
+                    measured = -(-meter.total // (r1 - r0))
+                    _budget.store_activation_bytes(owner, sig, measured)
+                    chunk = self.chunk_rows(budget, row_bytes, measured, total)
+                    self.form.serve_rows(chunk)
+                else:
                     grads = self.gradients(r0, r1)
-                measured = -(-meter.total // (r1 - r0))
-                _budget.store_activation_bytes(owner, sig, measured)
-                chunk = self.chunk_rows(budget, row_bytes, measured, total)
+            except torch.OutOfMemoryError:
+                # Nothing is folded before the backward ends: the same rows
+                # again, in halves (the result changes only by the model's
+                # batch-size rounding), down to one row (one example).
+                if r1 - r0 <= self.smallest_chunk():
+                    raise
+                chunk = self.rows_after_oom = self.halved(r1 - r0)
+                self.chunk_rows_made = None
+                if req.inputs[0].device.type == "cuda":
+                    torch.cuda.empty_cache()
                 self.form.serve_rows(chunk)
-            else:
-                grads = self.gradients(r0, r1)
+                continue
             if req.row_transform is not None:
                 grads = req.row_transform(self, grads, r0, r1)
             self.fold(grads, r0, r1)
@@ -419,9 +452,22 @@ class _Loop:
             r0 = r1
         return chunk
 
+    def smallest_chunk(self) -> int:
+        """One row, or one example's rows when the request asks for whole examples."""
+        return self.per_example if self.req.whole_examples else 1
+
+    def halved(self, rows: int) -> int:
+        """Rows per chunk after ``rows`` ran out of memory: half, in whole
+        examples when the request asks (at least :meth:`smallest_chunk`)."""
+        unit = self.smallest_chunk()
+        half = max(unit, rows // 2)
+        return half - half % unit
+
     def chunk_rows(self, budget: int, row_bytes: int, measured: Optional[int], total: int) -> int:
         """Rows per chunk within ``budget``; whole examples when the request asks."""
         rows = _budget.rows_per_chunk(budget, row_bytes, measured, total, self.req.chunk_rows)
+        if self.rows_after_oom is not None:  # the rest of the call at the size that fit
+            rows = min(rows, self.rows_after_oom)
         if self.req.whole_examples:
             rows = max(self.per_example, rows - rows % self.per_example)
         return rows
