@@ -41,16 +41,29 @@ classes) runs through ``fastattr.captum``'s drop-in classes against
 ``captum.attr``'s, one script for both. Layer methods' floor is the model's
 rows (the inputs repeated); neuron methods' the model cut at the layer
 (forward to the layer, the neuron's backward).
+
+**Model forms** (``--forms``, default ``eager,fast``; ``docs/model_form.md``):
+for the methods that take ``model_form`` (``FORM_METHODS``), a line under
+the workload's row, timed in the same interleaved repeats: the **fast
+floor** (the floor's rows through ``model_form="fast"``'s copy: BatchNorm
+folded, channels-last) and fastattr in each form, as a ratio of the eager
+floor. ``compiled`` adds its first two calls' seconds (the compilation,
+never hidden; one graph per chunk size, reused by every later call). Target: IG and
+SmoothGrad on the ResNet at B=16 in ``"fast"`` form at most
+``FAST_TARGET`` of the eager floor. Each form's result is checked against
+float64 before timing (``_check_forms``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import resource
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -63,6 +76,7 @@ import workloads as W  # noqa: E402
 
 import fastattr  # noqa: E402
 import fastattr.captum as fc  # noqa: E402
+from fastattr.engine.model_form import FORMS, model_in_form  # noqa: E402
 
 try:
     import captum.attr as ca
@@ -76,6 +90,13 @@ RESNET_SIZE = 64
 BATCHES = (1, 16)
 MODEL_NAMES = ("conv", "mlp", "resnet18")
 PEAK_STEPS = 300
+# The methods whose fastattr call takes model_form, and the ratio of the
+# eager floor their "fast" form must reach on the ResNet at B=16 (issue 18).
+FORM_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "gradient_shap")
+FAST_TARGET = 0.75
+# A form's results are checked to be within this many times eager float32's
+# error against float64 (tests/test_model_form.py's factor; see _check_forms).
+FORM_FACTOR = 4
 PEAK_BUDGET = 512 << 20
 CONDUCTANCE_BUDGET = 1 << 30
 
@@ -183,16 +204,38 @@ def all_specs() -> List[MethodSpec]:
 
 @dataclass
 class Bench:
-    """What ``run.measure`` times: the three callables of one workload."""
+    """What ``run.measure`` times: the three callables of one workload (and
+    the model forms': ``floor[fast]``, ``fastattr[<form>]``)."""
 
     spec: MethodSpec
     device: torch.device
     model: nn.Module
     calls: Dict[str, Callable[[], Any]]
+    # A form's first two calls, in seconds: a compiled form compiles in the
+    # first call that runs a chunk of the measured size (the first call
+    # measures the model on its first chunk, uncompiled: the second call when
+    # that chunk is all the rows).
+    first_calls_s: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    example: Optional[Tuple[Tensor, Tensor, Tensor]] = None  # (x, target, refs) the calls explain
+    notes: List[str] = field(default_factory=list)  # printed under the forms line (a form that did not apply)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def _form_call(spec: MethodSpec, model: nn.Module, x: Tensor, t: Tensor, refs: Tensor, form: str) -> Callable:
+    """fastattr's call of ``spec`` (a method of ``FORM_METHODS``) with ``model_form=form``."""
+    m = spec.method
+    if m == "saliency":
+        return lambda: fastattr.saliency(model, x, target=t, model_form=form)
+    if m == "input_x_gradient":
+        return lambda: fastattr.input_x_gradient(model, x, target=t, model_form=form)
+    if m == "integrated_gradients":
+        return lambda: fastattr.integrated_gradients(model, x, target=t, n_steps=STEPS, model_form=form)
+    if m == "smoothgrad":
+        return lambda: fastattr.smoothgrad(model, x, target=t, n_samples=SAMPLES, stdev=STDEV, model_form=form)
+    return lambda: fastattr.gradient_shap(model, x, refs, target=t, n_samples=SAMPLES, stdev=STDEV, model_form=form)
 
 
 def _calls(spec: MethodSpec, model: nn.Module, x: Tensor, t: Tensor, refs: Tensor) -> Tuple[Callable, Optional[Callable]]:
@@ -323,7 +366,9 @@ def _cut_floor(model: nn.Module, layer: nn.Module, neuron: Tuple[int, ...], rows
     return floor
 
 
-def build(spec: MethodSpec) -> Bench:
+def build(spec: MethodSpec, forms: Tuple[str, ...] = ()) -> Bench:
+    """The workload's calls; with ``forms`` (for ``FORM_METHODS``), also the
+    fast floor and fastattr in each of those model forms."""
     model, shape, n_classes = _model(spec.model)
     g = torch.Generator().manual_seed(W.SEED + spec.batch)
     x = torch.rand((spec.batch, *shape), generator=g)
@@ -353,7 +398,20 @@ def build(spec: MethodSpec) -> Bench:
     bare = _bare_call(spec, model, x, onehot)
     if bare is not None:
         calls["bare"] = bare
-    return Bench(spec, torch.device("cpu"), model, calls)
+    bench = Bench(spec, torch.device("cpu"), model, calls, example=(x, t, refs))
+    if spec.method in FORM_METHODS:
+        for form in forms:
+            if form == "fast":
+                calls["floor[fast]"] = _floor(model_in_form(model, "fast", (x,)).model, rows, onehot)
+            call = _form_call(spec, model, x, t, refs, form)
+            seconds = []
+            for _ in range(2):  # a compiled form compiles here: reported, not hidden
+                t0 = time.perf_counter()
+                call()
+                seconds.append(time.perf_counter() - t0)
+            bench.first_calls_s[form] = (seconds[0], seconds[1])
+            calls[f"fastattr[{form}]"] = call
+    return bench
 
 
 # The methods workloads.bare_call makes from fastattr's fused ops.
@@ -401,6 +459,7 @@ def check(bench: Bench) -> List[str]:
         err = W.rel_err(bench.calls["bare"](), fa)
         if err > 1e-6:
             problems.append(f"bare call != fastattr (rel err {err:.2e})")
+    problems += _check_forms(bench)
     if METHODS[spec.method][1] and "captum" in bench.calls:
         theirs = bench.calls["captum"]()
         for a, b in zip(fa if isinstance(fa, (tuple, list)) else (fa,),
@@ -412,6 +471,70 @@ def check(bench: Bench) -> List[str]:
             if err > 1e-4:
                 problems.append(f"!= Captum (rel err {err:.2e})")
     return problems
+
+
+FORM_CHECK_EXAMPLES = 8
+
+
+def _check_forms(bench: Bench) -> List[str]:
+    """Problems of the model forms' calls: a form that did not apply (it
+    would time eager under another name), or results further from float64
+    than ``FORM_FACTOR`` times fastattr eager's float32 ones (the median
+    over the workload's examples, at least ``FORM_CHECK_EXAMPLES``, of the
+    ratio of their max errors).
+
+    The median, not every example: a float32 result may take the other
+    branch of a ReLU whose input lies within rounding of 0, as eager float32
+    may too (on the ResNet, one of 50 SmoothGrad rows had a ReLU input
+    3e-8 of its layer's largest, and the fast form's gradient of that row
+    was 6e-3 off); a rewrite that changed the function is off on every
+    example."""
+    problems = []
+    x, t, refs = bench.example
+    if x.shape[0] < FORM_CHECK_EXAMPLES:  # else the workload's own (a compiled form then compiles no other size)
+        g = torch.Generator().manual_seed(W.SEED + 1000)
+        x = torch.rand((FORM_CHECK_EXAMPLES, *x.shape[1:]), generator=g)
+        t = (torch.arange(FORM_CHECK_EXAMPLES) * 5 + 2).remainder(_model(bench.spec.model)[2])
+    exact = _form_call(bench.spec, copy.deepcopy(bench.model).double(), x.double(), t, refs.double(), "eager")()
+    eager = _form_call(bench.spec, bench.model, x, t, refs, "eager")()
+    floor = torch.finfo(torch.float32).eps / 2 * exact.flatten(1).abs().amax(1)
+
+    def errors(result: Tensor) -> Tensor:
+        return (result.double() - exact).flatten(1).abs().amax(1)
+
+    for name in bench.calls:
+        if not name.startswith("fastattr["):
+            continue
+        form = name[len("fastattr["):-1]
+        used = model_in_form(bench.model, form, (x,))
+        if used.form != form:  # nothing to rewrite (an MLP without BatchNorm): it times eager
+            bench.notes.append(f"{name} runs {used.form}: {used.reason}")
+            continue
+        ratio = errors(_form_call(bench.spec, bench.model, x, t, refs, form)()) / torch.maximum(errors(eager), floor)
+        if ratio.median().item() > FORM_FACTOR:
+            problems.append(f"{name}: error against float64 {ratio.median().item():.3g} x eager float32's "
+                            f"(median over {FORM_CHECK_EXAMPLES} examples) > {FORM_FACTOR}")
+    return problems
+
+
+def forms_line(bench: Bench, times: Dict[str, List[float]]) -> str:
+    """The model forms of one workload, as ratios of the eager floor (best
+    times, and paired within repeats)."""
+    floor = min(times["floor"])
+    parts = []
+    for name in times:
+        if name == "floor[fast]" or name.startswith("fastattr["):
+            best = min(times[name])
+            parts.append(f"{name} {best * 1000:.3f} ms = {best / floor:.3f} ({R.paired_ratio(times, name, 'floor'):.3f})")
+    if "compiled" in bench.first_calls_s:
+        first, second = bench.first_calls_s["compiled"]
+        parts.append(f"compiled: first two calls {first:.1f} s, {second:.1f} s (the compilation)")
+    line = "    of the eager floor: " + "; ".join(parts + bench.notes)
+    if bench.spec.model == "resnet18" and bench.spec.batch == 16 and bench.spec.method in (
+            "integrated_gradients", "smoothgrad") and "fastattr[fast]" in times:
+        ratio = min(times["fastattr[fast]"]) / floor
+        line += f"  fast target <= {FAST_TARGET}: {'yes' if ratio <= FAST_TARGET else 'NO'}"
+    return line
 
 
 def verdict(floor_ms: float, fa_ms: float, ca_ms: float) -> str:
@@ -496,8 +619,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory", action="store_true", help="only the peak-memory comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory comparison")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--forms", default="eager,fast",
+                   help="model forms timed for FORM_METHODS, comma-separated among eager, fast, compiled "
+                        "('' for none; compiled pays a torch.compile per workload)")
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    forms = tuple(f for f in args.forms.split(",") if f)
+    if any(f not in FORMS for f in forms):
+        p.error(f"--forms: expected names among {', '.join(FORMS)}, got {args.forms!r}")
     if args.peak_child:
         peak_child(args.peak_child)
         return 0
@@ -515,7 +644,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("-" * len(header))
         for spec in specs:
             try:
-                bench = build(spec)
+                bench = build(spec, forms)
                 problems = check(bench)
                 times = R.measure(bench, repeats, 0 if args.quick else 2, 0.01 if args.quick else 0.05,
                                   0.0 if args.quick else 1.0)
@@ -533,6 +662,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{fa_ms / floor_ms:>9.3f} {R.paired_ratio(times, 'fastattr', 'floor'):>8.3f} "
                   f"{bare_ms / floor_ms:>10.3f} {ca_ms / fa_ms:>10.2f} {R.paired_ratio(times, 'captum', 'fastattr'):>8.2f}"
                   f"  {met}", flush=True)
+            if any(n.startswith("fastattr[") for n in times):
+                line = forms_line(bench, times)
+                missed += line.endswith("NO")
+                print(line, flush=True)
         print(load.report())
         print(f"targets missed: {missed}; checks failed or errors: {failed}")
     if not args.no_memory and ca is not None:

@@ -286,7 +286,9 @@ def bare_call(spec: Spec, model: nn.Module, x: Tensor, onehot: Tensor) -> Callab
     n = x.shape[0] * N_SAMPLES
 
     def bare() -> Tensor:
-        rows = ops.generate_rows(x, None, None, N_SAMPLES, "gaussian", STDEV, 0, stream, 0, n, 0).requires_grad_()
+        # fastattr.smoothgrad's default noise: antithetic pairs
+        rows = ops.generate_rows(x, None, None, N_SAMPLES, "gaussian_antithetic", STDEV, 0, stream, 0, n,
+                                 0).requires_grad_()
         grads = torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
         acc = torch.zeros(acc_shape, dtype=torch.float32, device=x.device)
         ops.accumulate_(acc, None, grads.abs_(), ones, 0, N_SAMPLES, 0)
