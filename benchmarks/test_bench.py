@@ -8,6 +8,11 @@ table are relative to the fastest of the group, normally the floor).
 
 Not part of the test suite (``pytest tests/``). ``benchmarks/run.py`` prints the
 same comparison as one table with the ratios and targets.
+
+``test_metrics_quick`` runs ``benchmarks/metrics.py --quick`` (every Quantus
+class of ``metrics.py`` and the ``quantus_cases_<group>.py`` files on the small
+conv nets, one repeat: a smoke run of a few minutes on 2 CPU cores) and checks
+that every class printed a row with no error and no failed check.
 """
 from __future__ import annotations
 
@@ -57,3 +62,24 @@ def test_bench(benchmark, spec: W.Spec, impl: str) -> None:
     for _ in range(3):  # warm-up (fastattr's first call also measures the chunk size)
         fn()
     benchmark(fn)
+
+
+def test_metrics_quick(benchmark, capsys) -> None:
+    if DEVICE.type != "cpu":
+        pytest.skip("benchmarks/metrics.py measures on the CPU")
+    import metrics
+
+    rc = benchmark.pedantic(metrics.main, args=(["--quick"],), rounds=1, iterations=1)
+    out = capsys.readouterr().out
+    cases, notes = metrics.load_cases(metrics.QUICK_SAMPLES)
+    assert not notes, notes  # every group file imported
+    assert len({c["name"] for c in cases}) == len(cases) == 37, sorted(c["name"] for c in cases)
+    lines = out.splitlines()
+    for model in metrics.QUICK_MODELS:
+        for case in cases:
+            row = [line for line in lines if line.startswith(f"{model}-{case['name']} ")]
+            assert len(row) == 1, f"{model}-{case['name']}: {len(row)} rows\n{out}"
+            assert "ERROR" not in row[0] and "CHECK FAILED" not in row[0], row[0]
+            # a Quantus time, or the reason Quantus has none
+            assert ("Quantus cannot run it" in row[0]) == (" n/a " in row[0]), row[0]
+    assert rc == 0, out
