@@ -52,6 +52,7 @@ Infidelity) read ``ERROR`` / ``CHECK FAILED`` and make the script exit 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import math
 import re
