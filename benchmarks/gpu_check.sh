@@ -15,7 +15,8 @@
 #   CUDA tests   the CUDA cases (-k cuda): every method, metric and drop-in, CUDA ==
 #                CPU (bit for bit where the contract says so), kernels past the
 #                grid and 2 GiB, half types, streams, host syncs, the audit
-#   benchmark    the benchmark table on the GPU, ResNet-18-shaped model added
+#   benchmark    the benchmark table on the GPU, ResNet-18-shaped model added, then
+#                the metrics' table (benchmarks/metrics.py --quick) into metrics.txt
 # After every step summary.txt is rewritten, so a timeout keeps what finished;
 # the end prints the summary and `GPU CHECK: PASS` (exit 0) or `FAIL` (exit 1)
 # (a dry run: `GPU CHECK DRY RUN (nothing ran on a GPU): PASS` or `FAIL`).
@@ -24,7 +25,7 @@
 #
 # Environment:
 #   OUT                 results folder (default: build/gpu_check in the repo root):
-#                       summary.txt, <step>.log, tests.xml, bench.json
+#                       summary.txt, <step>.log, tests.xml, bench.json, metrics.txt
 #   PYTHON              the base Python (default python3); it should have torch
 #   GPU_CHECK_VENV      the venv (default /tmp/fastattr-gpu-check-venv; reused if it runs)
 #   GPU_CHECK_BUDGET_S  total seconds (default 450): step timeouts are cut to fit
@@ -213,7 +214,13 @@ EOF
 }
 
 step_benchmark() {
-    "$VPY" benchmarks/run.py --device cuda --resnet --json "$OUT_DIR/bench.json"
+    local rc=0
+    "$VPY" benchmarks/run.py --device cuda --resnet --json "$OUT_DIR/bench.json" || rc=$?
+    # The metrics' table on the GPU (every Quantus class on the small conv
+    # nets, one call each; Quantus's column where it is installed), written
+    # as it goes: the step's time limit may cut it short.
+    "$VPY" benchmarks/metrics.py --device cuda --quick 2>&1 | tee "$OUT_DIR/metrics.txt" || rc=$?
+    return "$rc"
 }
 
 if [[ ${1:-} == --step ]]; then
@@ -225,7 +232,7 @@ fi
 # ---- the step runner -------------------------------------------------------------
 
 mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR"/{summary.txt,cuda_home.txt,tests.xml,bench.json} "$OUT_DIR"/*.log
+rm -f "$OUT_DIR"/{summary.txt,cuda_home.txt,tests.xml,bench.json,metrics.txt} "$OUT_DIR"/*.log
 BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
 declare -a SUMMARY=()
 FAILED=0

@@ -57,7 +57,6 @@ import inspect
 import math
 import re
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +214,10 @@ def quadrant_masks(shape: Tuple[int, ...]) -> Tensor:
 def pixel_saliency(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.ndarray:
     """Quantus-style explain function: fastattr's saliency summed over the
     channels, ``[n, 1, H, W]`` (ROAD ranks pixels, so one value per pixel)."""
-    a = fastattr.saliency(model, torch.as_tensor(inputs), target=torch.as_tensor(targets))
-    return a.sum(1, keepdim=True).numpy()
+    device = next(model.parameters()).device
+    a = fastattr.saliency(model, torch.as_tensor(inputs, device=device),
+                          target=torch.as_tensor(targets, device=device))
+    return a.sum(1, keepdim=True).cpu().numpy()
 
 
 @dataclass
@@ -300,12 +301,17 @@ class Workload:
     s: Tensor  # [BATCH, 1, H, W] masks
 
     @staticmethod
-    def make(name: str) -> "Workload":
+    def make(name: str, device: torch.device) -> "Workload":
         ctor, shape = MODELS[name]
         torch.manual_seed(W.SEED)
-        model = ctor().eval()
+        model = ctor().eval().to(device)
         y = (torch.arange(BATCH) * 3 + 1) % W.N_CLASSES
-        return Workload(name, model, smooth_images(shape, W.SEED + 1), y, quadrant_masks(shape))
+        return Workload(name, model, smooth_images(shape, W.SEED + 1).to(device), y.to(device),
+                        quadrant_masks(shape).to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
 
 
 def _first_line(exc: BaseException) -> str:
@@ -337,17 +343,17 @@ def build_quantus_case(w: Workload, case: Dict[str, Any], samples: int) -> Bench
     fa_args = dict(args, explain_func=explain)
     qu_args = dict(args, explain_func=quantus.explain if quantus else None, explain_func_kwargs=qu_kwargs)
     if case["needs_s"]:
-        fa_args["s_batch"], qu_args["s_batch"] = w.s, w.s.numpy()
+        fa_args["s_batch"], qu_args["s_batch"] = w.s, w.s.cpu().numpy()
     fa_args["a_batch"] = qu_args["a_batch"] = None  # Quantus's InputInvariance takes no default
     if case["needs_a"]:
         a = fastattr.saliency(w.model, w.x, target=w.y)
-        fa_args["a_batch"], qu_args["a_batch"] = a, a.numpy()
+        fa_args["a_batch"], qu_args["a_batch"] = a, a.cpu().numpy()
     calls: Dict[str, Callable[[], Any]] = {}
     qu_count, theirs_out, quantus_note = ModelCalls(), None, "Quantus is not installed"
     if quantus is not None:  # first: a row fastattr refuses still says what Quantus does
         theirs = getattr(quantus, name)(**case["init"])
-        x_np, y_np = w.x.numpy(), w.y.numpy()
-        call = (lambda: theirs(model=w.model, x_batch=x_np, y_batch=y_np, device="cpu", **qu_args))
+        x_np, y_np = w.x.cpu().numpy(), w.y.cpu().numpy()
+        call = (lambda: theirs(model=w.model, x_batch=x_np, y_batch=y_np, device=str(w.device), **qu_args))
         try:
             theirs_out = qu_count.run(w.model, call)
         except Exception as exc:  # Quantus's own limits (e.g. one channel only): said in the row
@@ -355,14 +361,14 @@ def build_quantus_case(w: Workload, case: Dict[str, Any], samples: int) -> Bench
         else:
             calls["quantus"], quantus_note = call, ""
     ours = fastattr_class(name)(**case["init"])
-    calls["fastattr"] = lambda: ours(model=w.model, x_batch=w.x, y_batch=w.y, device="cpu", **fa_args)
+    calls["fastattr"] = lambda: ours(model=w.model, x_batch=w.x, y_batch=w.y, device=w.device, **fa_args)
     fa_count = ModelCalls()
     try:
         ours_out, g_rows, f_rows = fa_count.run(w.model, lambda: W.record_rows(w.model, calls["fastattr"]))
     except Exception as exc:
         raise Refused(f"fastattr: {type(exc).__name__}: {_first_line(exc)}; "
                       + (quantus_note or "Quantus ran it")) from exc
-    bench = Bench(f"{w.name}-{name}", torch.device("cpu"), calls, fa_count, quantus_note=quantus_note,
+    bench = Bench(f"{w.name}-{name}", w.device, calls, fa_count, quantus_note=quantus_note,
                   expected=_expected_rows(name, tuple(w.x.shape[1:]), samples))
     if "quantus" in calls:
         bench.qu_count = qu_count
@@ -397,7 +403,7 @@ def build_captum_case(w: Workload, metric: str, samples: int) -> Bench:
     calls["floor"] = floor_call(w.model, g_rows, f_rows, y, fa_count)
     expected = ((0, BATCH * (INFIDELITY_SAMPLES + 1)) if metric == "Infidelity"  # attributions given
                 else (BATCH * (samples + 1), 0))
-    return Bench(f"{w.name}-{CAPTUM_METRICS[metric]}-captum", torch.device("cpu"), calls, fa_count,
+    return Bench(f"{w.name}-{CAPTUM_METRICS[metric]}-captum", w.device, calls, fa_count,
                  expected=expected)
 
 
@@ -447,12 +453,7 @@ def time_once(bench: Bench) -> Dict[str, List[float]]:
     """Seconds of one call of each implementation, after one floor call
     (fastattr and Quantus ran once already, to record and count their rows)."""
     bench.calls["floor"]()
-    times = {}
-    for name, fn in bench.calls.items():
-        start = time.perf_counter()
-        fn()
-        times[name] = [time.perf_counter() - start]
-    return times
+    return {name: [R._time_k(fn, 1, bench.device)] for name, fn in bench.calls.items()}
 
 
 def _ratio(a: float, b: float, width: int, digits: int) -> str:
@@ -511,7 +512,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="interleaved repeats (default 3; --quick: one call of each unless given)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--huge", action="store_true", help="also run " + "; ".join(f"{m}-{c}" for m, c in HUGE))
+    p.add_argument("--device", default="cpu", help="where the models and inputs live (cpu, cuda, cuda:N)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -526,7 +529,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     captum_rows = [(m, k) for m in models for k in CAPTUM_METRICS
                    if not args.only or re.search(args.only, f"{m}-{CAPTUM_METRICS[k]}-captum")]
 
-    print(W.environment(torch.device("cpu")) + f" | quantus {getattr(quantus, '__version__', 'NOT INSTALLED')}")
+    print(W.environment(device) + f" | quantus {getattr(quantus, '__version__', 'NOT INSTALLED')}")
     print(W.steady_heap())
     print(f"{BATCH} examples, saliency; {samples} samples (sensitivities, Lipschitz"
           + (", and nr_samples where a class has one" if args.quick else "") + f"); {len(cases)} classes; "
@@ -538,7 +541,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def workload(model_name: str) -> Workload:
         if model_name not in workloads:
-            workloads[model_name] = Workload.make(model_name)
+            workloads[model_name] = Workload.make(model_name, device)
         return workloads[model_name]
 
     statuses: List[str] = []
