@@ -31,7 +31,7 @@ from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
 from ..metrics.axiomatic import all_close, completeness, mean_shifted_model, non_sensitivity
-from ._base import QuantusCall, baseline_replacement, quantus_function_name
+from ._base import QuantusCall, baseline_replacement, quantus_function_name, require_perturb_func, uniform_range
 from ._localisation import TypedScores
 
 
@@ -40,8 +40,8 @@ def _replacement_options(perturb_func: Any, perturb_baseline: Any,
     """:func:`baseline_replacement`'s checks, plus ``"mean"``: fixed here,
     as every perturbed row starts from the input (in pixel flipping it is not)."""
     if isinstance(perturb_baseline, str) and perturb_baseline == "mean":
-        _, low, high = baseline_replacement(perturb_func, "black", perturb_func_kwargs)
-        return "mean", low, high
+        require_perturb_func(perturb_func, "batch_baseline_replacement_by_indices")
+        return ("mean", *uniform_range(perturb_func_kwargs))
     return baseline_replacement(perturb_func, perturb_baseline, perturb_func_kwargs)
 
 
@@ -194,10 +194,7 @@ class InputInvariance(TypedScores):
                          normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
                          aggregate_func=aggregate_func, default_plot_func=default_plot_func,
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
-        if perturb_func is not None and quantus_function_name(
-                perturb_func, "quantus.functions.perturb_func") != "baseline_replacement_by_shift":
-            raise NotImplementedError(f"perturb_func={perturb_func!r}: fastattr supports Quantus's "
-                                      "baseline_replacement_by_shift only")
+        require_perturb_func(perturb_func, "baseline_replacement_by_shift")
         extra = dict(perturb_func_kwargs or {})
         input_shift = extra.pop("input_shift", input_shift)  # Quantus's make_perturb_func lets it override
         reject("perturb_func_kwargs", extra or None, None, "only input_shift is used")

@@ -310,17 +310,29 @@ class QuantusMetric:
 REPLACEMENT_BASELINES = ("black", "white", "uniform")
 
 
+def require_perturb_func(perturb_func: Any, supported: str) -> None:
+    """NotImplementedError unless ``perturb_func`` is None (the metric's
+    default) or Quantus's own ``quantus.functions.perturb_func.<supported>``."""
+    if perturb_func is not None and quantus_function_name(
+            perturb_func, "quantus.functions.perturb_func") != supported:
+        raise NotImplementedError(f"perturb_func={perturb_func!r}: fastattr supports Quantus's {supported} only")
+
+
+def uniform_range(perturb_func_kwargs: Optional[Mapping[str, Any]]) -> Tuple[float, float]:
+    """``(uniform_low, uniform_high)`` of a replacement's ``perturb_func_kwargs``
+    (Quantus's 0 and 1 by default, the range of the ``"uniform"`` fill); any other key is refused."""
+    extra = dict(perturb_func_kwargs or {})
+    low, high = float(extra.pop("uniform_low", 0.0)), float(extra.pop("uniform_high", 1.0))
+    reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
+    return low, high
+
+
 def baseline_replacement(perturb_func: Any, perturb_baseline: Any,
                          perturb_func_kwargs: Optional[Mapping[str, Any]]) -> Tuple[Any, float, float]:
     """Check Quantus's ``batch_baseline_replacement_by_indices`` options (the
     perturbation of Infidelity and PixelFlipping): ``(perturb_baseline,
     uniform_low, uniform_high)``."""
-    if perturb_func is not None and quantus_function_name(
-            perturb_func, "quantus.functions.perturb_func") != "batch_baseline_replacement_by_indices":
-        raise NotImplementedError(
-            f"perturb_func={perturb_func!r}: fastattr supports Quantus's "
-            "batch_baseline_replacement_by_indices only"
-        )
+    require_perturb_func(perturb_func, "batch_baseline_replacement_by_indices")
     if isinstance(perturb_baseline, str):
         if perturb_baseline == "mean":
             raise NotImplementedError(
@@ -332,7 +344,4 @@ def baseline_replacement(perturb_func: Any, perturb_baseline: Any,
         raise ValueError(
             f"perturb_baseline: expected one of {list(REPLACEMENT_BASELINES)} or a number, got {perturb_baseline!r}"
         )
-    extra = dict(perturb_func_kwargs or {})
-    low, high = float(extra.pop("uniform_low", 0.0)), float(extra.pop("uniform_high", 1.0))
-    reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
-    return perturb_baseline, low, high
+    return (perturb_baseline, *uniform_range(perturb_func_kwargs))

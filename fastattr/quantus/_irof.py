@@ -27,15 +27,12 @@ from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
 from ..metrics.irof import FILLS, irof
-from ._base import QuantusCall, QuantusMetric, quantus_function_name
+from ._base import QuantusCall, QuantusMetric, require_perturb_func, uniform_range
 
 
 def _fill_options(perturb_func: Any, perturb_baseline: Any, perturb_func_kwargs: Optional[Mapping[str, Any]]):
     """Quantus's ``baseline_replacement_by_mask`` options: ``(baseline, uniform_low, uniform_high)``."""
-    if perturb_func is not None and quantus_function_name(
-            perturb_func, "quantus.functions.perturb_func") != "baseline_replacement_by_mask":
-        raise NotImplementedError(
-            f"perturb_func={perturb_func!r}: fastattr supports Quantus's baseline_replacement_by_mask only")
+    require_perturb_func(perturb_func, "baseline_replacement_by_mask")
     if isinstance(perturb_baseline, str):
         if perturb_baseline.lower() == "random":
             raise ValueError("perturb_baseline='random' was removed from Quantus; use 'uniform'")
@@ -44,10 +41,7 @@ def _fill_options(perturb_func: Any, perturb_baseline: Any, perturb_func_kwargs:
     elif isinstance(perturb_baseline, bool) or not isinstance(perturb_baseline, (int, float)):
         raise NotImplementedError(
             f"perturb_baseline={perturb_baseline!r}: fastattr supports {list(FILLS)} or a number")
-    extra = dict(perturb_func_kwargs or {})
-    low, high = float(extra.pop("uniform_low", 0.0)), float(extra.pop("uniform_high", 1.0))
-    reject("perturb_func_kwargs", extra or None, None, "only uniform_low and uniform_high are used")
-    return perturb_baseline, low, high
+    return (perturb_baseline, *uniform_range(perturb_func_kwargs))
 
 
 class IROF(QuantusMetric):

@@ -30,7 +30,7 @@ from ..attr.smoothgrad import check_seed
 from ..captum._base import reject
 from ..metrics.imputation import DEFAULT_TOL, check_tol
 from ..metrics.road import DEFAULT_PERCENTAGES, removed_counts, road
-from ._base import QuantusCall, QuantusMetric, quantus_function_name
+from ._base import QuantusCall, QuantusMetric, require_perturb_func
 
 
 class ROAD(QuantusMetric):
@@ -60,10 +60,7 @@ class ROAD(QuantusMetric):
                          normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
                          aggregate_func=aggregate_func, default_plot_func=default_plot_func,
                          disable_warnings=disable_warnings, display_progressbar=display_progressbar, **kwargs)
-        if perturb_func is not None and quantus_function_name(
-                perturb_func, "quantus.functions.perturb_func") != "noisy_linear_imputation":
-            raise NotImplementedError(
-                f"perturb_func={perturb_func!r}: fastattr supports Quantus's noisy_linear_imputation only")
+        require_perturb_func(perturb_func, "noisy_linear_imputation")
         extra = dict(perturb_func_kwargs or {})
         noise = extra.pop("noise", noise)  # Quantus's perturb_func_kwargs override noise
         reject("perturb_func_kwargs", extra or None, None, "only noise is used")
