@@ -528,15 +528,15 @@ def explain_with_error(method: str, model: Model, x: Tensor, target: Tensor, see
     its noise average), or None for a method without one."""
     m = METHODS[method]
     kwargs = m.options(settings, x, context)
-    if want_error:
-        kwargs.update(m.error_options(settings))
+    error_options = m.error_options(settings) if want_error else {}
+    kwargs.update(error_options)
     if m.uses_layer:
         kwargs["layer"] = _layer(model, settings, context)
     if m.keyed:
         kwargs.update(seed=seed, example_offset=offset)
     out = getattr(_attr, m.function)(model, x, target=target, memory_budget=memory_budget, **kwargs)
     error = None
-    if m.reports_error(settings) or (want_error and m.error_options(settings)):
+    if m.reports_error(settings) or error_options:
         out, report = out
         error = getattr(report, "error", report).to(torch.float64)
     if m.to_input is not None:
