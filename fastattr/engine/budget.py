@@ -85,6 +85,19 @@ def rows_per_chunk(
     return rows if cap is None else max(1, min(rows, cap))
 
 
+def rows_after_out_of_memory(rows: int, unit: int, device: torch.device) -> Optional[int]:
+    """Rows per chunk after a chunk of ``rows`` ran out of memory: half, in
+    multiples of ``unit`` (1, or one example's rows); None when ``rows`` is
+    already ``unit`` (nothing smaller to try). Frees the CUDA allocator's
+    cached blocks for the retry."""
+    if rows <= unit:
+        return None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    half = max(unit, rows // 2)
+    return half - half % unit
+
+
 def input_row_bytes(inputs: Sequence[Tensor]) -> int:
     """Bytes of one row of every input together (each ``[B, *F_i]``)."""
     return signature_and_row_bytes(inputs)[1]

@@ -63,12 +63,11 @@ def forward_rows(
                 values = form.model(*rows_for(r0, r1),
                                     *rows_args(additional_args, batched, None if single else examples, r1 - r0))
             except torch.OutOfMemoryError:
-                if r1 - r0 == 1:
-                    raise
                 # the same rows again in halves, and the rest of the call at that size
-                chunk = (r1 - r0) // 2
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                halved = _budget.rows_after_out_of_memory(r1 - r0, 1, device)
+                if halved is None:
+                    raise
+                chunk = halved
                 form.serve_rows(chunk, grad=False)
                 continue
             if not checked:

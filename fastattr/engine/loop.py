@@ -436,12 +436,12 @@ class _Loop:
                 # Nothing is folded before the backward ends: the same rows
                 # again, in halves (the result changes only by the model's
                 # batch-size rounding), down to one row (one example).
-                if r1 - r0 <= self.smallest_chunk():
+                unit = self.per_example if req.whole_examples else 1
+                halved = _budget.rows_after_out_of_memory(r1 - r0, unit, req.inputs[0].device)
+                if halved is None:
                     raise
-                chunk = self.rows_after_oom = self.halved(r1 - r0)
+                chunk = self.rows_after_oom = halved
                 self.chunk_rows_made = None
-                if req.inputs[0].device.type == "cuda":
-                    torch.cuda.empty_cache()
                 self.form.serve_rows(chunk)
                 continue
             if req.row_transform is not None:
@@ -451,17 +451,6 @@ class _Loop:
             self.chunk_rows_made = None
             r0 = r1
         return chunk
-
-    def smallest_chunk(self) -> int:
-        """One row, or one example's rows when the request asks for whole examples."""
-        return self.per_example if self.req.whole_examples else 1
-
-    def halved(self, rows: int) -> int:
-        """Rows per chunk after ``rows`` ran out of memory: half, in whole
-        examples when the request asks (at least :meth:`smallest_chunk`)."""
-        unit = self.smallest_chunk()
-        half = max(unit, rows // 2)
-        return half - half % unit
 
     def chunk_rows(self, budget: int, row_bytes: int, measured: Optional[int], total: int) -> int:
         """Rows per chunk within ``budget``; whole examples when the request asks."""
