@@ -53,8 +53,13 @@ of a 3x224x224 input: its step must divide 224 x 224; its AUC also calls
 ``np.trapz``, gone in numpy 2), and ``captum.robust`` FGSM / PGD. It is slow, so it runs on ``--cq-examples``
 (default 2) examples and is reported per example.
 
+Two floors are printed: the bare eager model's, and the same rows through
+the model as ``model_form="fast"`` runs it (BatchNorm folded, channels-last;
+``docs/model_form.md``), the audit's default form (``--model-form`` picks
+the audit's form; both floors are printed whatever it is).
+
 Run: ``python benchmarks/audit.py [--workload digits|resnet18-224]
-[--examples N] [--repeats R]``.
+[--examples N] [--repeats R] [--model-form fast|eager|compiled]``.
 """
 import argparse
 import contextlib
@@ -79,6 +84,7 @@ import fastattr.cli.audit as audit_module  # noqa: E402
 from fastattr.cli import main as fastattr_main  # noqa: E402
 from fastattr.cli.data import load_dataset  # noqa: E402
 from fastattr.cli.default_model import default_model  # noqa: E402
+from fastattr.engine.model_form import model_in_form  # noqa: E402
 from fastattr.cli.measures import Group, available_groups  # noqa: E402
 from fastattr.cli.methods import method_rows  # noqa: E402
 from fastattr.cli.plan import rows_per_example  # noqa: E402
@@ -123,9 +129,24 @@ def run_fastattr(argv: Sequence[str]) -> Tuple[float, float, bool]:
 FIXED_IG = ["--method-option", "integrated_gradients.rtol=off"]
 
 
-def digits_args(n: int, batch: int, out: str) -> List[str]:
+def digits_args(n: int, batch: int, out: str, form: str) -> List[str]:
     return ["audit", "--quiet", "--limit", str(n), "--batch-size", str(batch), "--shard-batches", "1",
-            "--methods", ",".join(METHODS), "--metrics", ",".join(METRICS), *FIXED_IG, "--out", out]
+            "--methods", ",".join(METHODS), "--metrics", ",".join(METRICS), *FIXED_IG, "--model-form", form,
+            "--out", out]
+
+
+def fast_form(model: nn.Module, x: Tensor) -> nn.Module:
+    """The model as ``model_form="fast"`` runs it (the fast floor's model),
+    or the model itself where no rewrite applies (the floors are then equal)."""
+    return model_in_form(model, "fast", (x[:1],)).model
+
+
+def print_floors(t_fast: float, t_eager_floor: float, t_fast_floor: float, unit: str,
+                 n: int = 0) -> None:
+    """The two floors' lines: the bare eager model's and the fast form's, each with fastattr's ratio to it."""
+    for name, t in (("eager floor", t_eager_floor), ("fast floor", t_fast_floor)):
+        rate = f"  {n / t:8.1f} ex/s" if n else ""
+        print(f"{name:<18} {t:8.2f} {unit}{rate}  fastattr/{name} = {t_fast / t:.2f}")
 
 
 def floor(model, x):
@@ -197,24 +218,25 @@ def main_digits(args: argparse.Namespace) -> None:
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     n = len(y)
     with tempfile.TemporaryDirectory() as folder:
-        run_fastattr(digits_args(min(n, 8), args.batch_size, os.path.join(folder, "warm")))  # imports, first calls
-        runs = [run_fastattr(digits_args(n, args.batch_size, os.path.join(folder, str(r))))
+        warm = digits_args(min(n, 8), args.batch_size, os.path.join(folder, "warm"), args.model_form)
+        run_fastattr(warm)  # imports, first calls
+        runs = [run_fastattr(digits_args(n, args.batch_size, os.path.join(folder, str(r)), args.model_form))
                 for r in range(args.repeats)]
-    t_fast = t_outputs = t_floor = t_cq = float("inf")
+    t_fast = t_outputs = t_floor = t_fast_floor = t_cq = float("inf")
     for shards, rest, _ in runs:
         if shards < t_fast:
             t_fast, t_outputs = shards, rest
+    fast_model = fast_form(model, x)
     for _ in range(args.repeats):
         t_floor = min(t_floor, floor(model, x))
-        t_cq = min(t_cq, run_captum_quantus(model, x, y, args.batch_size))
-        t_floor = min(t_floor, floor(model, x))
+        t_fast_floor = min(t_fast_floor, floor(fast_model, x))
         t_cq = min(t_cq, run_captum_quantus(model, x, y, args.batch_size))
     print(f"device: cpu, {torch.get_num_threads()} threads; {n} examples; methods {METHODS}; metrics {METRICS}; "
-          f"best of {args.repeats} runs")
+          f"--model-form {args.model_form}; best of {args.repeats} runs")
     print(heap)
     print(f"fastattr audit     {t_fast:8.2f} s  {n / t_fast:8.1f} ex/s  (shards; loading, merge, summary and "
           f"report another {t_outputs:.2f} s)")
-    print(f"floor              {t_floor:8.2f} s  {n / t_floor:8.1f} ex/s  fastattr/floor = {t_fast / t_floor:.2f}")
+    print_floors(t_fast, t_floor, t_fast_floor, "s", n)
     print(f"Captum + Quantus   {t_cq:8.2f} s  {n / t_cq:8.1f} ex/s  speed-up = {t_cq / t_fast:.1f}x")
 
 
@@ -246,7 +268,7 @@ def smooth_images(n: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     return x.numpy().astype(np.float32), np.arange(n, dtype=np.int64) % 10
 
 
-def resnet_workload(folder: str, n: int) -> Tuple[List[str], nn.Module, Tensor, Tensor]:
+def resnet_workload(folder: str, n: int, form: str) -> Tuple[List[str], nn.Module, Tensor, Tensor]:
     """Writes the factory module and the data into ``folder`` (put on sys.path);
     ``(audit arguments, the audited model with its normalization, x [n, 3, 224, 224], y [n])``."""
     with open(os.path.join(folder, RESNET_FACTORY_MODULE + ".py"), "w") as f:
@@ -260,7 +282,8 @@ def resnet_workload(folder: str, n: int) -> Tuple[List[str], nn.Module, Tensor, 
 
     model = Normalized(resnet18_10(), IMAGENET_MEAN, IMAGENET_STD).eval()
     args = ["audit", "--model", RESNET_FACTORY, "--data", data, "--batch-size", str(RESNET_BATCH),
-            "--mean", ",".join(map(str, IMAGENET_MEAN)), "--std", ",".join(map(str, IMAGENET_STD)), *FIXED_IG]
+            "--mean", ",".join(map(str, IMAGENET_MEAN)), "--std", ",".join(map(str, IMAGENET_STD)), *FIXED_IG,
+            "--model-form", form]
     return args, model, torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -444,10 +467,11 @@ def main_resnet(args: argparse.Namespace) -> None:
     repeats = args.repeats or 1
     n, n_cq = args.examples, min(args.cq_examples, args.examples)
     with tempfile.TemporaryDirectory() as folder:
-        base, model, x, y = resnet_workload(folder, n)
+        base, model, x, y = resnet_workload(folder, n, args.model_form)
+        fast_model = fast_form(model, x)
         plan_g, plan_f, cost_g, cost_f = printed_plan(base, os.path.join(folder, "plan"))
         stdev = SG_STDEV * float(x.max() - x.min())
-        t_fast = t_outputs = t_floor = t_cq = math.inf
+        t_fast = t_outputs = t_floor = t_fast_floor = t_cq = math.inf
         outputs_ok = True
         for r in range(repeats):  # interleaved, so that slow spells of the machine hit all three
             out = os.path.join(folder, f"out{r}")
@@ -460,10 +484,13 @@ def main_resnet(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"rows per example: recorded settings give {planned}, the printed plan "
                                    f"{(plan_g, plan_f)}, the hand count {HAND_COUNTED_ROWS}: the defaults changed")
             t_floor = min(t_floor, rows_floor(model, x, unique[0] * n, unique[1] * n, args.floor_chunk))
+            t_fast_floor = min(t_fast_floor, rows_floor(fast_model, x, unique[0] * n, unique[1] * n,
+                                                        args.floor_chunk))
             t_cq = min(t_cq, run_resnet_captum_quantus(model, x[:n_cq], y[:n_cq], stdev))
-    fast, fl, cq = t_fast / n, t_floor / n, t_cq / n_cq
+    fast, cq = t_fast / n, t_cq / n_cq
     print(f"workload resnet18-224: torchvision resnet18(num_classes=10), random weights, ImageNet --mean/--std; "
-          f"{n} images 3x224x224; batch {RESNET_BATCH}; the audit's default methods and metrics")
+          f"{n} images 3x224x224; batch {RESNET_BATCH}; the audit's default methods and metrics; "
+          f"--model-form {args.model_form}")
     print(f"device: cpu, {torch.get_num_threads()} threads; best of {repeats} run(s) (one run is minutes: "
           f"--repeats defaults to 1 here)")
     print(f"rows per example: plan {plan_g} forward+backward + {plan_f} forward; unique (the floor) "
@@ -471,7 +498,7 @@ def main_resnet(args: argparse.Namespace) -> None:
     print(f"fastattr audit     {fast:8.2f} s/example  (shards; loading, merge, summary and report another "
           f"{t_outputs:.2f} s"
           f"{'' if outputs_ok else ', FAILED: shards timed only'})")
-    print(f"floor              {fl:8.2f} s/example  fastattr/floor = {fast / fl:.2f}")
+    print_floors(fast, t_floor / n, t_fast_floor / n, "s/example")
     print(f"Captum + Quantus   {cq:8.2f} s/example  (on {n_cq} examples)  Captum+Quantus/fastattr = {cq / fast:.1f}")
     print(f"default audit of 64 images: {64 * fast:.0f} s = 64 x fastattr's time per example; the audit's plan "
           f"estimate {64 * (plan_g * cost_g + plan_f * cost_f):.0f} s ({cost_g * 1e3:.3g} ms per forward+backward "
@@ -488,6 +515,8 @@ def main() -> None:
                         "default 3 (digits), 1 (resnet18-224: one run takes minutes)")
     p.add_argument("--cq-examples", type=int, default=2, help="resnet18-224: examples Captum + Quantus runs on")
     p.add_argument("--floor-chunk", type=int, default=16, help="resnet18-224: rows per pass of the floor")
+    p.add_argument("--model-form", choices=("fast", "eager", "compiled"), default="fast",
+                   help="the audit's --model-form (default: its default, fast); both floors are printed")
     args = p.parse_args()
     if args.workload == "resnet18-224":
         args.examples = args.examples or 4

@@ -182,6 +182,9 @@ def _ig_both(case: Case, baselines: Any = None, captum_baselines: Any = "same",
         fa_model or case.model, case.inputs, baselines=baselines, target=case.target,
         additional_forward_args=case.afa, return_convergence_delta=True,
         multiply_by_inputs=mbi, **kw, **chunking,
+        # Captum runs the model as it is; a constant baseline row makes exact
+        # max-pool ties, which the fast form's convolutions round differently.
+        model_form="eager",
     )
     theirs = IntegratedGradients(case.model, multiply_by_inputs=mbi).attribute(
         case.inputs, baselines=baselines if captum_baselines == "same" else captum_baselines,

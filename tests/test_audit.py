@@ -434,3 +434,51 @@ def test_model_and_data_come_back_unchanged(env):
     assert check_model_fits(model, data, torch.device("cpu")) == 10
     assert np.array_equal(data.x, x0)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+# Every metric that runs the model, and both kinds of method (engine-native, refined IG).
+FORM_METRICS = ("max_sensitivity,avg_sensitivity,infidelity,local_lipschitz_estimate,deletion_auc,insertion_auc,"
+                "fgsm_accuracy,pgd_accuracy,faithfulness_correlation,pixel_flipping_auc,completeness_gap,"
+                "continuity,random_logit")
+
+
+def test_model_form_option_reaches_every_row(env, tmp_path, monkeypatch):
+    """``--model-form eager`` never runs the fast copy of the model, in any
+    method or metric (a path that ignored the option would take the
+    functions' default, ``"fast"``); ``fast`` runs it; the form is recorded
+    and fingerprinted; the two forms' columns differ (they really differ on
+    this BatchNorm model; how far is tests/test_metrics_model_form.py's and
+    tests/test_model_form.py's subject), with NaN in the same places."""
+    from fastattr.engine import model_form as mf
+
+    calls = {"n": 0}
+    forward = mf._FastForward.forward
+
+    def counted(self, *args):
+        calls["n"] += 1
+        return forward(self, *args)
+
+    monkeypatch.setattr(mf._FastForward, "forward", counted)
+    frames, runs = {}, {}
+    for form in ("eager", "fast"):
+        calls["n"] = 0
+        out = tmp_path / form
+        assert audit("--model", "audit_models:batchnorm_cnn", "--data", env / "digits.npz", "--limit", 4,
+                     "--methods", "saliency,integrated_gradients,smoothgrad", "--metrics", FORM_METRICS,
+                     "--model-form", form, "--out", out) == 0
+        frames[form], _ = read(out)
+        with open(out / "run.json") as f:
+            runs[form] = json.load(f)
+        assert runs[form]["fingerprinted"]["model_form"] == form
+        assert (calls["n"] > 0) == (form == "fast"), (form, calls["n"])
+    assert runs["eager"]["fingerprint"] != runs["fast"]["fingerprint"]
+    numeric = [c for c in frames["eager"].columns if frames["eager"][c].dtype.kind == "f"]
+    eager, fast = (frames[f][numeric].to_numpy() for f in ("eager", "fast"))
+    assert not np.array_equal(eager, fast, equal_nan=True)
+    np.testing.assert_array_equal(np.isnan(eager), np.isnan(fast))
+
+
+def test_model_form_option_refused(env, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        audit("--model-form", "fastest", "--out", tmp_path / "o")
+    assert "--model-form" in capsys.readouterr().err

@@ -228,7 +228,8 @@ def test_engine_native_methods_are_given_to_metrics_by_name(model, data):
     x, t = data[:3], torch.tensor([0, 1, 2])
     (via_metric,) = Explainer(name, kwargs)(model, (x,), False, target=t, example_offset=5)
     assert torch.equal(via_metric, explain("smoothgrad", model, x, t, SEED, 5, None, s, context))
-    assert explainer_for("saliency", x, SEED, None, defaults("saliency"), context) == ("saliency", {"abs": True})
+    assert explainer_for("saliency", x, SEED, None, defaults("saliency"), context) == (
+        "saliency", {"abs": True, "model_form": context.model_form})
 
 
 @pytest.mark.parametrize("method,settings", [

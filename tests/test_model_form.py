@@ -145,6 +145,9 @@ METHODS = {
     "input_x_gradient": lambda m, x, form: fastattr.input_x_gradient(m, x, target=TARGET, model_form=form),
     "integrated_gradients": lambda m, x, form: fastattr.integrated_gradients(
         m, x, target=TARGET, n_steps=4, model_form=form),
+    # refined to a tolerance no example reaches: every example takes max_steps points
+    "integrated_gradients_rtol": lambda m, x, form: fastattr.integrated_gradients(
+        m, x, target=TARGET, rtol=1e-9, max_steps=9, model_form=form)[0],
     "smoothgrad": lambda m, x, form: fastattr.smoothgrad(
         m, x, target=TARGET, n_samples=3, stdev=0.1, seed=7, model_form=form),
     "gradient_shap": lambda m, x, form: fastattr.gradient_shap(
@@ -161,6 +164,13 @@ def test_every_method_in_fast_form_equals_eager_up_to_rounding(case):
         exact = method(case.model64, case.x.double(), "eager")
         assert fast.dtype == eager.dtype and fast.shape == eager.shape
         assert_error_within(fast, exact, eager, factor=FACTOR, msg=f"{case.name} {name}:")
+
+
+def test_refined_integrated_gradients_refuses_the_compiled_form():
+    model = conv_bn_net()
+    with pytest.raises(ValueError, match="model_form.*rtol"):
+        fastattr.integrated_gradients(model, torch.rand(2, 3, 16, 16), target=TARGET, rtol=0.1,
+                                      model_form="compiled")
 
 
 def test_engine_reports_the_form_it_ran():

@@ -42,6 +42,7 @@ from torch import Tensor
 from .. import _validate as v
 from .. import ops
 from ..engine import Request, accumulator_dtype, run, single_point_plan
+from ..engine.model_form import check_model_form, model_in_form
 from ..engine.outputs import FlatTarget, check_model_output, per_example_flags, target_outputs
 from ._call import build_request, shape_output
 from .integrated_gradients import delta_dtype
@@ -63,7 +64,9 @@ class _TargetOutputs:
     """The model, recording the target output of every row it runs (float64,
     in row order): the completeness delta's ``f(x)`` and ``f(baseline)`` come
     from the gradient rows at ``alpha = 1`` and ``alpha = 0``. Keeps the
-    caller's model as ``.model``, as the library's wrappers do."""
+    model it runs as ``.model``, as the library's wrappers do (the train-mode
+    guard reads it; a fast copy is in eval mode, as the caller's model must
+    be for the copy to be used)."""
 
     def __init__(self, model: Callable[..., Tensor], target: Any):
         self.model = model
@@ -107,6 +110,7 @@ def adaptive_integrated_gradients(
     multiply_by_inputs: bool = True,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "fast",
 ) -> Tuple[v.TensorOrTuple, IGAccuracy]:
     """Integrated gradients, each example's path refined until its estimated
     relative error is at most ``rtol`` (or ``max_steps`` points are used).
@@ -115,6 +119,9 @@ def adaptive_integrated_gradients(
         model, inputs, baselines, target, additional_forward_args,
             multiply_by_inputs, memory_budget, chunk_rows: as
             :func:`fastattr.integrated_gradients` (inputs ``[B, *F]`` or a tuple).
+        model_form: ``"fast"`` or ``"eager"``, as :func:`fastattr.saliency`
+            (not ``"compiled"``: each round has its own number of rows, and
+            one compilation serves one chunk size).
         rtol: target relative L2 error of each example's attribution
             (all inputs' features together), as estimated (module docstring).
         max_steps: the most path points (gradient rows) per example, >= 5.
@@ -132,11 +139,16 @@ def adaptive_integrated_gradients(
     accumulation dtype) until the call returns.
     """
     rtol, max_steps, safety_factor = _check_rtol(rtol, max_steps, safety_factor)
+    if check_model_form(model_form) == "compiled":
+        raise ValueError("model_form: 'eager' or 'fast' with rtol (each refinement round has its own "
+                         "number of rows, and one compilation serves one chunk size), got 'compiled'")
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args, lambda xs: single_point_plan("grad"),
         memory_budget, chunk_rows, baselines=baselines, needs_baselines=True,
     )
-    refine = _Refinement(req, rtol, max_steps, safety_factor, bool(multiply_by_inputs))
+    # Every round's rows run the same form of the model, chosen once.
+    runner = model_in_form(req.model, model_form, req.inputs, req.additional_args).model
+    refine = _Refinement(req, runner, rtol, max_steps, safety_factor, bool(multiply_by_inputs))
     attributions, accuracy = refine.run()
     return shape_output(attributions, req.inputs, was_tuple), accuracy
 
@@ -147,8 +159,10 @@ class _Refinement:
     they were added) and ``n_nodes - 1`` panels (left node, right node,
     width, error estimate)."""
 
-    def __init__(self, req: Request, rtol: float, max_steps: int, safety: float, times_difference: bool):
+    def __init__(self, req: Request, runner: Callable[..., Tensor], rtol: float, max_steps: int,
+                 safety: float, times_difference: bool):
         self.req, self.rtol, self.max_steps, self.safety = req, rtol, max_steps, safety
+        self.runner = runner  # the model in the form the rows run it in
         self.times_difference = times_difference
         xs = req.inputs
         self.batch, self.device = xs[0].shape[0], xs[0].device
@@ -210,7 +224,7 @@ class _Refinement:
             interior.repeat(batch),
             torch.zeros(base_examples.shape[0], dtype=torch.float64, device=device),
         ])
-        recorder = _TargetOutputs(req.model, req.target if not isinstance(req.target, Tensor)
+        recorder = _TargetOutputs(self.runner, req.target if not isinstance(req.target, Tensor)
                                   else req.target.index_select(0, examples))
         grads = self.gradients(examples, row_alphas, recorder)
         f = torch.cat(recorder.values)
@@ -341,7 +355,7 @@ class _Refinement:
         self.allocate(int((self.n_nodes + count).max()))
         left, right = self.left[examples, panels], self.right[examples, panels]
         mid = (self.alpha[examples, left] + self.alpha[examples, right]) / 2
-        grads = self.gradients(examples, mid, self.req.model)
+        grads = self.gradients(examples, mid, self.runner)
         for store, h in zip(self.h, self.integrand(grads, examples)):
             store[examples, new_node] = h
         self.alpha[examples, new_node] = mid

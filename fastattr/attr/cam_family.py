@@ -423,7 +423,7 @@ def score_cam(
     upsample_to_input: bool = False, scale: bool = False,
     reshape_transform: Optional[ReshapeTransform] = None,
     memory_budget: Optional[int] = None, chunk_rows: Optional[int] = None,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> Tensor:
     """Score-CAM (Wang et al. 2020) of ``layer``, as pytorch-grad-cam's ``ScoreCAM``.
 

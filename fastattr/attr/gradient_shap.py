@@ -183,7 +183,7 @@ def gradient_shap(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """GradientSHAP attributions of ``model(inputs)[:, target]``.
 
@@ -234,7 +234,7 @@ def expected_gradients(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Tensor]]:
     """Expected gradients: :func:`gradient_shap` without input noise
     (``baselines`` is the background data set ``[M, *F]``)."""

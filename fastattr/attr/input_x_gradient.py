@@ -17,7 +17,7 @@ def input_x_gradient(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> v.TensorOrTuple:
     """``inputs * d model(inputs)[:, target] / d inputs``, as Captum's ``InputXGradient``.
 

@@ -51,7 +51,7 @@ def integrated_gradients(
     rtol: Optional[float] = None,
     max_steps: int = 256,
     safety_factor: float = 1.0,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> Union[v.TensorOrTuple, Tuple[v.TensorOrTuple, Any]]:
     """Integrated gradients of ``model(inputs)[:, target]``, as Captum's
     ``IntegratedGradients.attribute``; or, with ``rtol``, each example's path
@@ -80,7 +80,7 @@ def integrated_gradients(
             trapezoid; the delta is in the report).
         max_steps, safety_factor: with ``rtol``: the most path points per
             example, and the factor the error estimate is multiplied by.
-        model_form: as :func:`fastattr.saliency` (with ``rtol``: ``"eager"`` only).
+        model_form: as :func:`fastattr.saliency` (with ``rtol``: ``"fast"`` or ``"eager"``).
 
     Returns:
         Attributions shaped and typed like ``inputs``; with
@@ -91,8 +91,7 @@ def integrated_gradients(
     """
     if rtol is not None:
         for name, value, default in (("n_steps", n_steps, 50), ("method", method, "gausslegendre"),
-                                     ("return_convergence_delta", return_convergence_delta, False),
-                                     ("model_form", model_form, "eager")):
+                                     ("return_convergence_delta", return_convergence_delta, False)):
             if value != default:
                 raise ValueError(
                     f"{name}: not taken with rtol (the adaptive rule picks the steps per example "
@@ -103,7 +102,7 @@ def integrated_gradients(
         return adaptive_integrated_gradients(
             model, inputs, baselines, target, additional_forward_args, rtol=rtol,
             max_steps=max_steps, safety_factor=safety_factor, multiply_by_inputs=multiply_by_inputs,
-            memory_budget=memory_budget, chunk_rows=chunk_rows,
+            memory_budget=memory_budget, chunk_rows=chunk_rows, model_form=model_form,
         )
     req, was_tuple = build_request(
         model, inputs, target, additional_forward_args,

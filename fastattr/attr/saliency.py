@@ -18,7 +18,7 @@ def saliency(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> v.TensorOrTuple:
     """Gradient of ``model(inputs)[:, target]`` w.r.t. each input, as Captum's ``Saliency``.
 
@@ -34,12 +34,14 @@ def saliency(
         memory_budget: bytes one chunk may use (default: see
             :func:`fastattr.engine.budget.default_budget`).
         chunk_rows: optional extra cap on the rows per chunk.
-        model_form: the form the rows run the model in: ``"eager"`` (as it
-            is), ``"fast"`` (a copy with BatchNorm folded and channels-last
-            rows: equal up to float rounding) or ``"compiled"`` (that copy
-            under ``torch.compile``); see :mod:`fastattr.engine.model_form`
-            and ``docs/model_form.md``. A model the form does not apply to
-            (train mode, hooks, ...) runs eagerly.
+        model_form: the form the rows run the model in: ``"fast"`` (the
+            default: a copy with BatchNorm folded and channels-last rows,
+            equal to eager up to float rounding), ``"eager"`` (the model as
+            it is, bit for bit; what the Captum and Quantus drop-ins use) or
+            ``"compiled"`` (the fast copy under ``torch.compile``); see
+            :mod:`fastattr.engine.model_form` and ``docs/model_form.md``. A
+            model the form does not apply to (train mode, hooks, no rewrite
+            to make, ...) runs eagerly.
 
     Returns:
         Attributions shaped and typed like ``inputs`` (tensor or tuple).

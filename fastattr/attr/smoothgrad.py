@@ -96,7 +96,7 @@ class _MeanAndStandardError:
                 continue
             # Units never straddle examples (unit divides N), so the first
             # sample here, g0 - n_pending, starts one.
-            unit_means = values[:whole].view(whole // self.unit, self.unit, -1).mean(1)
+            unit_means = values[:whole].reshape(whole // self.unit, self.unit, -1).mean(1)  # fast-form grads may be channels-last
             u0 = (g0 - n_pending) // self.unit
             ops.accumulate_(self.unit_sums[i].view(self.unit_sums[i].shape[0], -1), None, unit_means,
                             self.ones_units, u0, self.units, 0)
@@ -141,7 +141,7 @@ def smoothgrad(
     example_offset: int = 0,
     antithetic: bool = True,
     return_standard_error: bool = False,
-    model_form: str = "eager",
+    model_form: str = "fast",
 ) -> Union[v.TensorOrTuple, Tuple[Any, ...]]:
     """Average an explainer over ``n_samples`` Gaussian-noised copies of each input.
 

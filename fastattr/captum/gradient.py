@@ -23,7 +23,7 @@ class Saliency(GradientAttribution):
     ) -> v.TensorOrTuple:
         """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.saliency`."""
         return saliency(self.forward_func, inputs, target=target, abs=abs,
-                        additional_forward_args=additional_forward_args)
+                        additional_forward_args=additional_forward_args, model_form="eager")
 
 
 class InputXGradient(GradientAttribution):
@@ -40,4 +40,4 @@ class InputXGradient(GradientAttribution):
     ) -> v.TensorOrTuple:
         """Attributions ``[B, *F]`` (or a tuple), as :func:`fastattr.input_x_gradient`."""
         return input_x_gradient(self.forward_func, inputs, target=target,
-                                additional_forward_args=additional_forward_args)
+                                additional_forward_args=additional_forward_args, model_form="eager")

@@ -47,7 +47,7 @@ class GradientShap(GradientAttribution):
                 n_samples=n_samples, stdev=stdevs, seed=self.seed,
                 additional_forward_args=additional_forward_args,
                 return_convergence_delta=return_convergence_delta,
-                multiply_by_inputs=self._multiply_by_inputs,
+                multiply_by_inputs=self._multiply_by_inputs, model_form="eager",
             )
         return explain_on_captum_draws(
             lambda rows, refs, alphas, t, args: gradient_shap_at(

@@ -36,4 +36,5 @@ class IntegratedGradients(GradientAttribution):
             additional_forward_args=additional_forward_args, n_steps=n_steps, method=method,
             return_convergence_delta=return_convergence_delta,
             multiply_by_inputs=self._multiply_by_inputs, chunk_rows=internal_batch_size,
+            model_form="eager",
         )

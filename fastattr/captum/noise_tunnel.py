@@ -121,7 +121,7 @@ class NoiseTunnel(Attribution):
             self.forward_func, inputs, n_samples=n, stdev=stdevs, kind=nt_type, explainer=explainer,
             explainer_kwargs=explainer_kwargs, seed=self.seed, return_convergence_delta=want_delta,
             antithetic=False,  # Captum draws independent noise
-            chunk_rows=cap, **common,
+            chunk_rows=cap, model_form="eager", **common,
         )
         if not want_delta:
             return out

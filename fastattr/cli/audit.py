@@ -57,6 +57,7 @@ def parse_config(argv: Sequence[str], groups: Sequence[Group]) -> Optional[Audit
         channels=args.channels, mean=args.mean, std=args.std, transforms=args.transforms,
         method_options=tuple(args.method_option), metric_options=tuple(args.metric_option),
         config_file=args.config, budget_minutes=args.budget_minutes, plan_only=args.plan_only,
+        model_form=args.model_form,
     )
 
 
@@ -132,7 +133,8 @@ def _chosen_methods(config: AuditConfig, model: Model, data: Dataset, device: to
     requested = config.methods if named else (tuple(METHODS) if config.methods else DEFAULT_METHODS)
     chosen = {m: settings[m] for m in requested}
     check_settings(chosen, "--method-option")
-    context = make_context(model, torch.from_numpy(data.x), config.seed, chosen, device, user_model_prefix(model))
+    context = make_context(model, torch.from_numpy(data.x), config.seed, chosen, device, user_model_prefix(model),
+                           config.model_form)
     x1 = torch.from_numpy(data.x[:1]).to(device)
     with torch.no_grad():
         target = model(x1).argmax(1)
@@ -241,6 +243,7 @@ def run_record(config: AuditConfig, data: Dataset, model_identity: Dict[str, Any
         "metric_settings": {n: {**metric_settings[g.name], **g.described} for g in groups for n in g.metrics
                             if n in config.metrics},
         "device_type": device.type, "memory_budget": config.memory_budget, "fastattr": __version__,
+        "model_form": config.model_form,
     }
     if context.auto_layer is not None:
         fingerprinted["auto_layer"] = context.auto_layer
@@ -281,7 +284,7 @@ def audit_batch(p: Prepared, x: Tensor, y: Tensor, offset: int, config: AuditCon
 
     masks = None if p.data.s is None else torch.from_numpy(p.data.s[offset:offset + x.shape[0]]).to(x.device)
     ctx = BatchContext(p.model, x, y, pred, offset, config.seed, config.memory_budget, p.metric_settings,
-                       explainer_of, p.context.layer_prefix, masks)
+                       explainer_of, p.context.layer_prefix, masks, model_form=config.model_form)
     share = p.shares
     wanted = set(config.metrics)
     columns: Dict[str, Tensor] = {}

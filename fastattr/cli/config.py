@@ -2,7 +2,7 @@
 
 The fingerprint covers everything that changes a result (model and data
 contents, methods, metrics and their settings, batching, seed, device
-kind, memory budget); an ``--out`` that holds another fingerprint's
+kind, memory budget, model form); an ``--out`` that holds another fingerprint's
 results is refused rather than mixed."""
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..engine.model_form import FORMS as MODEL_FORMS
 
 
 class AuditError(Exception):
@@ -48,6 +50,7 @@ class AuditConfig:
     config_file: Optional[str] = None
     budget_minutes: Optional[float] = None
     plan_only: bool = False
+    model_form: str = "fast"  # the form the engine's rows run the model in (fastattr.engine.model_form)
 
 
 def _positive_int(text: str) -> int:
@@ -151,6 +154,11 @@ def build_parser(methods: Sequence[str], metrics: Sequence[str], default_methods
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda means each rank's local GPU)")
     p.add_argument("--memory-budget", type=_positive_int, help="bytes per engine chunk (default: the engine's)")
     p.add_argument("--seed", type=_seed, default=0, help="key of every random draw")
+    p.add_argument("--model-form", choices=MODEL_FORMS, default="fast",
+                   help="the form the methods' and metrics' rows run the model in: fast (default: a copy with "
+                        "BatchNorm folded and channels-last rows, equal to eager up to float rounding), eager "
+                        "(the model as it is) or compiled (torch.compile); methods with backward rules or layer "
+                        "hooks run eagerly (see docs/model_form.md)")
     p.add_argument("--methods", type=_names,
                    help=f"comma-separated explanation methods, from: {', '.join(methods)} "
                         f"(default: {','.join(default_methods)}, less those that cannot explain the model, "

@@ -42,6 +42,7 @@ class BatchContext:
     explainer_of: ExplainerOf  # how a metric re-runs a method on perturbed inputs
     layer_prefix: str = ""  # the user's model's path in the audited model (module names are the user's)
     masks: Optional[Tensor] = None  # bool [b, 1 or C, *S]: the data's ground-truth masks, if it has them
+    model_form: str = "fast"  # --model-form: the form the metrics' rows run the model in
     # method -> its own error estimate float64 [b] (IG with rtol, SmoothGrad), filled as each method explains
     errors: Dict[str, Optional[Tensor]] = dataclasses.field(default_factory=dict)
 
@@ -133,6 +134,7 @@ def _infidelity_group(module: Any) -> Group:
         s = ctx.of("infidelity")
         value = module.infidelity(ctx.model, ctx.x, attrs, target=ctx.pred, n_samples=s["n_samples"],
                                   stdev=s["stdev"], seed=ctx.seed, memory_budget=ctx.memory_budget,
+                                  model_form=ctx.model_form,
                                   example_offset=ctx.offset)
         return Values({"infidelity": value})
 
@@ -164,13 +166,14 @@ def _attack_groups(module: Any) -> List[Group]:
     def fgsm(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         s = ctx.of("fgsm")
         r = module.fgsm_accuracy(ctx.model, ctx.x, ctx.y, s["epsilon"], clamp=attack_clamp(s["clamp"], ctx.x),
-                                 memory_budget=ctx.memory_budget)
+                                 memory_budget=ctx.memory_budget, model_form=ctx.model_form)
         return Values({"fgsm_accuracy": r.correct[0].to(torch.float64)})
 
     def pgd(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         s = ctx.of("pgd")
         r = module.pgd_accuracy(ctx.model, ctx.x, ctx.y, s["epsilon"], n_steps=s["n_steps"], seed=ctx.seed,
                                 clamp=attack_clamp(s["clamp"], ctx.x), memory_budget=ctx.memory_budget,
+                                model_form=ctx.model_form,
                                 example_offset=ctx.offset)
         return Values({"pgd_accuracy": r.correct[0].to(torch.float64)})
 
@@ -190,7 +193,7 @@ def _lipschitz_group(module: Any) -> Group:
         explainer, kwargs = ctx.explainer_of(method)
         value = module.local_lipschitz_estimate(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, std=s["std"], n_samples=s["n_samples"], seed=ctx.seed,
-            attributions=attrs, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+            attributions=attrs, memory_budget=ctx.memory_budget, model_form=ctx.model_form, example_offset=ctx.offset)
         return Values({"local_lipschitz_estimate": value})
 
     return Group("lipschitz", ("local_lipschitz_estimate",), True, compute,
@@ -211,7 +214,7 @@ def _deletion_groups(module: Any) -> List[Group]:
         def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
             s = ctx.of(name)
             c = fn(ctx.model, ctx.x, attrs, target=ctx.pred, n_steps=s["n_steps"], baseline=s["baseline"],
-                   memory_budget=ctx.memory_budget)
+                   memory_budget=ctx.memory_budget, model_form=ctx.model_form)
             return Values({f"{name}_auc": c.auc}, {name: c.values})
         return compute
 
@@ -237,6 +240,7 @@ def _fragility_group(module: Any) -> Group:
             return Values({"fragility_topk": nan, "fragility_spearman": nan})
         r = module.fragility(ctx.model, ctx.x, ctx.pred, explainer, kwargs, epsilon=s["epsilon"],
                              n_steps=s["n_steps"], seed=ctx.seed, memory_budget=ctx.memory_budget,
+                             model_form=ctx.model_form,
                              example_offset=ctx.offset)
         return Values({"fragility_topk": r.top_k_intersection, "fragility_spearman": r.spearman})
 

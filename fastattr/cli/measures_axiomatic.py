@@ -25,7 +25,8 @@ def _completeness_group(m: Any) -> Group:
     def compute(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
         s = ctx.of("completeness")
         gap = m.completeness(ctx.model, ctx.x, attrs, ctx.pred, baseline=s["baseline"], output=s["output"],
-                             seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+                             seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset,
+                                  model_form=ctx.model_form)
         return Values({"completeness_gap": gap.abs()})
 
     # No abs / normalise: the gap compares the attributions' sum with an output difference, in output units.
@@ -41,7 +42,8 @@ def _non_sensitivity_group(m: Any) -> Group:
         s = ctx.of("non_sensitivity")
         count = m.non_sensitivity(ctx.model, ctx.x, prepared(attrs, s), ctx.pred, eps=s["eps"],
                                   features_in_step=s["features_in_step"], baseline=s["baseline"], output=s["output"],
-                                  seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+                                  seed=ctx.seed, memory_budget=ctx.memory_budget, example_offset=ctx.offset,
+                                  model_form=ctx.model_form)
         return Values({"non_sensitivity": column(count)})
 
     return Group("non_sensitivity", ("non_sensitivity",), True, compute,
@@ -59,7 +61,8 @@ def _input_invariance_group(m: Any) -> Group:
         explainer, kwargs = ctx.explainer_of(method)
         same = m.input_invariance(ctx.model, ctx.x, explainer, ctx.pred, input_shift=s["input_shift"],
                                   attributions=attrs, explainer_kwargs=kwargs, atol=s["atol"], rtol=s["rtol"],
-                                  memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+                                  memory_budget=ctx.memory_budget, example_offset=ctx.offset,
+                                  model_form=ctx.model_form)
         return Values({"input_invariance": column(same)})
 
     def resolve(s: Dict[str, Any], model: Any, shape: Tuple[int, ...], prefix: str) -> Dict[str, Any]:

@@ -27,7 +27,8 @@ from .measures_common import (
 from .options import Setting, choice, integer, number
 
 def _common(ctx: BatchContext) -> Dict[str, Any]:
-    return {"seed": ctx.seed, "memory_budget": ctx.memory_budget, "example_offset": ctx.offset}
+    return {"seed": ctx.seed, "memory_budget": ctx.memory_budget, "example_offset": ctx.offset,
+            "model_form": ctx.model_form}
 
 
 def _correlation_group(m: Any) -> Group:

@@ -44,6 +44,7 @@ def _continuity_group(m: Any) -> Group:
         explainer, kwargs = ctx.explainer_of(method)
         value = m.continuity(ctx.model, ctx.x, ctx.pred, explainer, kwargs, n_steps=s["translations"],
                              attributions=attrs, memory_budget=ctx.memory_budget, example_offset=ctx.offset,
+                             model_form=ctx.model_form,
                              nan_when_prediction_changes=s["nan_when_prediction_changes"])
         return Values({"continuity": value})
 
@@ -142,7 +143,7 @@ def _random_logit_group(m: Any) -> Group:
             classes = ctx.model(ctx.x[:1]).shape[1]
         value = m.random_logit(ctx.model, ctx.x, ctx.pred, classes, explainer, kwargs, similarity=s["similarity"],
                                ssim_win_size=ssim_window(ctx.x), seed=ctx.seed, attributions=attrs,
-                               memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+                               memory_budget=ctx.memory_budget, model_form=ctx.model_form, example_offset=ctx.offset)
         return Values({"random_logit": value})
 
     return Group("random_logit", ("random_logit",), True, compute,

@@ -55,6 +55,7 @@ copy a metric explains): call :func:`fastattr.score_cam` and
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -86,6 +87,8 @@ class MethodContext:
     # Where the user's model sits inside the audit's wrappers (input normalization,
     # output selection): layer names are the user's, looked up under this prefix.
     layer_prefix: str = ""
+    # The form the rows of a method that takes model_form run the model in (--model-form).
+    model_form: str = "fast"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,13 +461,14 @@ def find_auto_layer(model: Model, x_one: Tensor) -> str:
 
 
 def make_context(model: Model, data_x: Tensor, seed: int, settings: Resolved, device: torch.device,
-                 layer_prefix: str = "") -> MethodContext:
+                 layer_prefix: str = "", model_form: str = "fast") -> MethodContext:
     """The audit's :class:`MethodContext` for the chosen methods' ``settings``
     (method -> resolved settings): the data set ``data_x`` ``[N, *F]``'s mean
     and range, a seed-keyed permutation's first ``max(background)`` examples,
     and the "auto" layer (looked for only when a chosen layer method asks for
     it). A named layer the model lacks raises AuditError. ``layer_prefix``:
-    the user's model's path inside ``model`` (layer names are the user's)."""
+    the user's model's path inside ``model`` (layer names are the user's).
+    ``model_form``: what the methods that take one run the model in."""
     data = torch.as_tensor(data_x)
     wanted = max((s["background"] for s in settings.values() if "background" in s), default=0)
     order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))[:wanted]
@@ -483,7 +487,7 @@ def make_context(model: Model, data_x: Tensor, seed: int, settings: Resolved, de
         background=data[order].to(device),
         mean=data.mean(0, keepdim=True, dtype=torch.float64).to(data.dtype).to(device),
         value_range=float(data.max()) - float(data.min()) if data.numel() else 0.0,
-        auto_layer=auto, auto_layer_problem=problem, layer_prefix=layer_prefix,
+        auto_layer=auto, auto_layer_problem=problem, layer_prefix=layer_prefix, model_form=model_form,
     )
 
 
@@ -534,6 +538,8 @@ def explain_with_error(method: str, model: Model, x: Tensor, target: Tensor, see
         kwargs["layer"] = _layer(model, settings, context)
     if m.keyed:
         kwargs.update(seed=seed, example_offset=offset)
+    if m.function in FORM_FUNCTIONS:
+        kwargs["model_form"] = context.model_form
     out = getattr(_attr, m.function)(model, x, target=target, memory_budget=memory_budget, **kwargs)
     error = None
     if m.reports_error(settings) or error_options:
@@ -580,8 +586,14 @@ def explainer_for(method: str, x: Tensor, seed: int, memory_budget: Optional[int
     kwargs = m.options(settings, x, context)
     if m.keyed:
         kwargs["seed"] = seed
+    if m.function in FORM_FUNCTIONS:
+        kwargs["model_form"] = context.model_form
     return m.function, kwargs
 
+
+# The fastattr functions that take model_form (the others hook the caller's modules).
+FORM_FUNCTIONS = frozenset(n for n in _attr.__all__ if n[0].islower() and n not in _attr.HELPERS
+                           and "model_form" in inspect.signature(getattr(_attr, n)).parameters)
 
 _LIBRARY_REFUSALS = (ValueError, TypeError, NotImplementedError, RuntimeError)
 

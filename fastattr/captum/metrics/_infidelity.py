@@ -80,6 +80,7 @@ def infidelity(
         n_samples=v.check_positive_int(n_perturb_samples, "n_perturb_samples"), normalize=normalize,
         additional_forward_args=additional_forward_args, baselines=baselines, perturb_func=perturb_func,
         chunk_rows=v.check_optional_positive_int(max_examples_per_batch, "max_examples_per_batch"),
+        model_form="eager",  # Captum's numbers
     )
     xs = inputs if isinstance(inputs, tuple) else (inputs,)
     attrs = attributions if isinstance(attributions, tuple) else (attributions,)
