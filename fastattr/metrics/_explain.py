@@ -11,6 +11,7 @@ from torch import Tensor
 from .. import _validate as v
 from .. import attr as _attr
 from ..engine import PointPlan
+from ..engine.model_form import check_model_form
 from ..attr.smoothgrad import _explainer_plan
 
 ExplainerType = Union[str, Callable[..., v.TensorOrTuple]]
@@ -24,9 +25,10 @@ _ENGINE_NATIVE: Dict[Callable[..., Any], str] = {
 }
 
 
-def _takes_example_offset(fn: Callable[..., Any]) -> bool:
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn``'s signature has a parameter ``name``."""
     try:
-        return "example_offset" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins and some callables have no signature
         return False
 
@@ -38,21 +40,28 @@ def explainer_names() -> Tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _own_explainers() -> Dict[Callable[..., Any], bool]:
+def _own_explainers() -> Dict[Callable[..., Any], Tuple[bool, bool]]:
     """fastattr's explainer functions, each with whether it takes
-    ``example_offset``: read once, as ``inspect.signature`` costs tens of
-    microseconds, which a metric on a small model pays on every call."""
+    ``(example_offset, model_form)``: read once, as ``inspect.signature``
+    costs tens of microseconds, which a metric on a small model pays on every call."""
     fns = (getattr(_attr, n) for n in explainer_names())
-    return {fn: _takes_example_offset(fn) for fn in fns}
+    return {fn: (_takes(fn, "example_offset"), _takes(fn, "model_form")) for fn in fns}
 
 
 class Explainer:
     """An explanation method and its options, called as
     ``fn(model, inputs, target=..., additional_forward_args=..., **options)``
-    (every fastattr explainer's signature; a user callable must accept it too)."""
+    (every fastattr explainer's signature; a user callable must accept it too).
+
+    ``model_form`` (``"eager"``, ``"fast"`` or ``"compiled"``, see
+    :mod:`fastattr.engine.model_form`) is the form the explainer's rows run
+    the model in: passed to a fastattr explainer that takes ``model_form``
+    unless ``explainer_kwargs`` sets it (the caller's choice wins; a user
+    callable gets neither). ``"eager"`` by default: the drop-ins' contract
+    is the anchors' numbers; the metric functions pass their own ``model_form``."""
 
     def __init__(self, explainer: ExplainerType = "saliency",
-                 explainer_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                 explainer_kwargs: Optional[Mapping[str, Any]] = None, model_form: str = "eager") -> None:
         if isinstance(explainer, str):
             if explainer not in explainer_names():
                 names = sorted(explainer_names())
@@ -71,9 +80,16 @@ class Explainer:
                 "explainer_kwargs: example_offset is set by the metric for every explained row "
                 "(pass the metric's own example_offset instead)"
             )
+        check_model_form(model_form)
         own = _own_explainers()
         self.is_fastattr = explainer in own
-        self.takes_example_offset = own[explainer] if self.is_fastattr else _takes_example_offset(explainer)
+        self.takes_example_offset, takes_form = own[explainer] if self.is_fastattr else (
+            _takes(explainer, "example_offset"), False)
+        # What the explainer is given, and the form its rows run in (an engine-native
+        # plan that a metric extends runs in it too).
+        self.passes_model_form = takes_form and "model_form" not in self.kwargs
+        self.model_form = check_model_form(self.kwargs["model_form"]) if takes_form and not self.passes_model_form \
+            else model_form
 
     @property
     def engine_name(self) -> Optional[str]:
@@ -82,8 +98,9 @@ class Explainer:
         return _ENGINE_NATIVE.get(self.fn)
 
     def plan(self) -> Tuple[PointPlan, bool, Any]:
-        """``(plan, needs_baselines, baselines)`` of an engine-native explainer."""
-        return _explainer_plan(self.engine_name, dict(self.kwargs))
+        """``(plan, needs_baselines, baselines)`` of an engine-native explainer
+        (its ``model_form`` option is :attr:`model_form`, not part of the plan)."""
+        return _explainer_plan(self.engine_name, {k: a for k, a in self.kwargs.items() if k != "model_form"})
 
     def __call__(self, model: Callable[..., Tensor], inputs: Tuple[Tensor, ...], was_tuple: bool,
                  target: Any = None, additional_forward_args: Any = None,
@@ -97,6 +114,8 @@ class Explainer:
             extra["memory_budget"] = memory_budget
         if self.takes_example_offset:
             extra["example_offset"] = example_offset
+        if self.passes_model_form:
+            extra["model_form"] = self.model_form
         out = self.fn(model, inputs if was_tuple else inputs[0], target=target,
                       additional_forward_args=additional_forward_args, **self.kwargs, **extra)
         attrs = out if isinstance(out, tuple) else (out,)

@@ -49,9 +49,9 @@ def _replacement(baseline: Baseline, x: Tensor, n_steps: int, seed: int, uniform
 def _prepare_replacing(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
                        additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
                        example_offset: int, baseline: Baseline, seed: int, uniform_low: float, uniform_high: float,
-                       stream: int, n_steps: Callable[[Tensor], int]):
-    """The curves' checked arguments (:func:`~fastattr.metrics.deletion.prepare_curve_call`)
-    plus ``(fill, per_step)`` of :func:`_replacement` with ``n_steps(x)``
+                       stream: int, n_steps: Callable[[Tensor], int], model_form: str):
+    """The curves' checked arguments (:func:`~fastattr.metrics.deletion.prepare_curve_call`,
+    the model in ``model_form``) plus ``(fill, per_step)`` of :func:`_replacement` with ``n_steps(x)``
     columns, made (so checked) before an explainer given as ``attributions`` runs."""
     made = []
 
@@ -59,7 +59,7 @@ def _prepare_replacing(model: Any, inputs: Any, attributions: AttributionsOrExpl
         made.append(_replacement(baseline, x, n_steps(x), seed, uniform_low, uniform_high, example_offset, stream))
 
     prepared = prepare_curve_call(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-                        memory_budget, chunk_rows, example_offset, validate)
+                        memory_budget, chunk_rows, example_offset, validate, model_form)
     return (*prepared, *made[0])
 
 
@@ -79,6 +79,7 @@ def completeness(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Completeness gap: float64 ``[B]``, ``sum(a) - output_func(f(x)[t] -
     f(x_base)[t])`` where ``x_base`` has every feature replaced by
@@ -103,6 +104,7 @@ def completeness(
         seed, example_offset: key of the ``"uniform"`` draws (and of a random
             explainer's), example ``b`` keyed as ``example_offset + b``.
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
     """
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     if output_func is not None and not callable(output_func):
@@ -110,7 +112,7 @@ def completeness(
     x, attrs, target, args, evaluated, memory_budget, chunk_rows, fill, per_step = _prepare_replacing(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs, memory_budget,
         chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high, COMPLETENESS_FILL_STREAM,
-        lambda x: 1)
+        lambda x: 1, model_form)
     batch = x.shape[0]
     base = (fill.view(batch, *([1] * (x.dim() - 1))) if per_step else fill).expand(x.shape)
 
@@ -172,6 +174,7 @@ def non_sensitivity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Non-sensitivity: int64 ``[B]``, how many features break the axiom
     "a feature that does not change the output has zero attribution": the
@@ -187,7 +190,7 @@ def non_sensitivity(
 
     Args:
         model, inputs, target, output, additional_forward_args,
-            explainer_kwargs, memory_budget, chunk_rows: as :func:`completeness`
+            explainer_kwargs, memory_budget, chunk_rows, model_form: as :func:`completeness`
             (``output`` defaults to ``"probability"``, Quantus's ``softmax=True``).
         attributions: ``[B, *Fa]`` broadcastable to ``inputs`` (broadcast, as
             Quantus), or an explainer.
@@ -205,7 +208,7 @@ def non_sensitivity(
     x, attrs, target, args, evaluated, memory_budget, chunk_rows, fill, per_step = _prepare_replacing(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs, memory_budget,
         chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high, NON_SENSITIVITY_FILL_STREAM,
-        lambda x: -(-x[0].numel() // step))
+        lambda x: -(-x[0].numel() // step), model_form)
     batch, n_features = x.shape[0], x[0].numel()
     n_groups = -(-n_features // step)
     rows = _GroupReplacedRows(x, fill, per_step, step, n_groups)
@@ -285,6 +288,7 @@ def input_invariance(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Input invariance: bool ``[B]``, whether the explanation of ``x + shift``
     on the mean-shifted model (:func:`mean_shifted_model`, which computes the
@@ -303,6 +307,7 @@ def input_invariance(
             (``[B, *F]``; None: the explainer makes it).
         atol, rtol: as ``numpy.isclose`` (Quantus's ``atol=1e-4``, NumPy's ``rtol``).
         memory_budget, example_offset: passed to the explainer.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
     """
     check_model(model)
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
@@ -316,7 +321,7 @@ def input_invariance(
         got = tuple(getattr(attributions, "shape", ())) or type(attributions).__name__
         raise ValueError(f"attributions: expected a tensor [{x.shape[0]}, ...] broadcastable to the inputs' "
                          f"{tuple(x.shape)}, got {got}")
-    explain = Explainer(explainer, explainer_kwargs)
+    explain = Explainer(explainer, explainer_kwargs, model_form)
     shifted = mean_shifted_model(model, input_shift, (1, *x.shape[1:]))
     if attributions is None:
         (attributions,) = explain(model, (x,), False, target, additional_forward_args, memory_budget, example_offset)

@@ -72,6 +72,7 @@ def consistency(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Consistency per example, over the examples of this call: among the
     other examples whose explanation has the same signs in its first
@@ -82,7 +83,8 @@ def consistency(
     Args:
         model, inputs, target, additional_forward_args, explainer,
             explainer_kwargs, attributions, memory_budget, chunk_rows,
-            example_offset: as :func:`fastattr.metrics.max_sensitivity`.
+            example_offset, model_form: as :func:`fastattr.metrics.max_sensitivity`
+            (the predictions are read of the model as it is).
         n_signs: values whose signs class an explanation (Quantus's
             ``top_n_sign``, 5); None: all of them (Quantus's ``sign``).
 
@@ -93,7 +95,7 @@ def consistency(
         n_signs = v.check_positive_int(n_signs, "n_signs")
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     exp, req, was_tuple = formatted_call(model, inputs, target, explainer, explainer_kwargs,
-                                         additional_forward_args, memory_budget, chunk_rows)
+                                         additional_forward_args, memory_budget, chunk_rows, model_form)
     attrs = explain_inputs(exp, req, was_tuple, req.target, example_offset, attributions)
     flat = torch.cat([a.reshape(a.shape[0], -1) for a in attrs], dim=1)
     return agreement(sign_codes(flat, n_signs), ModelReads(req).predictions)

@@ -121,6 +121,7 @@ def continuity(
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
     nan_when_prediction_changes: bool = False,
+    model_form: str = "fast",
 ) -> Tensor:
     """Continuity: ``max_t ||a(x) - a(x_t)||_1 / (||x - x_t||_2 + 1e-9)`` per example.
 
@@ -141,7 +142,9 @@ def continuity(
         nan_when_prediction_changes: a translation whose predicted class
             (argmax of the model's ``[B, C]`` outputs) is not ``target``
             (one class per example) is NaN, and so is the example's value
-            (Quantus's option, which compares with ``y_batch``).
+            (Quantus's option, which compares with ``y_batch``; the predictions
+            are read of the model as it is).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]``.
@@ -151,7 +154,7 @@ def continuity(
     if isinstance(inputs, tuple):
         raise NotImplementedError("inputs: continuity translates one image tensor; tuples of inputs are not supported")
     exp, req, was_tuple = formatted_call(model, inputs, target, explainer, explainer_kwargs,
-                                         additional_forward_args, memory_budget, chunk_rows)
+                                         additional_forward_args, memory_budget, chunk_rows, model_form)
     x = req.inputs[0]
     check_image(x)
     classes = None

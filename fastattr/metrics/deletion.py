@@ -21,6 +21,8 @@ from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_PERTURBATION, forward_rows, row_examples
 from ..engine.draws import group_uniforms
+from ..engine.model_form import check_model_form
+from .formed_model import FormedModel
 from .infidelity import AttributionsOrExplainer, check_model, resolve_attributions
 
 OUTPUTS = ("probability", "logit")
@@ -108,11 +110,16 @@ class ReplacedRows:
 
 def prepare_curve_call(model: Any, inputs: Any, attributions: AttributionsOrExplainer, target: Any, output: str,
                        additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
-                       example_offset: int = 0, validate: Optional[Callable[[Tensor], Any]] = None):
+                       example_offset: int = 0, validate: Optional[Callable[[Tensor], Any]] = None,
+                       model_form: str = "eager"):
     """Checked arguments shared by every curve: ``(x, attrs, target, args,
     model_for_output, memory_budget, chunk_rows)``. ``validate(x)`` runs the
-    caller's own checks of the input before an explainer runs."""
+    caller's own checks of the input before an explainer runs.
+    ``model_for_output`` runs the model in ``model_form`` (a
+    :class:`~fastattr.metrics.formed_model.FormedModel`), followed by a
+    softmax for ``output="probability"``; the explainer runs in it too."""
     check_model(model)
+    check_model_form(model_form)
     if isinstance(inputs, tuple):
         raise TypeError("inputs: expected one tensor [B, *F]; curves rank the features of a single input")
     (x,), _ = v.format_inputs(inputs)
@@ -128,8 +135,9 @@ def prepare_curve_call(model: Any, inputs: Any, attributions: AttributionsOrExpl
         attrs = _broadcastable_attributions(attributions, x)
     else:
         (attrs,) = resolve_attributions(attributions, model, (x,), False, target, additional_forward_args,
-                                        explainer_kwargs, memory_budget, example_offset)
-    evaluated = softmax_outputs(model) if output == "probability" else model
+                                        explainer_kwargs, memory_budget, example_offset, model_form)
+    formed = FormedModel(model, model_form)
+    evaluated = softmax_outputs(formed) if output == "probability" else formed
     return x, attrs, fmt_target, args, evaluated, memory_budget, chunk_rows
 
 
@@ -189,18 +197,19 @@ def _fraction_counts(n_features: int, n_steps: Any, device: torch.device) -> Ten
 
 def curve_outputs(model: Callable[..., Tensor], rows: ReplacedRows, x: Tensor, target: Any, args: Tuple[Any, ...],
                   memory_budget: Optional[int], chunk_rows: Optional[int]) -> Tensor:
-    """float64 ``[B, K]``: the target output of every row of ``rows``."""
+    """float64 ``[B, K]``: the target output of every row of ``rows``, ``model``
+    run as it is (a metric's model comes in its form: :func:`prepare_curve_call`)."""
     b, k = x.shape[0], rows.points
-    out = forward_rows(model, rows, b * k, k, (x,), target, args, memory_budget, chunk_rows)
+    out = forward_rows(model, rows, b * k, k, (x,), target, args, memory_budget, chunk_rows, model_form="eager")
     return out.view(b, k)
 
 
 def _fraction_curve(remove: bool, model, inputs, attributions, target, n_steps, baseline, output,
                     additional_forward_args, explainer_kwargs, blur_sigma, blur_kernel_size,
-                    memory_budget, chunk_rows) -> Curve:
+                    memory_budget, chunk_rows, model_form) -> Curve:
     x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows)
+        memory_budget, chunk_rows, model_form=model_form)
     counts = _fraction_counts(attrs[0].numel(), n_steps, x.device)
     base = _baseline_tensor(baseline, x, blur_sigma, blur_kernel_size)
     ranks = ranks_of(descending_order(attrs))
@@ -225,6 +234,7 @@ def deletion_curve(
     blur_kernel_size: int = 11,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "fast",
 ) -> Curve:
     """Deletion curve: the target output as the most important features are
     removed (set to ``baseline``), ``floor(k * Fa / n_steps)`` of them at point
@@ -245,6 +255,7 @@ def deletion_curve(
             ``blur_kernel_size``-square Gaussian of std ``blur_sigma``).
         output: ``"probability"`` (softmax over classes) or ``"logit"`` (raw output).
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         :class:`Curve`: ``values`` float64 ``[B, n_steps + 1]`` and ``auc``
@@ -252,7 +263,7 @@ def deletion_curve(
     """
     return _fraction_curve(True, model, inputs, attributions, target, n_steps, baseline, output,
                            additional_forward_args, explainer_kwargs, blur_sigma, blur_kernel_size,
-                           memory_budget, chunk_rows)
+                           memory_budget, chunk_rows, model_form)
 
 
 def insertion_curve(
@@ -269,6 +280,7 @@ def insertion_curve(
     blur_kernel_size: int = 11,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "fast",
 ) -> Curve:
     """Insertion curve: the target output as the most important features are
     put back into ``baseline`` (by default the blurred input),
@@ -277,7 +289,7 @@ def insertion_curve(
     """
     return _fraction_curve(False, model, inputs, attributions, target, n_steps, baseline, output,
                            additional_forward_args, explainer_kwargs, blur_sigma, blur_kernel_size,
-                           memory_budget, chunk_rows)
+                           memory_budget, chunk_rows, model_form)
 
 
 def flipping_fill(baseline: Any, x: Tensor, n_points: int, seed: int, uniform_low: float,
@@ -322,6 +334,7 @@ def pixel_flipping(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Curve:
     """Pixel flipping as Quantus's ``PixelFlipping``: the attributions are
     broadcast to the input's shape and its elements replaced in descending
@@ -344,6 +357,7 @@ def pixel_flipping(
         example_offset: ``"uniform"`` fills of example ``b`` (and a random
             explainer's draws) are keyed as example ``example_offset + b``
             (its index in a data set).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         :class:`Curve`: ``values`` float64 ``[B, K]`` and ``auc`` float64
@@ -352,7 +366,7 @@ def pixel_flipping(
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows, example_offset)
+        memory_budget, chunk_rows, example_offset, model_form=model_form)
     step = v.check_positive_int(features_in_step, "features_in_step")
     n_features = x[0].numel()
     n_points = -(-n_features // step)

@@ -55,12 +55,15 @@ def explain_in_blocks(explain_rows: ExplainGivenRows, batch: int, per_example: i
 def formatted_call(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: v.TargetType,
                    explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]],
                    additional_forward_args: Any, memory_budget: Optional[int],
-                   chunk_rows: Optional[int]) -> Tuple[Explainer, Request, bool]:
+                   chunk_rows: Optional[int], model_form: str = "eager") -> Tuple[Explainer, Request, bool]:
     """``(explainer, request, inputs_was_tuple)``: the call checked and
-    formatted (the request's plan is unused: the explainer makes its own)."""
-    exp = Explainer(explainer, explainer_kwargs)
+    formatted (the request's plan is unused: the explainer makes its own).
+    ``model_form`` (checked here, before any compute) is the explainer's
+    (:class:`~fastattr.metrics._explain.Explainer`) and the request's."""
+    exp = Explainer(explainer, explainer_kwargs, model_form)
     req, was_tuple = build_request(model, inputs, target, additional_forward_args,
-                                   lambda xs: single_point_plan("grad"), memory_budget, chunk_rows)
+                                   lambda xs: single_point_plan("grad"), memory_budget, chunk_rows,
+                                   model_form=model_form)
     return exp, req, was_tuple
 
 

@@ -108,6 +108,7 @@ def faithfulness_correlation(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020; Quantus's
     ``FaithfulnessCorrelation``): over ``n_runs`` random subsets ``S`` of
@@ -133,6 +134,7 @@ def faithfulness_correlation(
         similarity: ``"pearson"`` or ``"spearman"``.
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
         example_offset: example ``b``'s draws are keyed as example ``example_offset + b``.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]`` (NaN where the sums or the output changes are constant).
@@ -149,7 +151,7 @@ def faithfulness_correlation(
 
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high,
-                CORRELATION_FILL_STREAM, lambda x: n_runs, check)
+                CORRELATION_FILL_STREAM, lambda x: n_runs, check, model_form)
     x, batch = p.x, p.x.shape[0]
     clean = forward_rows(p.model, lambda r0, r1: (x[r0:r1],), batch, 1, (x,), p.target, p.args,
                          p.memory_budget, p.chunk_rows)
@@ -182,6 +184,7 @@ def faithfulness_estimate(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018; Quantus's
     ``FaithfulnessEstimate``): the input elements, from the largest
@@ -193,7 +196,7 @@ def faithfulness_estimate(
     Args:
         model, inputs, attributions, target, baseline, output, similarity,
             additional_forward_args, explainer_kwargs, memory_budget,
-            chunk_rows, example_offset: as :func:`faithfulness_correlation`
+            chunk_rows, example_offset, model_form: as :func:`faithfulness_correlation`
             (``"uniform"``: one value per example and step).
         features_in_step: elements per step (>= 1).
         order: int64 ``[B, F]``, the element order to use instead of the
@@ -208,7 +211,7 @@ def faithfulness_estimate(
     check_similarity(similarity)
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high,
-                ESTIMATE_FILL_STREAM, lambda x: steps_of(x, step), order_check(order))
+                ESTIMATE_FILL_STREAM, lambda x: steps_of(x, step), order_check(order), model_form)
     x, n_features = p.x, p.x[0].numel()
     n_steps = steps_of(x, step)
     order = element_order(order, p.attrs, descending=True)
@@ -247,6 +250,7 @@ def sensitivity_n(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> SensitivityN:
     """Sensitivity-N as Quantus's ``SensitivityN`` computes it: the input
     elements, from the largest attribution down, are replaced cumulatively,
@@ -261,7 +265,7 @@ def sensitivity_n(
     Args:
         model, inputs, attributions, target, baseline, output, similarity,
             additional_forward_args, explainer_kwargs, order, memory_budget,
-            chunk_rows, example_offset: as :func:`faithfulness_estimate`.
+            chunk_rows, example_offset, model_form: as :func:`faithfulness_estimate`.
         features_in_step: elements per step (>= 1).
         n_max_percentage: the fraction of the spatial size evaluated (> 0).
 
@@ -287,7 +291,7 @@ def sensitivity_n(
     # The fill table has a column per step of any element (the rows gather it for all).
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high,
-                SENSITIVITY_N_FILL_STREAM, lambda x: steps_of(x, step), check)
+                SENSITIVITY_N_FILL_STREAM, lambda x: steps_of(x, step), check, model_form)
     x, n_eval = p.x, evaluated_steps(p.x)
     order = element_order(order, p.attrs, descending=True)
     counts = prepend(0, step_counts(x[0].numel(), step, n_eval, x.device))

@@ -67,7 +67,7 @@ class Prepared(NamedTuple):
     attrs: Tensor  # [B, *F]: the attributions expanded to the input's shape
     target: Any  # formatted
     args: Tuple[Any, ...]  # formatted additional_forward_args
-    model: Callable[..., Tensor]  # the model, followed by a softmax for output="probability"
+    model: Callable[..., Tensor]  # the model in its form, followed by a softmax for output="probability"
     memory_budget: Optional[int]
     chunk_rows: Optional[int]
     fill: Tensor  # [1 or B, *F] values, or a keyed table [B, n_fill] with per_step
@@ -78,10 +78,11 @@ def prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, targ
             additional_forward_args: Any, explainer_kwargs: Any, memory_budget: Any, chunk_rows: Any,
             example_offset: int, baseline: Baseline, seed: int, uniform_low: float, uniform_high: float,
             stream: int, n_fill: Callable[[Tensor], int],
-            check: Optional[Callable[[Tensor], None]] = None) -> Prepared:
+            check: Optional[Callable[[Tensor], None]] = None, model_form: str = "eager") -> Prepared:
     """The arguments checked, and the fill values (a keyed ``"uniform"`` table
     of ``n_fill(x)`` columns on ``stream``) made, before an explainer given as
-    ``attributions`` runs; ``check(x)`` adds the metric's own checks."""
+    ``attributions`` runs; ``check(x)`` adds the metric's own checks. The
+    model (and the explainer) run in ``model_form``."""
     made = []
 
     def validate(x: Tensor) -> None:
@@ -92,7 +93,7 @@ def prepare(model: Any, inputs: Any, attributions: AttributionsOrExplainer, targ
 
     x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows, example_offset, validate)
+        memory_budget, chunk_rows, example_offset, validate, model_form)
     (fill, per_step), = made
     return Prepared(x, attrs.expand(x.shape), target, args, evaluated, memory_budget, chunk_rows, fill, per_step)
 

@@ -46,6 +46,7 @@ def monotonicity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Monotonicity: starting from an input made of ``baseline`` only, the
     elements are put in from the smallest attribution up, ``features_in_step``
@@ -64,7 +65,7 @@ def monotonicity(
 
     Args:
         model, inputs, attributions, target, additional_forward_args,
-            explainer_kwargs, memory_budget, chunk_rows, example_offset: as
+            explainer_kwargs, memory_budget, chunk_rows, example_offset, model_form: as
             :func:`~fastattr.metrics.faithfulness.faithfulness_correlation`.
         features_in_step: elements per step (>= 1).
         baseline: the start (and, with ``inserted="baseline"``, the inserted
@@ -84,7 +85,7 @@ def monotonicity(
     v.check_choice(inserted, "inserted", INSERTED)
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high,
-                MONOTONICITY_FILL_STREAM, lambda x: steps_of(x, step) + 1, order_check(order))
+                MONOTONICITY_FILL_STREAM, lambda x: steps_of(x, step) + 1, order_check(order), model_form)
     x, fill = p.x, p.fill
     order = element_order(order, p.attrs, descending=False)
     start = fill[:, :1].view(-1, *([1] * (x.dim() - 1))) if p.per_step else fill
@@ -120,6 +121,7 @@ def monotonicity_correlation(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Monotonicity correlation (Nguyen & Martinez 2020; Quantus's
     ``MonotonicityCorrelation``): the elements, from the smallest attribution
@@ -130,8 +132,8 @@ def monotonicity_correlation(
 
     Args:
         model, inputs, attributions, target, additional_forward_args,
-            explainer_kwargs, order, memory_budget, chunk_rows, example_offset:
-            as :func:`monotonicity`.
+            explainer_kwargs, order, memory_budget, chunk_rows, example_offset,
+            model_form: as :func:`monotonicity`.
         features_in_step: elements per step (>= 1).
         n_samples: replacements per step (>= 1); a deterministic baseline
             gives identical ones, evaluated once.
@@ -153,7 +155,8 @@ def monotonicity_correlation(
     samples = n_samples if isinstance(baseline, str) and baseline == "uniform" else 1
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high,
-                MONOTONICITY_CORRELATION_FILL_STREAM, lambda x: steps_of(x, step) * samples, order_check(order))
+                MONOTONICITY_CORRELATION_FILL_STREAM, lambda x: steps_of(x, step) * samples, order_check(order),
+                model_form)
     x, n_features, batch = p.x, p.x[0].numel(), p.x.shape[0]
     n_steps = steps_of(x, step)
     order = element_order(order, p.attrs, descending=False)

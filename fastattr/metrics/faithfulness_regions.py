@@ -61,7 +61,7 @@ def random_patch_order(seed: int, batch: int, n_patches: int, device: torch.devi
 
 def _region_outputs(model, inputs, attributions, target, patch_size, order, n_regions, with_clean, baseline,
                     output, seed, uniform_low, uniform_high, stream, additional_forward_args, explainer_kwargs,
-                    patch_order, memory_budget, chunk_rows, example_offset) -> Tensor:
+                    patch_order, memory_budget, chunk_rows, example_offset, model_form) -> Tensor:
     """float64 ``[B, (1 +) K]``: the target output with the first ``k + 1``
     patches of the order replaced, ``k < min(n_regions, n_patches)`` (after
     the clean output when ``with_clean``)."""
@@ -81,7 +81,7 @@ def _region_outputs(model, inputs, attributions, target, patch_size, order, n_re
     # The fill table has a column per patch of any element (the rows gather it for all).
     p = prepare(model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
                 memory_budget, chunk_rows, example_offset, baseline, seed, uniform_low, uniform_high, stream,
-                patches, check)
+                patches, check, model_form)
     x, batch, spatial = p.x, p.x.shape[0], tuple(p.x.shape[2:])
     patch_of, n_patches = patch_grid(spatial, patch_size, x.device)
     if patch_order is not None:
@@ -118,6 +118,7 @@ def region_perturbation(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Curve:
     """Region perturbation: the drop of the target output,
     ``f(x)[t] - f(x_k)[t]``, where ``x_k`` has the first ``k + 1`` patches of
@@ -144,6 +145,7 @@ def region_perturbation(
             (e.g. NumPy's ``argsort`` of the sums, for Quantus's order of ties).
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
         example_offset: example ``b``'s draws are keyed as example ``example_offset + b``.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         :class:`~fastattr.metrics.deletion.Curve`: ``values`` float64 ``[B, K]``
@@ -152,7 +154,7 @@ def region_perturbation(
     n_regions = v.check_positive_int(regions_evaluation, "regions_evaluation")
     out = _region_outputs(model, inputs, attributions, target, patch_size, order, n_regions, True, baseline,
                           output, seed, uniform_low, uniform_high, REGION_FILL_STREAM, additional_forward_args,
-                          explainer_kwargs, patch_order, memory_budget, chunk_rows, example_offset)
+                          explainer_kwargs, patch_order, memory_budget, chunk_rows, example_offset, model_form)
     values = out[:, :1] - out[:, 1:]
     return Curve(values, torch.trapezoid(values, dx=1.0, dim=1))
 
@@ -174,6 +176,7 @@ def selectivity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Curve:
     """Selectivity: the target output ``f(x_k)[t]``, where ``x_k`` has the
     ``k + 1`` patches of largest attribution sum replaced, for every patch
@@ -186,5 +189,5 @@ def selectivity(
     values = _region_outputs(model, inputs, attributions, target, patch_size, "morf", math.inf, False, baseline,
                              output, seed, uniform_low, uniform_high, SELECTIVITY_FILL_STREAM,
                              additional_forward_args, explainer_kwargs, patch_order, memory_budget, chunk_rows,
-                             example_offset)
+                             example_offset, model_form)
     return Curve(values, torch.trapezoid(values, dx=1.0, dim=1))

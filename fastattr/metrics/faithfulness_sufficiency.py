@@ -78,6 +78,7 @@ def sufficiency(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Sufficiency of the explanations of one batch (see the module note:
     each score depends on the whole batch).
@@ -94,6 +95,7 @@ def sufficiency(
             it passes ``V=None`` to ``cdist``, which other distances reject).
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
         example_offset: keys a random explainer's draws.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]``.
@@ -103,7 +105,7 @@ def sufficiency(
     v.check_choice(distance, "distance", DISTANCES)
     x, attrs, _, args, _, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, "logit", additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows, example_offset)
+        memory_budget, chunk_rows, example_offset, model_form=model_form)
     predicted = predicted_classes(model, lambda r0, r1: x[r0:r1], x.shape[0], args, x[:1], memory_budget,
-                                  chunk_rows)
+                                  chunk_rows, model_form)
     return sufficiency_scores(attrs, predicted, threshold)

@@ -27,6 +27,7 @@ from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_ATTACK, PointPlan
 from ..engine import budget as _budget
+from ..engine.model_form import model_in_form
 from ..engine.outputs import FlatTarget, flat_target, per_example_flags, rows_args
 from ._explain import Explainer, ExplainerType
 from .robustness import Clamp, check_attack_inputs, check_clamp, class_count, predicted_classes, project
@@ -154,6 +155,7 @@ def fragility(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> FragilityResult:
     """Ghorbani et al.'s iterative feature-importance attack and how much of
     the explanation it leaves.
@@ -192,6 +194,9 @@ def fragility(
         clamp: valid input range ``(low, high)`` or None.
         return_attacked: also return the kept attacked inputs ``[B, *F]``.
         memory_budget, chunk_rows: bytes per chunk and an optional row cap.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in;
+            the attack's second-order steps run ``"compiled"`` as ``"fast"``:
+            ``torch.compile`` takes no double backward).
 
     Returns:
         :class:`FragilityResult`: ``top_k_intersection`` and ``spearman``
@@ -199,7 +204,7 @@ def fragility(
     """
     x = check_attack_inputs(model, inputs)
     batch, device = x.shape[0], x.device
-    explain = Explainer(explainer, explainer_kwargs)
+    explain = Explainer(explainer, explainer_kwargs, model_form)
     if explain.engine_name not in DIFFERENTIABLE:
         raise ValueError(
             f"explainer: the attack differentiates the explanation; supported: {list(DIFFERENTIABLE)}, "
@@ -231,8 +236,9 @@ def fragility(
     baselines = v.format_baselines(given_baselines, (x,), False)[0] if needs_baselines else None
     n_classes = class_count(model, x, args)
     classes = None if target is None else flat_target(v.format_target(target, batch, device), (n_classes,))
-    labels = predicted_classes(model, lambda r0, r1: x[r0:r1], batch, args, x[:1], budget, cap)
+    labels = predicted_classes(model, lambda r0, r1: x[r0:r1], batch, args, x[:1], budget, cap, model_form)
     targets = _targets(classes, labels)
+    surrogate = model_in_form(model, "eager" if model_form == "eager" else "fast", (x,), args).model
 
     def real_map(rows: Tensor) -> Tensor:
         (a,) = explain(model, (rows,), False, targets, additional_forward_args, budget)
@@ -269,7 +275,7 @@ def fragility(
         examples = torch.arange(e0, e1, device=device)
         with torch.enable_grad(), SoftplusForReLU(beta):
             xa = rows.detach().requires_grad_()
-            a = differentiable_attributions(model, xa, targets[e0:e1], plan, base, args, examples)
+            a = differentiable_attributions(surrogate, xa, targets[e0:e1], plan, base, args, examples)
             m = saliency_map(a, channel_dim).reshape(e1 - e0, -1)
             m = m / m.sum(1, keepdim=True)
             if objective == "topk":
@@ -291,7 +297,8 @@ def fragility(
         adv = project(adv + step * ascent_direction(adv), x, epsilon, clamp)
         maps = real_map(adv)
         score = dissimilarity(maps)
-        kept = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch, args, x[:1], budget, cap) == labels
+        kept = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch, args, x[:1], budget, cap,
+                                 model_form) == labels
         better = kept & (score > best_score)
         best_score = torch.where(better, score, best_score)
         pick = better.view(-1, *([1] * (x.dim() - 1)))

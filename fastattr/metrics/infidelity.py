@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_INFIDELITY, forward_rows, row_examples
+from ..engine.model_form import check_model_form
 from ..ops import generate_rows
 from ._explain import Explainer, ExplainerType
 
@@ -41,12 +42,14 @@ def resolve_attributions(
     explainer_kwargs: Optional[Mapping[str, Any]],
     memory_budget: Optional[int],
     example_offset: int = 0,
+    model_form: str = "eager",
 ) -> Tuple[Tensor, ...]:
     """The clean explanation, one tensor per input: ``attributions`` as given
     (a tensor or tuple, each ``[B, *F_i]`` or broadcastable to it, checked
     finite) or computed once by ``attributions`` as an explainer (a fastattr
-    explainer, its name, a user callable or an :class:`Explainer`; a random
-    one keyed from example ``example_offset``)."""
+    explainer, its name, a user callable, run in ``model_form``, or an
+    :class:`Explainer`, in its own; a random one keyed from example
+    ``example_offset``)."""
     if isinstance(attributions, (Tensor, tuple)):
         if explainer_kwargs is not None:
             raise ValueError("explainer_kwargs: only used when attributions is an explainer, not tensors")
@@ -66,7 +69,8 @@ def resolve_attributions(
             if not v._all_finite(a):
                 raise ValueError(f"{name}: contains NaN or Inf")
         return tuple(a.detach() for a in attrs)
-    explainer = attributions if isinstance(attributions, Explainer) else Explainer(attributions, explainer_kwargs)
+    explainer = attributions if isinstance(attributions, Explainer) else Explainer(attributions, explainer_kwargs,
+                                                                                   model_form)
     return tuple(a.detach() for a in explainer(model, xs, was_tuple, target, additional_forward_args, memory_budget,
                                                example_offset))
 
@@ -186,6 +190,7 @@ def infidelity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Infidelity of an explanation: float64 ``[B]``,
     ``mean_n (I_n . a - (f(x)[t] - f(x - I_n)[t]))**2``.
@@ -216,11 +221,13 @@ def infidelity(
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
         example_offset: example ``b``'s perturbations are keyed as example
             ``example_offset + b`` (its index in a data set scored batch by batch).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]``.
     """
     check_model(model)
+    check_model_form(model_form)
     xs, was_tuple = v.format_inputs(inputs)
     xs = tuple(x.detach() for x in xs)
     batch, device = xs[0].shape[0], xs[0].device
@@ -248,11 +255,11 @@ def infidelity(
             raise ValueError(f"baselines: expected {len(xs)} baselines (one per input), got {len(bases)}")
         make = _user_perturbations(xs, was_tuple, bases, perturb_func)
     attrs = resolve_attributions(attributions, model, xs, was_tuple, target, additional_forward_args,
-                                 explainer_kwargs, memory_budget, example_offset)
+                                 explainer_kwargs, memory_budget, example_offset, model_form)
 
     rows = _PerturbedRows(xs, attrs, n_samples, make)
     outputs = forward_rows(model, rows, batch * rows.per_example, rows.per_example, xs, fmt_target, args,
-                           memory_budget, chunk_rows).view(batch, rows.per_example)
+                           memory_budget, chunk_rows, model_form).view(batch, rows.per_example)
     predicted = rows.dots.view(batch, n_samples)  # I . a
     actual = outputs[:, :1] - outputs[:, 1:]  # f(x) - f(x - I)
     return infidelity_from_gaps(predicted, actual, normalize)

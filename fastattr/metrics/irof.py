@@ -120,6 +120,7 @@ def irof(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> IROFCurve:
     """IROF per example: segments removed in descending order of their mean
     attribution, one more per step, the output relative to the clean one.
@@ -146,6 +147,7 @@ def irof(
         memory_budget, chunk_rows: bytes and an optional row cap per forward chunk.
         example_offset: example ``b``'s uniform fill (and a random
             explainer's draws) are keyed as example ``example_offset + b``.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         :class:`IROFCurve` (``values`` ``[B, K]``, ``aoc`` ``[B]``,
@@ -168,7 +170,7 @@ def irof(
         segments = check_segments(segments, inputs)
     x, attrs, target, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows, example_offset)
+        memory_budget, chunk_rows, example_offset, model_form=model_form)
     b, c, h, w = x.shape
     if segments is None:
         segments = slic(x, n_segments=n_segments, compactness=compactness, memory_budget=memory_budget)

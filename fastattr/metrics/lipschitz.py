@@ -47,6 +47,7 @@ def local_lipschitz_estimate(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """``max_n ||a(x) - a(x_n)||_2 / (||x - x_n||_2 + 1e-10)`` per example.
 
@@ -58,8 +59,8 @@ def local_lipschitz_estimate(
 
     Args:
         model, inputs, target, additional_forward_args, explainer,
-            explainer_kwargs, seed, attributions, memory_budget, chunk_rows, example_offset:
-            as :func:`fastattr.metrics.max_sensitivity`.
+            explainer_kwargs, seed, attributions, memory_budget, chunk_rows, example_offset,
+            model_form: as :func:`fastattr.metrics.max_sensitivity`.
         std: standard deviation (> 0) of the Gaussian perturbation, or one per input.
         n_samples: perturbations per example (>= 1).
 
@@ -72,7 +73,7 @@ def local_lipschitz_estimate(
     scales = check_radius(std, "std", len(inputs) if isinstance(inputs, tuple) else 1)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows, example_offset,
+        attributions, memory_budget, chunk_rows, example_offset, model_form,
     )
     perturbation = Perturbation("gaussian", scales, n_samples, seed, example_offset=example_offset)
     return lipschitz_values(audit, perturbation).amax(dim=1)

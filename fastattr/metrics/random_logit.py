@@ -69,6 +69,7 @@ def random_logit(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Similarity of each example's explanation for ``target`` with its
     explanation for a random other class (lower is better: an explanation
@@ -85,6 +86,7 @@ def random_logit(
         seed: key of the drawn classes (int >= 0).
         example_offset: example ``b``'s class is drawn as example
             ``example_offset + b`` (a random explainer is keyed likewise).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]``.
@@ -94,7 +96,7 @@ def random_logit(
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     compare = similarity_function(similarity, ssim_win_size)
     exp, req, was_tuple = formatted_call(model, inputs, target, explainer, explainer_kwargs,
-                                         additional_forward_args, memory_budget, chunk_rows)
+                                         additional_forward_args, memory_budget, chunk_rows, model_form)
     features = sum(x[0].numel() for x in req.inputs)
     if similarity == "ssim" and (isinstance(ssim_win_size, bool) or not isinstance(ssim_win_size, int)
                                  or ssim_win_size % 2 == 0 or not 1 <= ssim_win_size <= features):

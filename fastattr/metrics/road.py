@@ -107,6 +107,7 @@ def road(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Whether the model still predicts the target class after the most
     important pixels are removed by noisy linear imputation, per example and
@@ -136,6 +137,7 @@ def road(
             (the imputation's float64 solves count in the budget).
         example_offset: example ``b``'s noise (and a random explainer's
             draws) are keyed as example ``example_offset + b``.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B, P]``: 1.0 where the top class of the imputed image is
@@ -165,7 +167,7 @@ def road(
             raise ValueError(f"order: each row must be a permutation of 0 .. {h * w - 1}")
     x, attrs, _, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
-        memory_budget, chunk_rows, example_offset)
+        memory_budget, chunk_rows, example_offset, model_form=model_form)
     if attrs.shape[1] != 1:
         raise ValueError(f"attributions: ROAD ranks pixels and needs one value per pixel [{b}, 1, {h}, {w}], got "
                          f"{tuple(attrs.shape)}; reduce over the channels first (e.g. .sum(1, keepdim=True))")

@@ -25,8 +25,10 @@ from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_ATTACK, Request, run, single_point_plan
 from ..engine import budget as _budget
 from ..engine.loop import row_examples
+from ..engine.model_form import check_model_form
 from ..engine.outputs import per_example_flags, rows_args
 from ..engine.train_mode import train_mode_guarded
+from .formed_model import FormedModel
 
 Clamp = Optional[Tuple[float, float]]
 
@@ -40,15 +42,19 @@ class AttackAccuracy(NamedTuple):
 
 
 class _CrossEntropy(nn.Module):
-    """``model`` followed by the per-row cross-entropy against ``labels``: the
-    engine's "target output", whose input gradient is the attack direction."""
+    """``model`` (run in ``model_form``) followed by the per-row cross-entropy
+    against ``labels``: the engine's "target output", whose input gradient is
+    the attack direction."""
 
-    def __init__(self, model: Callable[..., Tensor]) -> None:
+    def __init__(self, model: Callable[..., Tensor], model_form: str = "eager") -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # a submodule, so that the engine guards its train-mode statistics
+        # The form is taken of the caller's model (its copy cached across calls), not of this
+        # wrapper made per call.
+        self.formed = FormedModel(model, model_form)
 
     def forward(self, x: Tensor, labels: Tensor, *args: Any) -> Tensor:
-        return F.cross_entropy(self.model(x, *args), labels, reduction="none")
+        return F.cross_entropy(self.formed(x, *args), labels, reduction="none")
 
 
 # -- argument checks ---------------------------------------------------------
@@ -99,7 +105,7 @@ def check_clamp(clamp: Any) -> Clamp:
 
 def loss_gradient_request(
     model: Callable[..., Tensor], rows: Tensor, labels: Tensor, args: Tuple[Any, ...],
-    memory_budget: Optional[int], chunk_rows: Optional[int],
+    memory_budget: Optional[int], chunk_rows: Optional[int], model_form: str = "eager",
 ) -> Request:
     """The engine request whose result is d cross-entropy(model(rows[n]), labels[n]) / d rows[n],
     checked once; :func:`loss_gradients` reruns it on moved rows.
@@ -107,10 +113,13 @@ def loss_gradient_request(
     Args:
         rows: ``[N, *F]``; labels: int64 ``[N]``; args: extra model arguments,
             batched ones already ``[N, ...]``.
+        model_form: the form ``model`` runs in (a
+            :class:`~fastattr.metrics.formed_model.FormedModel`: with
+            ``"compiled"``, chunks of the size of the request's first chunk run compiled).
     """
     req, _ = build_request(
-        _CrossEntropy(model), rows, None, (labels, *args), lambda xs: single_point_plan("grad"),
-        memory_budget, chunk_rows,
+        _CrossEntropy(model, model_form), rows, None, (labels, *args), lambda xs: single_point_plan("grad"),
+        memory_budget, chunk_rows, model_form="eager",
     )
     return req
 
@@ -123,6 +132,7 @@ def loss_gradients(req: Request, rows: Tensor) -> Tensor:
 def predicted_classes(
     model: Callable[..., Tensor], rows_for: Callable[[int, int], Tensor], total: int,
     args: Tuple[Any, ...], like: Tensor, memory_budget: Optional[int], chunk_rows: Optional[int],
+    model_form: str = "eager",
 ) -> Tensor:
     """int64 ``[total]``: ``argmax model(row r)``, forward-only in budgeted chunks.
 
@@ -130,7 +140,9 @@ def predicted_classes(
         rows_for: ``rows_for(r0, r1)`` gives rows ``r0 .. r1-1`` ``[r1 - r0, *F]``.
         args: extra model arguments, batched ones ``[total, ...]``.
         like: one row ``[1, *F]`` (size, device).
+        model_form: the form ``model`` runs in (:class:`~fastattr.metrics.formed_model.FormedModel`).
     """
+    model = FormedModel(model, model_form)
     device = like.device
     chunk = _budget.unmeasured_chunk_rows((like,), memory_budget, total, chunk_rows)
     batched = per_example_flags(args)
@@ -192,6 +204,7 @@ def fgsm_accuracy(
     return_adversarial: bool = False,
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
+    model_form: str = "fast",
 ) -> AttackAccuracy:
     """Accuracy under the fast gradient sign attack at each radius:
     ``x' = clamp(x + eps * sign(d CE(model(x), y) / dx))``.
@@ -208,12 +221,15 @@ def fgsm_accuracy(
         additional_forward_args: extra model arguments (batched tensors ``[B, ...]``).
         return_adversarial: also return the attacked inputs ``[E, B, *F]``.
         memory_budget, chunk_rows: bytes per chunk and an optional row cap.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in;
+            with ``"compiled"``, the gradient rows compile the size of their first chunk).
 
     Returns:
         :class:`AttackAccuracy`: ``accuracy`` float64 ``[E]``, ``correct``
         bool ``[E, B]``, ``adversarial`` (or None).
     """
     x = check_attack_inputs(model, inputs)
+    check_model_form(model_form)
     batch = x.shape[0]
     y = check_labels(labels, batch, x.device)
     eps = check_epsilons(epsilons)
@@ -223,7 +239,7 @@ def fgsm_accuracy(
     cap = v.check_optional_positive_int(chunk_rows, "chunk_rows")
     check_labels_in_range(y, class_count(model, x, args))
     n_eps = len(eps)
-    direction = loss_gradients(loss_gradient_request(model, x, y, args, budget, cap), x).sign()
+    direction = loss_gradients(loss_gradient_request(model, x, y, args, budget, cap, model_form), x).sign()
     radii = torch.tensor(eps, dtype=x.dtype, device=x.device)
     shape = (-1, *([1] * (x.dim() - 1)))
 
@@ -236,7 +252,7 @@ def fgsm_accuracy(
 
     total = n_eps * batch
     predicted = predicted_classes(
-        model, rows_for, total, _repeat_args(args, n_eps, interleave=False), x[:1], budget, cap,
+        model, rows_for, total, _repeat_args(args, n_eps, interleave=False), x[:1], budget, cap, model_form,
     )
     correct = (predicted == y.repeat(n_eps)).view(n_eps, batch)
     adversarial = rows_for(0, total).view(n_eps, *x.shape) if return_adversarial else None
@@ -258,6 +274,7 @@ def pgd_accuracy(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> AttackAccuracy:
     """Accuracy under projected gradient descent (L-infinity, Madry et al.) at each radius.
 
@@ -270,7 +287,7 @@ def pgd_accuracy(
 
     Args:
         model, inputs, labels, epsilons, clamp, additional_forward_args,
-            return_adversarial, memory_budget, chunk_rows: as :func:`fgsm_accuracy`.
+            return_adversarial, memory_budget, chunk_rows, model_form: as :func:`fgsm_accuracy`.
         n_steps: gradient steps (>= 1).
         step_size: the step, the same for every radius; None: ``2.5 * eps / n_steps`` per radius.
         seed: key of the random start (int >= 0).
@@ -283,6 +300,7 @@ def pgd_accuracy(
         bool ``[E, B]``, ``adversarial`` ``[E, B, *F]`` (or None).
     """
     x = check_attack_inputs(model, inputs)
+    check_model_form(model_form)
     batch = x.shape[0]
     y = check_labels(labels, batch, x.device)
     eps = check_epsilons(epsilons)
@@ -315,11 +333,12 @@ def pgd_accuracy(
         adv = project(center + radius * z, center, radius, clamp)
     else:
         adv = center if clamp is None else center.clamp(clamp[0], clamp[1])
-    request = loss_gradient_request(model, adv, row_labels, row_args, budget, cap)
+    request = loss_gradient_request(model, adv, row_labels, row_args, budget, cap, model_form)
     for _ in range(n_steps):
         grad = loss_gradients(request, adv)
         adv = project(adv + steps * grad.sign(), center, radius, clamp)
-    predicted = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch * n_eps, row_args, x[:1], budget, cap)
+    predicted = predicted_classes(model, lambda r0, r1: adv[r0:r1], batch * n_eps, row_args, x[:1], budget, cap,
+                                  model_form)
     correct = (predicted == row_labels).view(batch, n_eps).T
     adversarial = adv.view(batch, n_eps, *x.shape[1:]).transpose(0, 1) if return_adversarial else None
     return AttackAccuracy(correct.to(torch.float64).mean(1), correct, adversarial)

@@ -125,11 +125,13 @@ class PerturbedExplanations:
                 explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]],
                 additional_forward_args: Any, attributions: Optional[v.TensorOrTuple],
                 memory_budget: Optional[int], chunk_rows: Optional[int],
-                example_offset: int = 0) -> "PerturbedExplanations":
+                example_offset: int = 0, model_form: str = "eager") -> "PerturbedExplanations":
         """Check and format the call; explain the clean inputs unless
         ``attributions`` are given (a random explainer keyed from example
-        ``example_offset``)."""
-        exp = Explainer(explainer, explainer_kwargs)
+        ``example_offset``). The explainer runs in ``model_form``
+        (:class:`~fastattr.metrics._explain.Explainer`), and so does the
+        engine plan that extends an engine-native explainer's."""
+        exp = Explainer(explainer, explainer_kwargs, model_form)
         if exp.engine_name is not None:
             plan, needs_baselines, baselines = exp.plan()
         else:
@@ -137,6 +139,7 @@ class PerturbedExplanations:
         req, was_tuple = build_request(
             model, inputs, target, additional_forward_args, lambda xs: plan,
             memory_budget, chunk_rows, baselines=baselines, needs_baselines=needs_baselines,
+            model_form=exp.model_form,
         )
         if attributions is not None:
             clean = check_attributions(attributions, req.inputs, was_tuple)
@@ -247,7 +250,8 @@ def _sensitivity(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: 
                  explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]],
                  radius: Union[float, Tuple[float, ...]], n_samples: int, norm: Norm, normalize: bool,
                  seed: int, additional_forward_args: Any, attributions: Optional[v.TensorOrTuple],
-                 memory_budget: Optional[int], chunk_rows: Optional[int], example_offset: int) -> Tensor:
+                 memory_budget: Optional[int], chunk_rows: Optional[int], example_offset: int,
+                 model_form: str) -> Tensor:
     """float64 ``[B, n_samples]`` of :func:`max_sensitivity` / :func:`avg_sensitivity`."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
@@ -257,7 +261,7 @@ def _sensitivity(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: 
     scales = check_radius(radius, "radius", n_inputs)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows, example_offset,
+        attributions, memory_budget, chunk_rows, example_offset, model_form,
     )
     perturbation = Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset)
     return sensitivity_values(audit, perturbation, ord, normalize)
@@ -279,6 +283,7 @@ def max_sensitivity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Max-sensitivity: ``max_n ||a(x + d_n) - a(x)|| / ||a(x)||`` per example.
 
@@ -305,13 +310,14 @@ def max_sensitivity(
         memory_budget, chunk_rows: bytes per chunk and an optional row cap.
         example_offset: example ``b``'s perturbations are keyed as example
             ``example_offset + b`` (its index in a data set scored batch by batch).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run in).
 
     Returns:
         float64 ``[B]``.
     """
     values = _sensitivity(model, inputs, target, explainer, explainer_kwargs, radius, n_samples, norm,
                           normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows,
-                          example_offset)
+                          example_offset, model_form)
     return values.amax(dim=1)
 
 
@@ -331,6 +337,7 @@ def avg_sensitivity(
     memory_budget: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> Tensor:
     """Avg-sensitivity: ``mean_n ||a(x + d_n) - a(x)|| / ||a(x)||`` per example,
     with the perturbations and arguments of :func:`max_sensitivity`.
@@ -340,5 +347,5 @@ def avg_sensitivity(
     """
     values = _sensitivity(model, inputs, target, explainer, explainer_kwargs, radius, n_samples, norm,
                           normalize, seed, additional_forward_args, attributions, memory_budget, chunk_rows,
-                          example_offset)
+                          example_offset, model_form)
     return values.mean(dim=1)

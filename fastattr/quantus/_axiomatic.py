@@ -81,7 +81,8 @@ class _ModelRowsMetric(TypedScores):
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
         return dict(target=call.y, baseline=self.perturb_baseline, output="probability" if call.softmax else "logit",
                     seed=self.seed, uniform_low=self.uniform_low, uniform_high=self.uniform_high,
-                    memory_budget=self.memory_budget, chunk_rows=self.chunk_rows)
+                    memory_budget=self.memory_budget, chunk_rows=self.chunk_rows,
+                    model_form="eager")  # Quantus's numbers: the model as it is
 
 
 class Completeness(_ModelRowsMetric):

@@ -284,7 +284,7 @@ class QuantusMetric:
                 raise TypeError(f"explain_func: expected a callable, got {type(explain_func).__name__}")
             if Explainer(explain_func).is_fastattr:
                 kwargs.pop("device", None)  # Quantus adds it for its own explain functions
-                explainer = Explainer(explain_func, kwargs)
+                explainer = Explainer(explain_func, kwargs, model_form="eager")  # Quantus's numbers
             else:
                 if device is not None and "device" not in kwargs:
                     kwargs["device"] = device

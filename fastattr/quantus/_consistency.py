@@ -79,7 +79,8 @@ class Consistency(QuantusMetric):
 
     def evaluate(self, call: QuantusCall) -> np.ndarray:
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
-        req, _ = build_request(call.model, call.x, call.y, None, lambda xs: single_point_plan("grad"), None, None)
+        req, _ = build_request(call.model, call.x, call.y, None, lambda xs: single_point_plan("grad"), None, None,
+                               model_form="eager")
         predictions = ModelReads(req).predictions
         attrs = call.clean_attributions()
         groups = torch.arange(call.x.shape[0], device=call.x.device) // call.batch_size

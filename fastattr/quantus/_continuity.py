@@ -82,7 +82,7 @@ class Continuity(QuantusMetric):
         changed = None
         if self.return_nan_when_prediction_changes:
             req, _ = build_request(call.model, call.x, call.y, None, lambda xs: single_point_plan("grad"),
-                                   None, None)
+                                   None, None, model_form="eager")
             changed = prediction_differs_from(ModelReads(req, "probability" if call.softmax else "logit"), call.y)
         clean = call.explain(call.x, call.y)
         blocks = block_examples((call.x,), self.nr_steps, None)

@@ -88,7 +88,8 @@ class ReplacementMetric(QuantusMetric):
         reject("model_predict_kwargs", call.model_predict_kwargs or None, None)
         return dict(baseline=self.perturb_baseline, output="probability" if call.softmax else "logit",
                     seed=self.seed, uniform_low=self.uniform_low, uniform_high=self.uniform_high,
-                    memory_budget=self.memory_budget, chunk_rows=self.chunk_rows)
+                    memory_budget=self.memory_budget, chunk_rows=self.chunk_rows,
+                    model_form="eager")  # Quantus's numbers: the model as it is
 
 
 class SoftmaxByDefault(QuantusMetric):

@@ -70,7 +70,7 @@ class Sufficiency(SoftmaxByDefault):
         model = softmax_outputs(call.model) if call.softmax else call.model
         x = call.x
         predicted = predicted_classes(model, lambda r0, r1: x[r0:r1], x.shape[0], (), x[:1], self.memory_budget,
-                                      self.chunk_rows)
+                                      self.chunk_rows, model_form="eager")
         size = call.batch_size
         return torch.cat([sufficiency_scores(a[i:i + size], predicted[i:i + size], self.threshold)
                           for i in range(0, x.shape[0], size)]).cpu().numpy()

@@ -111,5 +111,5 @@ class IROF(QuantusMetric):
         curve = irof(call.model, call.x, call.clean_attributions(), target=call.y, baseline=self.perturb_baseline,
                      output="probability" if call.softmax else "logit", seed=self.seed,
                      uniform_low=self.uniform_low, uniform_high=self.uniform_high,
-                     memory_budget=self.memory_budget, chunk_rows=self.chunk_rows)
+                     memory_budget=self.memory_budget, chunk_rows=self.chunk_rows, model_form="eager")
         return curve.aoc.cpu().numpy()

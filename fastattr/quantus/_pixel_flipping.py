@@ -96,7 +96,7 @@ class PixelFlipping(QuantusMetric):
             call.model, x, attrs, target=call.y, features_in_step=self.features_in_step,
             baseline=self.perturb_baseline, output="probability" if call.softmax else "logit", seed=self.seed,
             uniform_low=self.uniform_low, uniform_high=self.uniform_high, order=order,
-            memory_budget=self.memory_budget, chunk_rows=self.chunk_rows,
+            memory_budget=self.memory_budget, chunk_rows=self.chunk_rows, model_form="eager",
         )
         values = curve.auc if self.return_auc_per_sample else curve.values
         return values.cpu().numpy()

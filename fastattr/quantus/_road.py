@@ -118,5 +118,6 @@ class ROAD(QuantusMetric):
         order = torch.from_numpy(np.argsort(-flat, axis=1)).to(device=x.device, dtype=torch.int64)
         correct = road(call.model, x, a, target=call.y, percentages=self.percentages, noise=self.noise,
                        output="probability" if call.softmax else "logit", seed=self.seed, order=order,
-                       tol=self.tol, memory_budget=self.memory_budget, chunk_rows=self.chunk_rows)
+                       tol=self.tol, memory_budget=self.memory_budget, chunk_rows=self.chunk_rows,
+                       model_form="eager")
         return correct.cpu().numpy()

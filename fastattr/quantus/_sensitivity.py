@@ -72,7 +72,7 @@ def quantus_explanations(call: QuantusCall) -> PerturbedExplanations:
     native = exp is not None and exp.engine_name is not None
     plan, needs_baselines, baselines = exp.plan() if native else (single_point_plan("grad"), False, None)
     req, _ = build_request(call.model, call.x, call.y, None, lambda xs: plan, None, None,
-                           baselines=baselines, needs_baselines=needs_baselines)
+                           baselines=baselines, needs_baselines=needs_baselines, model_form="eager")
     clean = call.clean_attributions()
     if native and clean.shape != call.x.shape:
         raise ValueError(
