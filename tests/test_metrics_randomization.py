@@ -298,3 +298,118 @@ def test_mprt_keyed_draws_agree_with_quantus_statistically():
         q = np.mean([np.mean(r[layer]) for r in theirs])
         f = np.mean([np.mean(r[layer]) for r in ours])
         assert abs(q - f) < 0.06, (layer, q, f)
+
+
+# ---------------------------------------------------------------------------
+# model_form: each randomized model in the fast form (its copy made anew per step)
+# ---------------------------------------------------------------------------
+#
+# Spearman ranks and histogram entropies jump where rounding reorders two
+# values, so the forms are compared on what the metrics compare: the
+# explanation of the original and of every randomized model, recorded where
+# the similarities (or entropies) take them, held to tests/test_model_form.py's
+# rule (measured in the same run): the fast float32 explanation at most
+# FACTOR times as far from the float64 one as eager float32's. A fast copy
+# left stale by a randomization step explains the previous model: off by the
+# explanation's own size.
+
+import fastattr.metrics.randomization as R  # noqa: E402
+from fastattr.engine.model_form import model_in_form  # noqa: E402
+from fastattr.metrics.randomization import (  # noqa: E402
+    efficient_model_randomization, smooth_model_randomization,
+)
+from fastattr.testing import assert_bitwise_equal, assert_error_within  # noqa: E402
+
+from test_model_form import FACTOR, _assert_unchanged, conv_bn_net  # noqa: E402
+from test_model_form import _snapshot as _form_snapshot  # noqa: E402
+
+_TARGET = torch.tensor([1, 3])
+
+
+def _x(dtype=torch.float32):
+    return torch.rand((2, 3, 16, 16), generator=torch.Generator().manual_seed(21), dtype=dtype)
+
+
+def _recorded(monkeypatch, name, fn):
+    """``fn()`` with ``R.<name>`` recording the explanations it is given."""
+    seen = []
+    real = getattr(R, name)
+
+    def record(*args, **kwargs):
+        seen.extend(a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(R, name, record)
+        fn()
+    return seen
+
+
+RANDOMIZATIONS = {
+    "model_randomization": ("ssim", lambda model, x, form: model_randomization(
+        model, x, _TARGET, order="cascading", seed=3, model_form=form)),
+    "smooth_model_randomization": ("ssim", lambda model, x, form: smooth_model_randomization(
+        model, x, _TARGET, seed=3, n_samples=3, model_form=form)),
+    "efficient_model_randomization": ("discrete_entropy", lambda model, x, form: efficient_model_randomization(
+        model, x, _TARGET, seed=3, model_form=form)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANDOMIZATIONS))
+def test_fast_form_explains_every_randomized_model_up_to_rounding(monkeypatch, name):
+    taken, run = RANDOMIZATIONS[name]
+    model, x = conv_bn_net(), _x()
+    assert model_in_form(model, "fast", (x,)).form == "fast", "the rewrite must apply here"
+    snapshot = _form_snapshot(model)
+    fast = _recorded(monkeypatch, taken, lambda: run(model, x, "fast"))
+    eager = _recorded(monkeypatch, taken, lambda: run(model, x, "eager"))
+    exact = _recorded(monkeypatch, taken, lambda: run(copy.deepcopy(model).double(), x.double(), "eager"))
+    _assert_unchanged(model, snapshot)
+    assert len(fast) == len(eager) == len(exact) >= 2
+    for step, (f, e, r) in enumerate(zip(fast, eager, exact)):
+        assert_error_within(f, r, e, factor=FACTOR, msg=f"{name}, explanation {step}:")
+    assert any(not torch.equal(f, e) for f, e in zip(fast, eager)), "the fast form did not run"
+
+
+def test_fast_copy_follows_every_randomization_step():
+    """The one twin is randomized in place step after step: the fast form's
+    cache (keyed on the parameters' version counters) makes a new copy for
+    each step, whose saliency is the twin's at that step."""
+    model, x = conv_bn_net(), _x()
+    copies = []
+    for _, twin in randomized_models(model, parameterized_layers(model), "independent", keyed_uniform_init(5)):
+        form = model_in_form(twin, "fast", (x,))
+        assert form.form == "fast", form.reason
+        copies.append(form.model)
+        fast = fastattr.saliency(twin, x, target=_TARGET, abs=False, model_form="fast")
+        eager = fastattr.saliency(twin, x, target=_TARGET, abs=False, model_form="eager")
+        exact = fastattr.saliency(copy.deepcopy(twin).double(), x.double(), target=_TARGET, abs=False,
+                                  model_form="eager")
+        assert_error_within(fast, exact, eager, factor=FACTOR)
+    assert len({id(c) for c in copies}) == len(copies) == len(parameterized_layers(model))
+
+
+def test_noisy_copies_made_once_equal_copies_made_per_model():
+    """A fastattr explainer gets the one set of noisy copies for every model;
+    a user callable (rows made again for each model) gets the same bits."""
+    model, x = conv_bn_net(), _x()
+    kw = dict(seed=4, n_samples=3, model_form="eager")
+    kept = smooth_model_randomization(model, x, _TARGET, **kw)
+    remade = smooth_model_randomization(
+        model, x, _TARGET, explainer=lambda m, rows, target=None, additional_forward_args=None:
+        fastattr.saliency(m, rows, target=target, model_form="eager"), **kw)
+    assert_bitwise_equal(kept.spearman, remade.spearman)
+    assert_bitwise_equal(kept.ssim, remade.ssim)
+
+
+@pytest.mark.parametrize("fn", [model_randomization, smooth_model_randomization, efficient_model_randomization])
+def test_bad_model_form_fails_before_any_compute(fn):
+    model, x = conv_bn_net(), _x()
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="model_form"):
+            fn(model, x, _TARGET, model_form="quick")
+    finally:
+        handle.remove()
+    assert not calls

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 from numbers import Real
-from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from ..engine import PURPOSE_RANDOMIZATION, PURPOSE_SMOOTHGRAD
 from ..engine.train_mode import warn_no_more
 from ._explain import Explainer, ExplainerType
 from .explained_rows import ExplainGivenRows, block_examples, explain_in_blocks, explainer_of_rows, formatted_call
-from .similarity import spearman, ssim
+from .similarity import average_ranks, pearson, ssim
 
 ORDERS = ("cascading", "independent")
 # The smooth and efficient tests also randomize cumulatively from the first layer up (Quantus's default there).
@@ -162,6 +162,7 @@ def model_randomization(
     memory_budget: Optional[int] = None,
     attributions: Optional[v.TensorOrTuple] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> RandomizationResult:
     """Model-parameter randomization test: per randomization step and example,
     the Spearman rank correlation and SSIM of the explanation of the
@@ -194,6 +195,11 @@ def model_randomization(
         example_offset: a random explainer's draws for example ``b`` are
             keyed as example ``example_offset + b``: the same noise for the
             original and every randomized model, and for any batching.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows
+            run in), for the original and every randomized model: the fast
+            form's copy is made again for each randomized model (its cache
+            follows the parameters' version counters, which each
+            randomization step moves).
 
     Returns:
         :class:`RandomizationResult`: ``layers`` (``L`` names, step order),
@@ -212,7 +218,7 @@ def model_randomization(
     _check_ssim_win_size(ssim_win_size, features)
     if randomize is not None and not callable(randomize):
         raise TypeError(f"randomize: expected None or a callable, got {type(randomize).__name__}")
-    explain = Explainer(explainer, explainer_kwargs)
+    explain = Explainer(explainer, explainer_kwargs, model_form)
 
     def explanation(m: nn.Module) -> Tensor:
         return _flat(explain(m, xs, was_tuple, target, additional_forward_args, budget, offset), absolute)
@@ -236,12 +242,26 @@ def _similarities(model: nn.Module, layers: List[str], order: str, randomize: Ra
     """Spearman and SSIM of ``clean`` (flat ``[B, D]``) with ``explanation(m)``
     of every randomized model ``m``, in step order."""
     rho, structural = [], []
+    rank_correlation = spearman_with(clean)
     for _, twin in randomized_models(model, layers, order, randomize):
         randomized = explanation(twin)
-        rho.append(spearman(clean, randomized))
+        rho.append(rank_correlation(randomized))
         structural.append(ssim(clean, randomized, ssim_win_size))
     steps = list(reversed(layers)) if order == "cascading" else layers
     return RandomizationResult(steps, torch.stack(rho), torch.stack(structural))
+
+
+def spearman_with(reference: Tensor) -> Callable[[Tensor], Tensor]:
+    """``f(a) = spearman(reference, a)`` (both ``[B, *F]``; float64 ``[B]``),
+    the reference ranked once for every ``a`` it is compared with."""
+    ranked = average_ranks(reference.reshape(reference.shape[0], -1))
+
+    def correlation(a: Tensor) -> Tensor:
+        if a.shape != reference.shape:
+            raise ValueError(f"a: expected the reference's shape {tuple(reference.shape)}, got {tuple(a.shape)}")
+        return pearson(ranked, average_ranks(a.reshape(a.shape[0], -1)))
+
+    return correlation
 
 
 # -- smooth MPRT: each model's explanation averaged over noisy copies ---------------
@@ -270,24 +290,41 @@ def noisy_copies(xs: Tuple[Tensor, ...], e0: int, e1: int, n_samples: int, noise
     return tuple(out)
 
 
-def smoothed_explanation(explain_rows: ExplainGivenRows, xs: Tuple[Tensor, ...], n_samples: int,
-                         noise_magnitude: float, seed: int, example_offset: int,
-                         examples_per_block: int) -> Tuple[Tensor, ...]:
-    """float64 ``[B, *A_i]``: the mean of ``explain_rows`` over each example's
-    :func:`noisy_copies` (made and explained a block of examples at a time)."""
-    batch = xs[0].shape[0]
-    means: List[Optional[Tensor]] = [None] * len(xs)
+def noisy_rows(xs: Tuple[Tensor, ...], n_samples: int, noise_magnitude: float, seed: int, example_offset: int,
+               examples_per_block: int, keep: bool) -> Callable[[int, int], Tuple[Tensor, ...]]:
+    """``rows_for(e0, e1)``: the :func:`noisy_copies` of examples ``e0 .. e1-1``.
+    With ``keep`` and every example in one block, the rows are made once and
+    served again to every model explained (the noise is the same for all of
+    them); ``keep`` only for explainers that leave their inputs as they are."""
+    kept: Dict[Tuple[int, int], Tuple[Tensor, ...]] = {}
+    keep = keep and examples_per_block >= xs[0].shape[0]
 
     def rows_for(e0: int, e1: int) -> Tuple[Tensor, ...]:
-        return noisy_copies(xs, e0, e1, n_samples, noise_magnitude, seed, example_offset)
+        if (e0, e1) in kept:
+            return kept[e0, e1]
+        rows = noisy_copies(xs, e0, e1, n_samples, noise_magnitude, seed, example_offset)
+        if keep:
+            kept[e0, e1] = rows
+        return rows
+
+    return rows_for
+
+
+def smoothed_explanation(explain_rows: ExplainGivenRows, rows_for: Callable[[int, int], Tuple[Tensor, ...]],
+                         batch: int, n_samples: int, examples_per_block: int,
+                         device: torch.device) -> Tuple[Tensor, ...]:
+    """float64 ``[B, *A_i]``: the mean of ``explain_rows`` over each example's
+    ``n_samples`` rows ``rows_for(e0, e1)`` (:func:`noisy_rows`), made and
+    explained a block of examples at a time."""
+    means: List[Tensor] = []  # one per input, made at the first block
 
     def consume(_rows: Tuple[Tensor, ...], attrs: Tuple[Tensor, ...], e0: int, e1: int) -> None:
         for i, a in enumerate(attrs):
-            if means[i] is None:
-                means[i] = torch.empty((batch, *a.shape[1:]), dtype=torch.float64, device=a.device)
+            if i == len(means):
+                means.append(torch.empty((batch, *a.shape[1:]), dtype=torch.float64, device=a.device))
             means[i][e0:e1] = a.to(torch.float64).view(e1 - e0, n_samples, *a.shape[1:]).mean(1)
 
-    explain_in_blocks(explain_rows, batch, n_samples, rows_for, consume, examples_per_block, xs[0].device)
+    explain_in_blocks(explain_rows, batch, n_samples, rows_for, consume, examples_per_block, device)
     return tuple(means)
 
 
@@ -316,6 +353,7 @@ def smooth_model_randomization(
     memory_budget: Optional[int] = None,
     attributions: Optional[v.TensorOrTuple] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> RandomizationResult:
     """Smooth model-parameter randomization test (Hedström et al. 2023,
     "Sanity checks revisited"): :func:`model_randomization` where every
@@ -326,12 +364,14 @@ def smooth_model_randomization(
 
     The noisy copies of a block of examples are explained in one call (one
     engine plan for saliency, input x gradient and integrated gradients);
-    their noise is keyed by ``(seed, example, sample)``, the same for every model.
+    their noise is keyed by ``(seed, example, sample)``, the same for every
+    model (a fastattr explainer's copies are made once when the examples fit
+    in one block, and explained by every model).
 
     Args:
         model, inputs, target, explainer, explainer_kwargs, layers, absolute,
             ssim_win_size, randomize, additional_forward_args, memory_budget,
-            attributions, example_offset: as :func:`model_randomization`.
+            attributions, example_offset, model_form: as :func:`model_randomization`.
         order: ``"bottom_up"`` (default, as Quantus's SmoothMPRT),
             ``"cascading"`` or ``"independent"``.
         seed: key of the randomized parameters and of the noise (int >= 0).
@@ -346,15 +386,16 @@ def smooth_model_randomization(
     magnitude = _check_noise_magnitude(noise_magnitude)
     offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     exp, req, was_tuple = formatted_call(model, inputs, target, explainer, explainer_kwargs,
-                                         additional_forward_args, memory_budget, None)
+                                         additional_forward_args, memory_budget, None, model_form)
     xs = req.inputs
     features = sum(x[0].numel() for x in xs)
     _check_ssim_win_size(ssim_win_size, features)
     blocks = block_examples(xs, n_samples, memory_budget)
+    rows_for = noisy_rows(xs, n_samples, magnitude, seed, offset, blocks, keep=exp.is_fastattr)
 
     def explanation(m: nn.Module) -> Tensor:
         rows = explainer_of_rows(exp, dataclasses.replace(req, model=m), was_tuple, memory_budget, offset, n_samples)
-        return _flat(smoothed_explanation(rows, xs, n_samples, magnitude, seed, offset, blocks), absolute)
+        return _flat(smoothed_explanation(rows, rows_for, xs[0].shape[0], n_samples, blocks, xs[0].device), absolute)
 
     clean = explanation(model) if attributions is None else _given(attributions, xs, absolute)
     return _similarities(model, chosen, order, randomize or keyed_uniform_init(seed), explanation, clean,
@@ -421,6 +462,7 @@ def efficient_model_randomization(
     additional_forward_args: Any = None,
     memory_budget: Optional[int] = None,
     example_offset: int = 0,
+    model_form: str = "fast",
 ) -> ComplexityChange:
     """Efficient model-parameter randomization test (Hedström et al. 2023):
     the relative change of the explanation's discrete entropy
@@ -433,8 +475,8 @@ def efficient_model_randomization(
 
     Args:
         model, inputs, target, explainer, explainer_kwargs, layers, seed,
-            randomize, additional_forward_args, memory_budget, example_offset:
-            as :func:`model_randomization`.
+            randomize, additional_forward_args, memory_budget, example_offset,
+            model_form: as :func:`model_randomization`.
         order: as :func:`smooth_model_randomization` (default ``"bottom_up"``).
         n_bins: bins of the histograms (>= 1).
 
@@ -447,7 +489,7 @@ def efficient_model_randomization(
     n_bins = v.check_positive_int(n_bins, "n_bins")
     budget = v.check_optional_positive_int(memory_budget, "memory_budget")
     offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
-    explain = Explainer(explainer, explainer_kwargs)
+    explain = Explainer(explainer, explainer_kwargs, model_form)
 
     def entropy(m: nn.Module) -> Tensor:
         attrs = explain(m, xs, was_tuple, target, additional_forward_args, budget, offset)

@@ -29,9 +29,11 @@ from .. import _validate as v
 from ..attr.smoothgrad import check_seed
 from ..engine import Request
 from ..engine import budget as _budget
+from ..engine.model_form import check_model_form
 from ..engine.outputs import per_example_flags, rows_args
 from ..engine.train_mode import train_mode_guarded
-from ._explain import ExplainerType
+from ._explain import Explainer, ExplainerType
+from .formed_model import FormedModel
 from .sensitivity import (
     Perturbation, PerturbedExplanations, check_norm, check_radius, flat_norm, float64_copies,
 )
@@ -42,34 +44,53 @@ Denominator = Callable[[Tuple[Tensor, ...], Tensor], Tensor]
 OUTPUTS = ("logit", "probability")
 
 
-# Values per block of relative_squares on the CPU (8 MiB of float64): a
-# block's temporaries stay near the cache (measured 4-9x faster than
-# whole-chunk temporaries for 1,600 rows of a 16,384-value layer); small
-# rows make one block, without Python work per block.
-_BLOCK_VALUES = 1 << 20
+# Values per block of relative_squares on the CPU (1 MiB of float64): a
+# block's float64 temporary stays in the core's cache through its four
+# passes (1,600 rows of a 16,384-value layer, one thread: 18 ms, against
+# 52 ms with 8 MiB blocks and 34 ms with 128 KiB ones, whose Python work
+# per block shows); small rows make one block.
+_BLOCK_VALUES = 1 << 17
 
 
 def relative_squares(old: Tensor, inverse: Tensor, new: Tensor, examples: Tensor) -> Tensor:
     """float64 ``[g]``: ``sum_d ((old - new) * inverse)^2`` per row of ``new``
     ``[g, D]`` against its example's row of ``old`` / ``inverse`` (float64
     ``[B, D]``; ``examples`` int64 ``[g]``, example-major). On the CPU in
-    blocks of rows, and a block of one example's rows broadcasts that
-    example's row instead of gathering it per row."""
+    blocks of whole runs of one example's rows, each run compared with its
+    example's row by broadcasting (a gather of ``old`` and ``inverse`` per row
+    cost more than the comparison itself)."""
     if new.device.type != "cpu":
         return ((old.index_select(0, examples) - new) * inverse.index_select(0, examples)).square().sum(1)
-    g = new.shape[0]
+    g, d = new.shape
     total = torch.empty(g, dtype=torch.float64)
-    rows_example = examples.tolist()
-    block = max(1, _BLOCK_VALUES // max(1, new.shape[1]))
-    for r0 in range(0, g, block):
-        r1 = min(g, r0 + block)
-        first, last = rows_example[r0], rows_example[r1 - 1]
-        if first == last:
-            o, i = old[first], inverse[first]
-        else:
-            o, i = old.index_select(0, examples[r0:r1]), inverse.index_select(0, examples[r0:r1])
-        total[r0:r1] = (o - new[r0:r1]).mul_(i).square_().sum(1)
+    block = max(1, _BLOCK_VALUES // max(1, d))
+    for r0, e0, k, rows in _example_runs(examples, block):
+        r1 = r0 + k * rows
+        # (new - old) * inverse, squared: the same bits as (old - new) * inverse
+        # squared. In place on a float64 copy of the rows, whose layout the
+        # ops then follow (a broadcast first operand made them several times slower).
+        diff = new[r0:r1].reshape(k, rows, d).to(torch.float64, copy=True)
+        diff.sub_(old[e0:e0 + k].unsqueeze(1)).mul_(inverse[e0:e0 + k].unsqueeze(1))
+        total[r0:r1] = diff.square_().sum(2).view(-1)
     return total
+
+
+def _example_runs(examples: Tensor, block: int) -> List[Tuple[int, int, int, int]]:
+    """``(first row, first example, k, rows)``: ``k`` consecutive examples of
+    ``rows`` rows each, at most ``block`` rows together (a longer run of one
+    example split), covering ``examples`` (int64 ``[g]``, example-major) in order."""
+    ids, counts = torch.unique_consecutive(examples, return_counts=True)
+    runs: List[Tuple[int, int, int, int]] = []
+    r0 = 0
+    for e, c in zip(ids.tolist(), counts.tolist()):
+        last = runs[-1] if runs else None
+        if last is not None and last[3] == c and last[1] + last[2] == e and (last[2] + 1) * c <= block:
+            runs[-1] = (last[0], last[1], last[2] + 1, c)
+        else:
+            for s in range(0, c, block):
+                runs.append((r0 + s, e, 1, min(block, c - s)))
+        r0 += c
+    return runs
 
 
 def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor], examples: Tensor,
@@ -132,13 +153,23 @@ def _capturing(audit: PerturbedExplanations, reads: Optional["ModelReads"]) -> P
     each chunk's forward is at the perturbed rows themselves (single-point
     plans, no backward rules), so that ``reads`` need not run them again."""
     req = audit.req
-    if reads is None or audit.explain_rows is not None or req.plan.alphas is not None or req.rules is not None \
-            or req.leaves is not None:
+    if reads is None or not _forward_at_the_rows(audit):
         return audit
-    # Measured activation sizes stay cached under the caller's model.
-    engine_req = dataclasses.replace(req, model=reads.capturing_model(),
-                                     activation_key=req.activation_key or (req.model, None))
+    # The capturing function runs the model in the request's form itself (the
+    # engine would run a function as it is). Measured activation sizes stay
+    # cached under the caller's model, per form.
+    tag = None if req.model_form == "eager" or reads.layers else ("capturing", req.model_form)
+    engine_req = dataclasses.replace(req, model=reads.capturing_model(req.model_form), model_form="eager",
+                                     activation_key=req.activation_key or (req.model, tag))
     return PerturbedExplanations(engine_req, audit.was_tuple, audit.clean, None, audit.finish)
+
+
+def _forward_at_the_rows(audit: PerturbedExplanations) -> bool:
+    """Whether each of the engine's forwards runs the perturbed rows
+    themselves: an engine-native explainer of one point per row (not a path
+    method), without backward rules or layer leaves."""
+    req = audit.req
+    return audit.explain_rows is None and req.plan.alphas is None and req.rules is None and req.leaves is None
 
 
 def input_change(audit: PerturbedExplanations, eps_min: float, ord: float = 2.0) -> Denominator:
@@ -204,20 +235,37 @@ class ModelReads:
     (every output of those layers, in call order) from the clean inputs'.
 
     The clean inputs are read once, when first needed. At perturbed rows,
-    the outputs of the explainer's own forward are reused when the engine
-    ran exactly those rows (:meth:`capturing_model`); anything else is a
-    forward of its own. Forward hooks are on the layers only while a read runs.
+    what the explainer's own forward computed is reused when the engine ran
+    exactly those rows (:meth:`capturing_model`): its outputs, and the layers'
+    outputs caught by forward hooks during that forward; anything else is a
+    forward of its own. Forward hooks are on the layers only while a forward runs.
+
+    ``model_form``: the form the reads without layers run the model in
+    (:mod:`fastattr.engine.model_form`). Reads of layers always run the
+    caller's model as it is: the layers are its modules, which the fast
+    form's copy does not call (and where the copy folds a BatchNorm into
+    the convolution before it, that convolution's output does not exist there).
     """
 
     def __init__(self, req: Request, output: str = "logit", layers: Sequence[nn.Module] = (),
-                 eps_min: float = 1e-6) -> None:
+                 eps_min: float = 1e-6, model_form: str = "eager") -> None:
         self.req = req
         self.probability = output == "probability"
         self.args, self.batched = req.additional_args, per_example_flags(req.additional_args)
         self.layers = list(layers)
         self.eps_min = eps_min
-        # (rows the engine's last forward ran, its outputs), until used
-        self.captured: Optional[Tuple[Tensor, Tensor]] = None
+        self.model_form = check_model_form(model_form)
+        # The engine's last forward: (its rows, its outputs, each layer call's
+        # output [n, D_k] with the version counter it had then), until used.
+        self.captured: Optional[Tuple[Tensor, Tensor, List[Tuple[Tensor, int]]]] = None
+
+    @functools.cached_property
+    def _reader(self) -> Callable[..., Any]:
+        """What the reads' own forwards call: the caller's model when layers
+        are read, else the model in ``model_form``."""
+        if self.layers:
+            return self.req.model
+        return FormedModel(self.req.model, self.model_form, len(self.req.inputs))
 
     @functools.cached_property
     def clean(self) -> Tuple[Tensor, List[Tensor]]:
@@ -233,7 +281,7 @@ class ModelReads:
                 caught: List[Tensor] = []
                 outputs.append(self._forward(tuple(x[e0:e0 + chunk] for x in req.inputs),
                                              torch.arange(e0, min(batch, e0 + chunk), device=device),
-                                             lambda k, out: caught.append(out.to(torch.float64, copy=True))))
+                                             lambda out: caught.append(out.to(torch.float64, copy=True))))
                 pieces.append(caught)
         return torch.cat(outputs), [torch.cat(layer) for layer in zip(*pieces)]
 
@@ -242,26 +290,28 @@ class ModelReads:
         """int64 ``[B]``: the predicted class of each clean input."""
         return self.clean[0].argmax(-1)
 
-    def _forward(self, xs: Tuple[Tensor, ...], examples: Tensor,
-                 on_layer: Callable[[int, Tensor], None]) -> Tensor:
-        """The outputs ``[n, C]`` at rows ``xs`` (each ``[n, *F_i]``) of
-        examples ``examples`` (int64 ``[n]``); ``on_layer(k, out [n, D_k])``
-        gets the ``k``-th layer output of the forward."""
-        n = xs[0].shape[0]
-        calls = [0]
+    def _layer_hooks(self, n: int, on_layer: Callable[[Tensor], None]) -> List[Any]:
+        """Forward hooks on the layers handing ``on_layer(out [n, D_k])`` each
+        layer call's output (detached), in call order; the caller removes them."""
 
         def catch(module: nn.Module, _inputs: Any, out: Any) -> None:
             if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != n:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"layer_names / layer_indices: layer {type(module).__name__} returns {got}, "
                                  f"expected a tensor with {n} rows")
-            on_layer(calls[0], out.detach().reshape(n, -1))
-            calls[0] += 1
+            on_layer(out.detach().reshape(n, -1))
 
-        handles = [m.register_forward_hook(catch) for m in self.layers]
+        return [m.register_forward_hook(catch) for m in self.layers]
+
+    def _forward(self, xs: Tuple[Tensor, ...], examples: Tensor, on_layer: Callable[[Tensor], None]) -> Tensor:
+        """The outputs ``[n, C]`` at rows ``xs`` (each ``[n, *F_i]``) of
+        examples ``examples`` (int64 ``[n]``); ``on_layer(out [n, D_k])``
+        gets each layer call's output during the forward, in call order."""
+        n = xs[0].shape[0]
+        handles = self._layer_hooks(n, on_layer)
         try:
             with torch.no_grad():
-                out = self.req.model(*xs, *rows_args(self.args, self.batched, examples, n))
+                out = self._reader(*xs, *rows_args(self.args, self.batched, examples, n))
         finally:
             for h in handles:
                 h.remove()
@@ -282,14 +332,29 @@ class ModelReads:
         n = xs[0].shape[0]
         segments = self.inverse_clean if self.layers else []
         total = torch.zeros(n, dtype=torch.float64, device=xs[0].device)
+        calls = [0]
 
-        def compare(k: int, out: Tensor) -> None:
+        def compare(out: Tensor) -> None:
+            k = calls[0]
             if k >= len(segments) or segments[k][0].shape[1] != out.shape[1]:
                 raise ValueError("layer_names / layer_indices: the layers ran differently at a perturbed input "
                                  "than at the clean one (another number or size of outputs)")
             total.add_(relative_squares(*segments[k], out, examples))
+            calls[0] += 1
 
-        return self._forward(xs, examples, compare), total
+        captured = self._captured_at(xs)
+        # A layer output changed in place later in the forward (an in-place
+        # ReLU after it) no longer holds the layer's values: read anew.
+        if captured is not None and all(t._version == version for t, version in captured[2]):
+            for out, _ in captured[2]:
+                compare(out)
+            outputs = self._outputs(captured[1], n)
+        else:
+            outputs = self._forward(xs, examples, compare)
+        if calls[0] != len(segments):
+            raise ValueError("layer_names / layer_indices: the layers ran differently at a perturbed input "
+                             "than at the clean one (another number or size of outputs)")
+        return outputs, total
 
     @functools.cached_property
     def inverse_clean(self) -> List[Tuple[Tensor, Tensor]]:
@@ -297,29 +362,47 @@ class ModelReads:
         clean inputs (a zero element's inverse is ``1 / eps_min``)."""
         return [(old, 1 / torch.where(old == 0, self.eps_min, old)) for old in self.clean[1]]
 
-    def capturing_model(self) -> Callable[..., Tensor]:
-        """The model, keeping its last forward's rows and outputs (detached)
-        for :meth:`outputs_at`: give it to the engine in the model's place."""
+    def capturing_model(self, model_form: str = "eager") -> Callable[..., Tensor]:
+        """The model for the engine to run the explainer's rows on, keeping
+        its last forward's rows and outputs (detached) for :meth:`outputs_at`
+        and, with layers, the layers' outputs for :meth:`read` (caught by
+        hooks during that forward). It runs in ``model_form`` without layers;
+        with layers, as it is (see the class)."""
         model = self.req.model
+        run = model if self.layers else FormedModel(model, model_form, len(self.req.inputs))
 
         def forward(*args: Any) -> Tensor:
-            out = model(*args)
+            caught: List[Tuple[Tensor, int]] = []
+            handles = self._layer_hooks(args[0].shape[0], lambda out: caught.append((out, out._version)))
+            try:
+                out = run(*args)
+            finally:
+                for h in handles:
+                    h.remove()
             if isinstance(out, Tensor):
-                self.captured = (args[0], out.detach())
+                self.captured = (args[0], out.detach(), caught)
             return out
 
         forward.model = model  # type: ignore[attr-defined]  # the engine finds the module behind it
         return forward
 
-    def outputs_at(self, xs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
-        """The outputs ``[n, C]`` at rows ``xs``: those of the engine's last
-        forward when it ran exactly these rows, else read."""
+    def _captured_at(self, xs: Tuple[Tensor, ...]) -> Optional[Tuple[Tensor, Tensor, List[Tuple[Tensor, int]]]]:
+        """What the engine's last forward kept, when it ran exactly rows ``xs``
+        (else None); used once."""
         captured, self.captured = self.captured, None
         x = xs[0]
         if captured is not None and captured[0].data_ptr() == x.data_ptr() and captured[0].shape == x.shape \
                 and captured[0].stride() == x.stride():
-            return self._outputs(captured[1], x.shape[0])
-        return self._forward(xs, examples, lambda k, out: None)
+            return captured
+        return None
+
+    def outputs_at(self, xs: Tuple[Tensor, ...], examples: Tensor) -> Tensor:
+        """The outputs ``[n, C]`` at rows ``xs``: those of the engine's last
+        forward when it ran exactly these rows, else read."""
+        captured = self._captured_at(xs)
+        if captured is not None:
+            return self._outputs(captured[1], xs[0].shape[0])
+        return self._forward(xs, examples, lambda out: None)
 
     def unchanged_or_nan(self, den: Tensor, outputs: Tensor, examples: Tensor) -> Tensor:
         """``den`` (float64 ``[g]``), NaN where the predicted class at the
@@ -374,17 +457,19 @@ def _prepare(model: Callable[..., Tensor], inputs: v.TensorOrTuple, target: v.Ta
              explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]], radius: Any,
              n_samples: int, eps_min: Any, seed: int, additional_forward_args: Any,
              attributions: Optional[v.TensorOrTuple], memory_budget: Optional[int], chunk_rows: Optional[int],
-             example_offset: int) -> Tuple[PerturbedExplanations, Perturbation, float]:
-    """Check everything (before any compute), explain the clean inputs, and
-    return the audit, the keyed L-infinity perturbations and ``eps_min``."""
+             example_offset: int, model_form: str) -> Tuple[PerturbedExplanations, Perturbation, float]:
+    """Check everything (before any compute), explain the clean inputs (in
+    ``model_form``), and return the audit, the keyed L-infinity perturbations
+    and ``eps_min``."""
     n_samples = v.check_positive_int(n_samples, "n_samples")
     check_seed(seed)
+    check_model_form(model_form)
     example_offset = v.check_positive_int(example_offset, "example_offset", minimum=0)
     eps = _check_eps_min(eps_min)
     scales = check_radius(radius, "radius", len(inputs) if isinstance(inputs, tuple) else 1)
     audit = PerturbedExplanations.prepare(
         model, inputs, target, explainer, explainer_kwargs, additional_forward_args,
-        attributions, memory_budget, chunk_rows, example_offset,
+        attributions, memory_budget, chunk_rows, example_offset, model_form,
     )
     return audit, Perturbation("uniform", scales, n_samples, seed, example_offset=example_offset), eps
 
@@ -406,6 +491,7 @@ def relative_input_stability(
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
     nan_when_prediction_changes: bool = False,
+    model_form: str = "fast",
 ) -> Tensor:
     """Relative input stability: ``max_n ||(a - a_n) / a||_p / max(||(x - x_n) / x||_p, eps_min)``
     per example (elementwise ratios; a zero ``a`` or ``x`` element divides by ``eps_min``).
@@ -423,6 +509,9 @@ def relative_input_stability(
         nan_when_prediction_changes: a sample whose perturbation changes the
             model's predicted class (argmax of ``[B, C]`` outputs) is NaN, and
             so is the example's value (Quantus's default).
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run
+            in): the explainer's rows (unless ``explainer_kwargs`` sets its
+            own) and the metric's reads of the model's outputs.
 
     Returns:
         float64 ``[B]``.
@@ -430,10 +519,10 @@ def relative_input_stability(
     ord = check_norm(norm)
     audit, perturbation, eps = _prepare(model, inputs, target, explainer, explainer_kwargs, radius, n_samples,
                                         eps_min, seed, additional_forward_args, attributions, memory_budget,
-                                        chunk_rows, example_offset)
+                                        chunk_rows, example_offset, model_form)
     den, reads = input_change(audit, eps, ord), None
     if nan_when_prediction_changes:
-        reads = ModelReads(audit.req)
+        reads = ModelReads(audit.req, model_form=model_form)
         den = nan_where_prediction_changes(reads, den)
     return relative_stability_values(audit, perturbation, eps, den, True, ord, reads).amax(dim=1)
 
@@ -455,6 +544,7 @@ def relative_output_stability(
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
     nan_when_prediction_changes: bool = False,
+    model_form: str = "fast",
 ) -> Tensor:
     """Relative output stability: ``max_n ||(a - a_n) / a||_2 / max(||h(x) - h(x_n)||_2, eps_min)``
     per example, ``h`` the model's ``[B, C]`` outputs.
@@ -465,7 +555,7 @@ def relative_output_stability(
 
     Args:
         output: ``"logit"`` (the model's outputs) or ``"probability"`` (their softmax).
-        nan_when_prediction_changes: as :func:`relative_input_stability`.
+        nan_when_prediction_changes, model_form: as :func:`relative_input_stability`.
 
     Returns:
         float64 ``[B]``.
@@ -473,8 +563,8 @@ def relative_output_stability(
     v.check_choice(output, "output", OUTPUTS)
     audit, perturbation, eps = _prepare(model, inputs, target, explainer, explainer_kwargs, radius, n_samples,
                                         eps_min, seed, additional_forward_args, attributions, memory_budget,
-                                        chunk_rows, example_offset)
-    reads = ModelReads(audit.req, output)
+                                        chunk_rows, example_offset, model_form)
+    reads = ModelReads(audit.req, output, model_form=model_form)
     den = output_change(reads, nan_when_prediction_changes)
     return relative_stability_values(audit, perturbation, eps, den, reads=reads).amax(dim=1)
 
@@ -497,6 +587,7 @@ def relative_representation_stability(
     chunk_rows: Optional[int] = None,
     example_offset: int = 0,
     nan_when_prediction_changes: bool = False,
+    model_form: str = "fast",
 ) -> Tensor:
     """Relative representation stability:
     ``max_n ||(a - a_n) / a||_2 / max(||(L(x) - L(x_n)) / L(x)||_2, eps_min)``
@@ -505,7 +596,10 @@ def relative_representation_stability(
     Layers are chosen as Quantus does, among ``model.named_modules()`` but
     the model's own class and ``nn.Sequential`` containers: by name, or by
     position in that list (negative from its end); neither: all of them.
-    Their outputs are caught by forward hooks that are removed after each read.
+    Their outputs are caught by forward hooks, removed after each forward:
+    with saliency and input x gradient, during the forward that explains the
+    perturbed rows (one forward per row serves both); with any other
+    explainer, in a forward of their own.
 
     Args:
         model: an ``nn.Module``.
@@ -514,13 +608,41 @@ def relative_representation_stability(
             eps_min, seed, additional_forward_args, attributions,
             memory_budget, chunk_rows, example_offset,
             nan_when_prediction_changes: as :func:`relative_input_stability`.
+        model_form: as :func:`fastattr.saliency` (the form the model's rows run
+            in), for the explainer's rows where they are not read for the
+            layers too. Forwards that read the layers run the caller's model
+            as it is, whatever the form: the hooks are on its modules, which
+            the fast form's copy does not call, and where that copy folds a
+            BatchNorm into the convolution before it, the convolution's output
+            does not exist there. So with saliency and input x gradient
+            (whose perturbed rows are read for the layers in their own
+            forward) every row runs eager, the clean explanation included
+            (whatever ``explainer_kwargs`` says); with other explainers their
+            rows run in ``model_form``.
 
     Returns:
         float64 ``[B]``.
     """
     layers = representation_layers(model, layer_names, layer_indices)
+    check_model_form(model_form)
+    # Rows whose forward also reads the layers run the caller's model as it
+    # is (ModelReads); the clean explanation then does too, so that the
+    # explanations compared come from one function.
+    explained_form = model_form
+    if _explained_at_the_rows(explainer, explainer_kwargs):
+        explained_form = "eager"
+        explainer_kwargs = {k: a for k, a in (explainer_kwargs or {}).items() if k != "model_form"}
     audit, perturbation, eps = _prepare(model, inputs, target, explainer, explainer_kwargs, radius, n_samples,
                                         eps_min, seed, additional_forward_args, attributions, memory_budget,
-                                        chunk_rows, example_offset)
-    den = representation_change(ModelReads(audit.req, layers=layers, eps_min=eps), nan_when_prediction_changes)
-    return relative_stability_values(audit, perturbation, eps, den).amax(dim=1)
+                                        chunk_rows, example_offset, explained_form)
+    reads = ModelReads(audit.req, layers=layers, eps_min=eps, model_form=model_form)
+    den = representation_change(reads, nan_when_prediction_changes)
+    return relative_stability_values(audit, perturbation, eps, den, reads=reads).amax(dim=1)
+
+
+def _explained_at_the_rows(explainer: ExplainerType, explainer_kwargs: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the explainer's engine forwards run the perturbed rows
+    themselves (:func:`_forward_at_the_rows`: saliency, input x gradient);
+    the explainer and its options checked as the metric's audit checks them."""
+    exp = Explainer(explainer, explainer_kwargs)
+    return exp.engine_name is not None and exp.plan()[0].alphas is None

@@ -18,11 +18,13 @@ Spearman does not see the difference, SSIM can). SmoothMPRT's noise and
 RandomLogit's other class are keyed draws (``(seed, example, sample)``),
 not numpy's global RNG: SmoothMPRT uses the same noise for every model it
 explains, so its ``"original"`` score is 1 when no ``a_batch`` is given
-(Quantus draws new noise for each explanation).
+(Quantus draws new noise for each explanation). The models run as they are
+(``model_form="eager"``: the contract is Quantus's numbers).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
@@ -35,7 +37,8 @@ from ..captum._base import reject
 from ..metrics.explained_rows import block_examples
 from ..metrics.random_logit import off_classes
 from ..metrics.randomization import (
-    Randomize, discrete_entropy, keyed_uniform_init, randomized_models, smoothed_explanation,
+    Randomize, discrete_entropy, keyed_uniform_init, noisy_rows, randomized_models, smoothed_explanation,
+    spearman_with,
 )
 from ..metrics.similarity import pearson, spearman, ssim
 from ._base import QuantusCall, QuantusMetric, quantus_function_name
@@ -143,26 +146,30 @@ class MPRT(QuantusMetric):
         self.all_evaluation_scores.append(result)
         return result
 
-    def explanation(self, call: QuantusCall, model: nn.Module) -> Tensor:
-        """The explanation ``[B, *A]`` of ``call.x`` by ``model`` (the original or
-        a randomized copy), finished (normalise, abs) as Quantus does."""
-        return dataclasses.replace(call, model=model).explain(call.x, call.y)
+    def explanations(self, call: QuantusCall) -> Callable[[nn.Module], Tensor]:
+        """``f(model)``: the explanation ``[B, *A]`` of ``call.x`` by ``model``
+        (the original or a randomized copy), finished (normalise, abs) as Quantus does."""
+        return lambda model: dataclasses.replace(call, model=model).explain(call.x, call.y)
 
     def layer_scores(self, call: QuantusCall, layers: List[str]) -> Dict[str, Tensor]:
         """float64 ``[B]`` similarity per entry: ``"original"`` (the given or
         computed explanation vs the original model's), then each randomized layer."""
         batch = call.x.shape[0]
+        explanation = self.explanations(call)
 
         def explained(m: nn.Module) -> Tensor:
-            return self.explanation(call, m).reshape(batch, -1)
+            return explanation(m).reshape(batch, -1)
 
         # The original model's explanation, computed once: it is the reference
         # when no a_batch was given.
         original = explained(call.model)
         reference = original if call.a is None else call.a.reshape(batch, -1)
+        # Spearman ranks the reference once for every model compared with it.
+        compare = spearman_with(reference) if self.similarity_func is spearman else (
+            functools.partial(self.similarity_func, reference))
 
         def similarity(a: Tensor) -> Tensor:
-            return self.similarity_func(reference, a).to(torch.float64)
+            return compare(a).to(torch.float64)
 
         scores = {"original": similarity(original)}
         order = _ORDERS[self.layer_order]
@@ -225,14 +232,21 @@ class SmoothMPRT(MPRT):
             raise ValueError(f"noise_magnitude: expected a finite number >= 0, got {noise_magnitude!r}")
         self.noise_magnitude = float(noise_magnitude)
 
-    def explanation(self, call: QuantusCall, model: nn.Module) -> Tensor:
-        """The mean explanation ``[B, *A]`` over each example's noisy copies,
-        then normalised and made absolute (Quantus's ``explain_smooth_batch``)."""
-        rows = rows_explainer(dataclasses.replace(call, model=model), finish=False)
+    def explanations(self, call: QuantusCall) -> Callable[[nn.Module], Tensor]:
+        """``f(model)``: the mean explanation ``[B, *A]`` over each example's
+        noisy copies, then normalised and made absolute (Quantus's
+        ``explain_smooth_batch``). The copies are made once per call for
+        every model (a fastattr explainer leaves them as they are)."""
         blocks = block_examples((call.x,), self.nr_samples, None)
-        (mean,) = smoothed_explanation(rows, (call.x,), self.nr_samples, self.noise_magnitude, self.seed, 0,
-                                       blocks)
-        return call.finish(mean)
+        rows_for = noisy_rows((call.x,), self.nr_samples, self.noise_magnitude, self.seed, 0, blocks,
+                              keep=call.explainer is not None)
+
+        def explanation(model: nn.Module) -> Tensor:
+            rows = rows_explainer(dataclasses.replace(call, model=model), finish=False)
+            (mean,) = smoothed_explanation(rows, rows_for, call.x.shape[0], self.nr_samples, blocks, call.x.device)
+            return call.finish(mean)
+
+        return explanation
 
 
 _COMPLEXITY_KWARGS = {"n_bins", "n_bins_default", "min_n_bins", "max_n_bins", "debug", "rule"}

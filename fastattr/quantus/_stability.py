@@ -7,7 +7,8 @@ Differences from Quantus: the perturbations are keyed draws (``seed``): sample
 global RNG, so a score does not depend on ``batch_size`` or on the rest of
 the batch; ``normalise`` (default function ``normalise_by_average_second_moment_estimate``)
 is per example, where Quantus's spans the batch array. Given the same
-perturbations, the scores are Quantus's.
+perturbations, the scores are Quantus's. The model runs as it is
+(``model_form="eager"``: the contract is Quantus's numbers).
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ class RelativeInputStability(_RelativeStability):
             den = input_change(audit, self.eps_min)
             if not self.return_nan_when_prediction_changes:
                 return den, None
-            reads = ModelReads(audit.req)
+            reads = ModelReads(audit.req, model_form="eager")
             return nan_where_prediction_changes(reads, den), reads
 
         return make
@@ -135,7 +136,7 @@ class RelativeOutputStability(_RelativeStability):
         output = "probability" if call.softmax else "logit"
 
         def make(audit: PerturbedExplanations) -> MadeDenominator:
-            reads = ModelReads(audit.req, output)
+            reads = ModelReads(audit.req, output, model_form="eager")
             return output_change(reads, self.return_nan_when_prediction_changes), reads
 
         return make
@@ -169,7 +170,9 @@ class RelativeRepresentationStability(_RelativeStability):
     """Quantus's ``RelativeRepresentationStability``: :class:`RelativeInputStability`
     with ``||(L(x) - L(x')) / L(x)||_2`` as denominator, ``L`` the outputs of
     the layers chosen by ``layer_names`` or ``layer_indices`` (Quantus's
-    choice, :func:`quantus_layers`), read with forward hooks removed after each read."""
+    choice, :func:`quantus_layers`), read with forward hooks removed after
+    each forward (with a fastattr saliency or input x gradient, in the
+    forward that explains the perturbed rows)."""
 
     name = "Relative Representation Stability"
 
@@ -198,5 +201,9 @@ class RelativeRepresentationStability(_RelativeStability):
 
     def denominator(self, call: QuantusCall) -> Callable[[PerturbedExplanations], MadeDenominator]:
         layers = quantus_layers(call.model, self.layer_names, self.layer_indices)
-        return lambda audit: (representation_change(ModelReads(audit.req, layers=layers, eps_min=self.eps_min),
-                                                    self.return_nan_when_prediction_changes), None)
+
+        def make(audit: PerturbedExplanations) -> MadeDenominator:
+            reads = ModelReads(audit.req, layers=layers, eps_min=self.eps_min, model_form="eager")
+            return representation_change(reads, self.return_nan_when_prediction_changes), reads
+
+        return make
