@@ -439,7 +439,8 @@ def test_model_and_data_come_back_unchanged(env):
 # Every metric that runs the model, and both kinds of method (engine-native, refined IG).
 FORM_METRICS = ("max_sensitivity,avg_sensitivity,infidelity,local_lipschitz_estimate,deletion_auc,insertion_auc,"
                 "fgsm_accuracy,pgd_accuracy,faithfulness_correlation,pixel_flipping_auc,completeness_gap,"
-                "continuity,random_logit")
+                "continuity,random_logit,relative_input_stability,relative_output_stability,"
+                "relative_representation_stability,randomization_spearman,smooth_mprt,efficient_mprt")
 
 
 def test_model_form_option_reaches_every_row(env, tmp_path, monkeypatch):

@@ -110,7 +110,8 @@ def _ball_group(sensitivity: Any, stability: Optional[Any]) -> Group:
         s = ctx.of("sensitivity")
         explainer, kwargs = ctx.explainer_of(method)
         shared = SharedSamples(sensitivity.PerturbedExplanations.prepare(
-            ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None, ctx.offset))
+            ctx.model, ctx.x, ctx.pred, explainer, kwargs, None, attrs, ctx.memory_budget, None, ctx.offset,
+            model_form=ctx.model_form))
         perturbation = sensitivity.Perturbation("uniform", (s["radius"],), s["n_samples"], ctx.seed,
                                                 example_offset=ctx.offset)
         sens = sensitivity.sensitivity_values(shared, perturbation, sensitivity.check_norm("fro"), True)
@@ -306,6 +307,7 @@ def _randomization_group(module: Any) -> Group:
                                        layers=[ctx.layer_prefix + n for n in reversed(s["steps"])], seed=ctx.seed,
                                        randomize=block_randomize(ctx.model, ctx.seed),
                                        ssim_win_size=ssim_window(ctx.x), memory_budget=ctx.memory_budget,
+                                       model_form=ctx.model_form,
                                        attributions=attrs, example_offset=ctx.offset)
         rho = _constant_is_unrelated(r.spearman, attrs)
         return Values({"randomization_spearman": rho.mean(0)}, {"randomization_spearman": rho.T})

@@ -99,6 +99,7 @@ def _stability_groups(m: Any) -> List[Group]:
         value = m.relative_output_stability(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, radius=s["radius"], n_samples=s["n_samples"],
             seed=ctx.seed, output=s["output"], attributions=attrs, memory_budget=ctx.memory_budget,
+            model_form=ctx.model_form,
             example_offset=ctx.offset, nan_when_prediction_changes=s["nan_when_prediction_changes"])
         return Values({"relative_output_stability": value})
 
@@ -108,7 +109,7 @@ def _stability_groups(m: Any) -> List[Group]:
         value = m.relative_representation_stability(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, layer_names=_chosen_layers(s, ctx.layer_prefix),
             radius=s["radius"], n_samples=s["n_samples"], seed=ctx.seed, attributions=attrs,
-            memory_budget=ctx.memory_budget, example_offset=ctx.offset,
+            memory_budget=ctx.memory_budget, example_offset=ctx.offset, model_form=ctx.model_form,
             nan_when_prediction_changes=s["nan_when_prediction_changes"])
         return Values({"relative_representation_stability": value})
 
@@ -164,7 +165,7 @@ def _randomization_groups(m: Any) -> List[Group]:
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, order="bottom_up", layers=layers(ctx, s), seed=ctx.seed,
             n_samples=s["n_samples"], noise_magnitude=s["noise_magnitude"],
             randomize=block_randomize(ctx.model, ctx.seed), ssim_win_size=ssim_window(ctx.x),
-            memory_budget=ctx.memory_budget, example_offset=ctx.offset)
+            memory_budget=ctx.memory_budget, example_offset=ctx.offset, model_form=ctx.model_form)
         return Values({"smooth_mprt": r.spearman[-1]}, {"smooth_mprt": r.spearman.T})
 
     def efficient(ctx: BatchContext, method: Optional[str], attrs: Optional[Tensor]) -> Values:
@@ -173,6 +174,7 @@ def _randomization_groups(m: Any) -> List[Group]:
         r = m.efficient_model_randomization(
             ctx.model, ctx.x, ctx.pred, explainer, kwargs, order="bottom_up", layers=layers(ctx, s), seed=ctx.seed,
             n_bins=s["n_bins"], randomize=block_randomize(ctx.model, ctx.seed), memory_budget=ctx.memory_budget,
+            model_form=ctx.model_form,
             example_offset=ctx.offset)
         return Values({"efficient_mprt": column(r.relative)})
 
