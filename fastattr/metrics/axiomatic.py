@@ -146,15 +146,26 @@ class _GroupReplacedRows:
 
     def __call__(self, r0: int, r1: int) -> Tuple[Tensor]:
         n, x = r1 - r0, self.x
+        d = x[0].numel()
         examples = row_examples(r0, r1, self.per_example, x.device)
         group = torch.arange(r0, r1, device=x.device) % self.per_example - 1  # -1: the clean row
-        replaced = self.group.unsqueeze(0) == group.unsqueeze(1)  # [n, D]
-        source = x.index_select(0, examples).reshape(n, -1)
+        rows = x.index_select(0, examples).reshape(n, d)
+        # Only each row's own group is written: a mask over every feature of
+        # every row cost as much as the model's forward on small conv nets.
+        # Positions past the last feature (a short last group) repeat the
+        # group's first one, and a clean row rewrites its first feature with
+        # its own value: duplicate positions of a row get the same value.
+        first = group.clamp(min=0).unsqueeze(1) * self.step  # [n, 1]
+        cols = first + torch.arange(self.step, device=x.device)
+        cols = torch.where(cols < d, cols, first)  # [n, step]
         if self.per_step:
-            fill = self.fill.index_select(0, examples).gather(1, group.clamp(min=0).unsqueeze(1))
+            fill = self.fill.index_select(0, examples).gather(1, group.clamp(min=0).unsqueeze(1)).expand(n, self.step)
         else:
-            fill = self.fill.expand(x.shape).index_select(0, examples).reshape(n, -1)
-        return (torch.where(replaced, fill, source).view(n, *x.shape[1:]),)
+            table = self.fill.broadcast_to((self.fill.shape[0], *x.shape[1:])).reshape(self.fill.shape[0], d)
+            owner = examples if table.shape[0] > 1 else torch.zeros_like(examples)
+            fill = table[owner.unsqueeze(1), cols]
+        values = torch.where(group.unsqueeze(1) >= 0, fill.to(rows.dtype), rows.gather(1, cols))
+        return (rows.scatter_(1, cols, values).view(n, *x.shape[1:]),)
 
 
 def non_sensitivity(
