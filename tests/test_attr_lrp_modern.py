@@ -20,9 +20,11 @@ from torch import Tensor, nn
 
 import timm
 import torchvision
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.ops import SqueezeExcitation
 from torchvision.ops.misc import Permute
 
+import captum.attr
 import fastattr.captum
 from fastattr.attr import lrp_rules as rules
 from fastattr.attr.lrp import layer_lrp, lrp
@@ -165,6 +167,78 @@ def test_bias_free_block_sums_to_f() -> None:
     assert (lrp(m, x, target=0, composite=captum_way).sum((1, 2, 3)) - f).abs().min() > 0.1 * f.abs().min()
 
 
+class LinearSkip(nn.Module):
+    """[B, 4] -> [B, 3]: ``h = x + fc1(x)``, then ``fc(h)``, the linear
+    layers as modules or (``functional``) as ``F.linear`` on the same weights."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.functional = functional
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.functional:
+            h = x + F.linear(x, self.fc1.weight, self.fc1.bias)
+            return F.linear(h, self.fc.weight, self.fc.bias)
+        return self.fc(x + self.fc1(x))
+
+
+def _multi_term_step(rule: rules.MultiTermRule, layer: nn.Linear, x: Tensor, relevance: Tensor) -> Tensor:
+    """``rule``'s relevance at ``layer``'s input (the rule's own function,
+    checked against Zennit's hooks in test_attr_lrp_zennit.py)."""
+    params = {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
+    return rules.multi_term_relevance(rule, lambda t, p: F.linear(t, p["weight"], p["bias"]), x, params, relevance)
+
+
+def test_addition_takes_a_multi_term_linear_rules_stabilizer() -> None:
+    """With a multi-term rule on nn.Linear (Zennit's alpha-beta), the
+    additions are stabilized by that rule's ``stabilizer``, as they take a
+    z-rule's ``epsilon`` (they fell back to the default 1e-9, which absorbed
+    36% of f(x) on the bias-free MobileNetV3 twin, whose activations are ~1e-9)."""
+    m = _seeded(LinearSkip())
+    rule = rules.AlphaBetaRule(2.0, 1.0, stabilizer=0.3)
+    composite = rules.Composite({**rules.default_composite().rules_by_type, nn.Linear: rule})
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        a = m.fc1(x)
+        h = x + a
+        y = m.fc(h)
+    r_h = _multi_term_step(rule, m.fc, h, _output_relevance(y, 2) / y[:, 2:3])
+    r_x, r_a = x / _stab(h, 0.3) * r_h, a / _stab(h, 0.3) * r_h
+    ref = (r_x + _multi_term_step(rule, m.fc1, x, r_a)) * y[:, 2:3]
+    ours = lrp(m, x, target=2, composite=composite)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+def test_functional_linear_gets_a_multi_term_linear_rule() -> None:
+    """``F.linear`` outside an nn.Linear gets the composite's nn.Linear rule
+    also when it is a multi-term rule (it kept its plain gradient)."""
+    modules = _seeded(LinearSkip())
+    functional = LinearSkip(functional=True).double()
+    functional.load_state_dict(modules.state_dict())
+    composite = rules.Composite({**rules.default_composite().rules_by_type, nn.Linear: rules.AlphaBetaRule()})
+    x = torch.randn(3, 4, dtype=torch.float64)
+    ref = lrp(modules, x, target=1, composite=composite)
+    ours = lrp(functional, x, target=1, composite=composite)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+def test_mobilenet_v3_alpha_beta_head_conserves() -> None:
+    """The puzzle's case: epsilon on every convolution, Zennit's
+    AlphaBetaRule(1, 0) on the classifier's Linear layers: conserves, and
+    equals z+ there (the same rule on a bias-free layer)."""
+    torch.manual_seed(0)
+    model = _bias_free_twin(torchvision.models.mobilenet_v3_small(num_classes=5))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    base = rules.default_composite(epsilon=TINY).rules_by_type
+    alpha_beta = lrp(model, x, target=1, composite=rules.Composite({**base, nn.Linear: rules.AlphaBetaRule(1.0, 0.0, TINY)}))
+    zplus = lrp(model, x, target=1, composite=rules.Composite({**base, nn.Linear: rules.ZPlusRule(TINY)}))
+    with torch.no_grad():
+        f = model(x)[:, 1]
+    assert (alpha_beta.sum((1, 2, 3)) - f).abs().max() <= TOL_CONSERVE * f.abs().max()
+    assert (alpha_beta - zplus).abs().max() <= 1e-10 * zplus.abs().max()
+
+
 # ---------------------------------------------------------------------------
 # Gates, pass-through activations, BatchNormAct2d
 # ---------------------------------------------------------------------------
@@ -202,27 +276,59 @@ def test_gate_and_pass_through_match_reference() -> None:
     assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
 
 
-def _bn_act_models() -> Tuple[nn.Module, nn.Module]:
-    """The same network with timm's BatchNormAct2d and with BatchNorm2d + ReLU."""
-    timm_style = nn.Sequential(nn.Conv2d(3, 5, 3), timm.layers.BatchNormAct2d(5, act_layer=nn.ReLU),
+def _bn_act_models(act: Callable[[], nn.Module]) -> Tuple[nn.Module, nn.Module]:
+    """The same network with timm's BatchNormAct2d and with BatchNorm2d + ``act``."""
+    timm_style = nn.Sequential(nn.Conv2d(3, 5, 3), timm.layers.BatchNormAct2d(5, act_layer=act),
                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
     _seeded(timm_style)
-    plain = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    plain = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), act(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(5, 2)).double().eval()
     state = {k: v for k, v in timm_style.state_dict().items()}
     plain.load_state_dict({k.replace("4.", "5.") if k.startswith("4.") else k: v for k, v in state.items()})
     return timm_style, plain
 
 
-@pytest.mark.parametrize("batchnorm", ["rule", "fold", "identity"])
-def test_batchnorm_act_equals_batchnorm_and_relu(batchnorm: str) -> None:
-    timm_style, plain = _bn_act_models()
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU])
+@pytest.mark.parametrize("batchnorm", ["rule", "fold", "identity", "alpha_beta"])
+def test_batchnorm_act_equals_batchnorm_and_act(batchnorm: str, act: Callable[[], nn.Module]) -> None:
+    """BatchNormAct2d runs ``F.batch_norm``, its ``drop`` (an nn.Identity)
+    and its ``act``: two pass-through layers in a row, which must both pass
+    (with Captum's hooks the SiLU's ordinary gradient leaked in; a ReLU's
+    hides it: where it masks, the relevance is 0 anyway). ``alpha_beta``: a
+    multi-term rule on nn.BatchNorm2d, given to ``F.batch_norm`` too."""
+    timm_style, plain = _bn_act_models(act)
     x = torch.randn(3, 3, 7, 5, dtype=torch.float64)
     assert torch.equal(timm_style(x), plain(x))
-    composite = rules.default_composite(batchnorm)
+    if batchnorm == "alpha_beta":
+        composite = rules.Composite({**rules.default_composite().rules_by_type,
+                                     nn.BatchNorm2d: rules.AlphaBetaRule()})
+    else:
+        composite = rules.default_composite(batchnorm)
     ours = lrp(timm_style, x, target=1, composite=composite)
     ref = lrp(plain, x, target=1, composite=composite)
     assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+def test_pass_through_layers_in_a_row_pass_relevance() -> None:
+    """Dropout then Tanh: the relevance at the Tanh's output reaches the
+    Dropout's input unchanged (hand-written reference). The Captum way keeps
+    Captum 0.9's numbers, where the Dropout's hook sees the Tanh's ordinary
+    gradient (1 - tanh^2) instead."""
+    m = _seeded(nn.Sequential(nn.Linear(5, 6), nn.Dropout(), nn.Tanh(), nn.Linear(6, 3)))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        a = m[0](x)
+        t = torch.tanh(a)
+        y = m[3](t)
+    r_t = _z_step(m[3], t, _output_relevance(y, 0))
+    ref = _z_step(m[0], x, r_t)
+    ours = lrp(m, x, target=0)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+    captum_way = dataclasses.replace(rules.default_composite(), function_rules=False)
+    theirs = captum.attr.LRP(m).attribute(x, target=0)
+    assert (lrp(m, x, target=0, composite=captum_way) - theirs).abs().max() <= TOL_REF * theirs.abs().max()
+    leaked = _z_step(m[0], x, r_t * (1 - t ** 2))
+    assert (theirs - leaked).abs().max() <= TOL_REF * leaked.abs().max()
 
 
 # ---------------------------------------------------------------------------
@@ -247,6 +353,24 @@ def test_layernorm_rule_matches_reference() -> None:
     r_a = _z_step(lambda t: (t - t.mean(-1, keepdim=True)) / std * ln.weight + ln.bias, a, r_normed)
     ref = _z_step(m[0], x, r_a.permute(0, 3, 1, 2))
     ours = lrp(m, x, target=1)
+    assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
+
+
+@pytest.mark.parametrize("norm", ["torchvision", "timm"])
+def test_layernorm2d_equals_permuted_layernorm(norm: str) -> None:
+    """torchvision's and timm's LayerNorm2d (a channel LayerNorm on
+    ``[B, C, H, W]``) get the LN-rule of the same permuted nn.LayerNorm."""
+    layer_norm_2d = (torchvision.models.convnext.LayerNorm2d(6) if norm == "torchvision"
+                     else timm.layers.LayerNorm2d(6))
+    ours_model = _seeded(nn.Sequential(nn.Conv2d(2, 6, 1), layer_norm_2d, nn.Flatten(), nn.Linear(6 * 3 * 4, 2)))
+    ref_model = nn.Sequential(nn.Conv2d(2, 6, 1), Permute([0, 2, 3, 1]), nn.LayerNorm(6, layer_norm_2d.eps),
+                              Permute([0, 3, 1, 2]), nn.Flatten(), nn.Linear(6 * 3 * 4, 2)).double().eval()
+    renamed = {"1": "2", "3": "5"}  # the LayerNorm's and the Linear's positions
+    ref_model.load_state_dict({renamed.get(k.split(".")[0], k.split(".")[0]) + k[k.index("."):]: v
+                               for k, v in ours_model.state_dict().items()})
+    x = torch.randn(2, 2, 3, 4, dtype=torch.float64)
+    assert torch.equal(ours_model(x), ref_model(x))
+    ours, ref = lrp(ours_model, x, target=1), lrp(ref_model, x, target=1)
     assert (ours - ref).abs().max() <= TOL_REF * ref.abs().max()
 
 
@@ -403,30 +527,86 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=5),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=5),
     "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=5),
+    # DenseNet-121's, ConvNeXt-T's and Swin-T's blocks, fewer and narrower:
+    # concatenations; depthwise convs, Permute + LayerNorm, LayerNorm2d, layer
+    # scale (1, not 1e-6: the blocks must carry relevance), stochastic depth;
+    # (shifted) window attention with its mask and position bias, patch merging.
+    "densenet": lambda: torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16,
+                                                    num_classes=5),
+    "convnext": lambda: ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 2)], layer_scale=1.0,
+                                 num_classes=5),
     "vit": _vit,
+    "swin": lambda: torchvision.models.SwinTransformer([4, 4], 16, [2, 1], [2, 2], [2, 2], num_classes=5),
     "timm_resnet10t": lambda: timm.create_model("resnet10t", pretrained=False, num_classes=5),
+    # BatchNormAct2d (its drop and act: two pass-through layers in a row), SiLU, SqueezeExcite
+    "timm_efficientnet_b0": lambda: timm.create_model("efficientnet_b0", pretrained=False, num_classes=5),
 }
+NO_BATCHNORM = ("convnext", "vit", "swin")
+PRE_ACTIVATION = ("densenet",)  # BatchNorm before the conv: nothing to fold it into (test below)
 RULES: Dict[str, Any] = {
     "epsilon": rules.EpsilonRule(TINY), "zplus": rules.ZPlusRule(TINY),
     "gamma": rules.GammaRule(0.25, epsilon=TINY), "alpha1beta0": rules.Alpha1_Beta0_Rule(epsilon=TINY),
+    # Zennit's sign-split rules (multi-term rules)
+    "zennit_gamma": rules.GeneralizedGammaRule(0.25, TINY), "alpha2beta1": rules.AlphaBetaRule(2.0, 1.0, TINY),
 }
 # Captum's gamma and alpha1-beta0 rules assume non-negative inputs (after a
 # ReLU): MobileNetV3's and EfficientNet's depthwise convolutions (9 inputs
-# each) take Hardswish / SiLU outputs, which are negative too, and there the
-# rules' denominators cross 0 and the ratios explode (float64 cannot hold
-# the cancellation). Zennit's GeneralizedGammaRule and AlphaBetaRule split
-# the input's sign for such layers. z+ splits it too: it conserves up to
-# what it absorbs where its denominator is 0 (test below).
-NOT_CONSERVING = {(m, r) for m in ("mobilenet_v3_small", "efficientnet_b0") for r in ("gamma", "alpha1beta0")}
-ABSORBING = {(m, "zplus") for m in ("mobilenet_v3_small", "efficientnet_b0")}
+# each, one on the last 1x1 maps) take Hardswish / SiLU outputs, which are
+# negative too, and there the rules' denominators cross 0 and the ratios
+# explode (relevances up to 1e14..1e45 |f(x)| here: float64 cannot hold the
+# cancellation). Zennit's GeneralizedGammaRule and AlphaBetaRule split the
+# input's sign for such layers; they are checked on every model.
+NOT_CONSERVING = {(m, r) for m in ("mobilenet_v3_small", "efficientnet_b0", "timm_efficientnet_b0")
+                  for r in ("gamma", "alpha1beta0")}
+# Where the sign-split rules' denominators are 0 (z+: no positive
+# contribution; alpha-beta: no positive, or no negative one, which *adds*
+# beta R), relevance is absorbed: measured, nearly all of it at the
+# depthwise convolutions on the 1x1 and 2x2 maps (one to four inputs per
+# output: often no contribution of one sign). AbsorbedRelevance accounts it.
+ABSORBING = {(m, r) for m in ("mobilenet_v3_small", "efficientnet_b0", "timm_efficientnet_b0")
+             for r in ("zplus", "alpha2beta1")} | {("densenet", "alpha2beta1")}
+
+
+def _stabilized(z: Tensor, eps: float) -> Tensor:
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _term_input(what: Any, x: Tensor) -> Tensor:
+    if isinstance(what, Tensor):
+        return what.to(x).expand(x.shape)
+    return {"positive": x.clamp(min=0), "negative": x.clamp(max=0), "ones": torch.ones_like(x), "all": x}[what]
+
+
+def _multi_term_absorbed(rule: rules.MultiTermRule, layer: Callable[[Tensor, Dict[str, Tensor]], Tensor],
+                         x: Tensor, params: Dict[str, Tensor], relevance: Tensor) -> Tensor:
+    """``[B]``: what ``rule`` absorbs at a layer with input ``x`` ``[B, *I]``
+    and output relevance ``[B, *O]``, from the forward values alone. A term
+    ``k`` hands its inputs ``sign_k scale_k (mask_k R / d_g) . (z_k - z_k(0))``
+    (Euler: ``sum_i x_i dz/dx_i`` of an affine layer is ``z(x) - z(0)``, the
+    bias ``z_k(0)`` is absorbed); the rest of ``R`` is absorbed."""
+    terms = rule.terms(params)
+    with torch.no_grad():
+        own = layer(x, dict(params))
+        masks = {"none": torch.ones_like(own), "positive": (own > 0).to(own), "negative": (own < 0).to(own)}
+        z = [layer(_term_input(t.input, x), {**params, **t.params}) for t in terms]
+        bias = [layer(torch.zeros_like(x), {**params, **t.params}) for t in terms]
+        groups: Dict[int, Tensor] = {}
+        for t, zk in zip(terms, z):
+            groups[t.group] = groups.get(t.group, 0) + t.sign * zk
+        kept = sum(t.sign * t.scale * masks[t.output_mask] * relevance * (zk - bk)
+                   / _stabilized(groups[t.group], rule.stabilizer) for t, zk, bk in zip(terms, z, bias))
+    return (relevance - kept).flatten(1).sum(1)
 
 
 class AbsorbedRelevance:
-    """What the z-rules absorb, per example, as a fraction of the output:
-    at each layer output, ``R (1 - z' / stab(z'))`` (zero where ``z'`` is
+    """What the rules absorb, per example, as a fraction of the output: at
+    each z-rule's output, ``R (1 - z' / stab(z'))`` (zero where ``z'`` is
     well above the stabilizer, all of ``R`` where ``z' = 0``), recorded by
-    wrapping :class:`fastattr.attr.lrp_backward.Relevance` (the relevance
-    flowing back is relative to the explained output)."""
+    wrapping :class:`fastattr.attr.lrp_backward.Relevance`; at each
+    multi-term rule's, :func:`_multi_term_absorbed`, recorded by wrapping
+    :func:`fastattr.attr.lrp_rules.multi_term_relevance` (the relevance
+    flowing back is relative to the explained output). For models whose
+    layers keep the batch dimension first."""
 
     def __init__(self, monkeypatch: Any) -> None:
         from fastattr.attr import lrp_backward
@@ -434,6 +614,7 @@ class AbsorbedRelevance:
         self.parts: list = []
         relevance = lrp_backward.Relevance
         forward, backward = relevance.forward, relevance.backward
+        multi_term = rules.multi_term_relevance
 
         def recording_forward(ctx: Any, value: Tensor, through: Tensor, denom: Tensor) -> Tensor:
             ctx.through = through.detach()
@@ -444,8 +625,13 @@ class AbsorbedRelevance:
             self.parts.append((grad * (1 - ctx.through / denom)).flatten(1).sum(1))
             return backward(ctx, grad)
 
+        def recording_multi_term(rule: Any, layer: Any, x: Tensor, params: Any, grad: Tensor) -> Tensor:
+            self.parts.append(_multi_term_absorbed(rule, layer, x, params, grad))
+            return multi_term(rule, layer, x, params, grad)
+
         monkeypatch.setattr(relevance, "forward", staticmethod(recording_forward))
         monkeypatch.setattr(relevance, "backward", staticmethod(recording_backward))
+        monkeypatch.setattr(rules, "multi_term_relevance", recording_multi_term)
 
     def fraction(self) -> Tensor:
         return torch.stack(self.parts).sum(0)
@@ -453,12 +639,13 @@ class AbsorbedRelevance:
 
 def _bias_free_twin(model: nn.Module) -> nn.Module:
     """``model`` in float64, eval mode, with every parameter that is not a
-    weight zeroed (biases, ViT's class token and position embedding) and
-    BatchNorm running means zeroed: only the stabilizer absorbs relevance."""
+    weight or a layer scale zeroed (biases, ViT's class token and position
+    embedding, Swin's position bias) and BatchNorm running means zeroed:
+    only the stabilizer absorbs relevance."""
     model = model.double().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not name.endswith("weight"):
+            if not name.endswith(("weight", "layer_scale")):
                 p.zero_()
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):
@@ -480,14 +667,17 @@ def _snapshot(model: nn.Module) -> Dict[str, Any]:
                        "forward" in m.__dict__) for m in model.modules()]}
 
 
-@pytest.mark.parametrize("batchnorm", ["rule", "fold"])
-@pytest.mark.parametrize("rule", list(RULES))
-@pytest.mark.parametrize("name", list(MODELS))
+CONSERVATION_CASES = [pytest.param(name, rule, batchnorm, id=f"{name}-{rule}-{batchnorm}")
+                      for name in MODELS for rule in RULES for batchnorm in ("rule", "fold")
+                      if not (batchnorm == "fold" and name in NO_BATCHNORM + PRE_ACTIVATION)]
+
+
+@pytest.mark.parametrize("name,rule,batchnorm", CONSERVATION_CASES)
 def test_conserves_on_bias_free_twins(name: str, rule: str, batchnorm: str, monkeypatch: Any) -> None:
+    """sum of relevance = f(x) minus what the rules absorb, in float64 to
+    1e-6 of f(x), the caller's model untouched."""
     if (name, rule) in NOT_CONSERVING:
         pytest.skip("Captum's rule assumes inputs >= 0; these layers take negative ones (see NOT_CONSERVING)")
-    if batchnorm == "fold" and name == "vit":
-        pytest.skip("no BatchNorm")
     torch.manual_seed(0)
     model = _bias_free_twin(MODELS[name]())
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -498,9 +688,9 @@ def test_conserves_on_bias_free_twins(name: str, rule: str, batchnorm: str, monk
     with torch.no_grad():
         f = model(x)[:, 1]
     assert relevance.shape == x.shape
-    if absorbed is not None:  # f(x) minus what the rule absorbed where z' = 0
+    if absorbed is not None:  # f(x) minus what the rules absorbed where a denominator is 0
         kept = f * (1 - absorbed.fraction())
-        assert absorbed.fraction().min() > 0.01, "no relevance absorbed: the model no longer tests this"
+        assert absorbed.fraction().abs().min() > 0.01, "no relevance absorbed: the model no longer tests this"
         assert (relevance.sum((1, 2, 3)) - kept).abs().max() <= TOL_CONSERVE * f.abs().max()
     else:
         assert (relevance.sum((1, 2, 3)) - f).abs().max() <= TOL_CONSERVE * f.abs().max()
@@ -508,6 +698,51 @@ def test_conserves_on_bias_free_twins(name: str, rule: str, batchnorm: str, monk
     after = _snapshot(model)
     assert before["modes"] == after["modes"] and before["hooks"] == after["hooks"]
     assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"])
+
+
+def test_batchnorm_without_a_producing_layer_is_not_folded() -> None:
+    """DenseNet's BatchNorms normalize a concatenation (BN-ReLU-conv), so
+    ``batchnorm='fold'`` has no layer to fold them into (neither has Zennit's
+    canonizer): a ValueError naming the first one, the model unchanged."""
+    torch.manual_seed(0)
+    model = _bias_free_twin(MODELS["densenet"]())
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=r"model\.features\.denseblock1\.denselayer1\.norm1: a BatchNorm folded"):
+        lrp(model, torch.randn(1, 3, 32, 32, dtype=torch.float64), target=1, composite=_composite(RULES["epsilon"], "fold"))
+    after = _snapshot(model)
+    assert before["modes"] == after["modes"] and before["hooks"] == after["hooks"]
+    assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"])
+
+
+_WITHOUT_CAPTUM = """
+import sys
+sys.modules["captum"] = None  # as if not installed: any import of it fails
+import torch, torchvision
+import fastattr
+from fastattr.attr import lrp_rules as rules
+torch.manual_seed(0)
+model = torchvision.models.resnet18(num_classes=5).double().eval()
+x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+relevance = fastattr.lrp(model, x, target=1, composite=rules.default_composite(epsilon=1e-30))
+assert not [name for name in sys.modules if name.startswith("captum.")]
+torch.save(relevance, sys.argv[1])
+"""
+
+
+def test_residual_rules_work_without_captum(tmp_path: Any) -> None:
+    """The function rules (ResNet-18's residual additions) need no Captum:
+    in a process where it cannot be imported, the same relevances."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "relevance.pt"
+    subprocess.run([sys.executable, "-c", _WITHOUT_CAPTUM, str(out)], check=True, timeout=300)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = lrp(model, x, target=1, composite=rules.default_composite(epsilon=1e-30))
+    theirs = torch.load(out)
+    assert (theirs - ref).abs().max() <= 1e-10 * ref.abs().max()  # thread counts may round differently
 
 
 class MeanPooled(nn.Module):

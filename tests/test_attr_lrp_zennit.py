@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import fastattr
 from fastattr.attr import lrp_rules as rules
 from fastattr.attr.lrp_zennit import ZENNIT_COMPOSITES, zennit_composite
+from test_attr_lrp_modern import _bias_free_twin
 
 zennit = pytest.importorskip("zennit")
 from zennit import composites as zc  # noqa: E402
@@ -318,3 +319,51 @@ def test_resnet18_difference_is_zennits_leftover_batchnorm_eps(images: Tuple[Ten
     plain = model(x)
     with _zennit_composite("epsilon_plus", [ztv.ResNetCanonizer()]).context(model) as canonized:
         assert _rel_err(canonized(x), plain) <= 1e-13
+
+
+# ---------------------------------------------------------------------------
+# MobileNetV3: Zennit's module-hook view of a model with gates and residuals
+# ---------------------------------------------------------------------------
+
+TINY = 1e-30  # both libraries' stabilizer: the bias-free twin's activations are ~1e-9
+
+
+def _bias_free_mobilenet_v3() -> nn.Module:
+    """MobileNetV3-small in float64 with its biases and BatchNorm running
+    means zeroed (nothing absorbs relevance but the stabilizers)."""
+    torch.manual_seed(0)
+    return _bias_free_twin(torchvision.models.mobilenet_v3_small(num_classes=5))
+
+
+MOBILENET_RULES = {  # id: (fastattr conv rule, Zennit's, fastattr Linear rule, Zennit's)
+    "eps_conv-alpha1beta0_linear": (rules.EpsilonRule(TINY), lambda: zr.Epsilon(TINY),
+                                    rules.AlphaBetaRule(1.0, 0.0, TINY), lambda: zr.AlphaBeta(1.0, 0.0, TINY)),
+    "alpha2beta1_conv-eps_linear": (rules.AlphaBetaRule(2.0, 1.0, TINY), lambda: zr.AlphaBeta(2.0, 1.0, TINY),
+                                    rules.EpsilonRule(TINY), lambda: zr.Epsilon(TINY)),
+}
+
+
+@pytest.mark.parametrize("case", list(MOBILENET_RULES))
+def test_mobilenet_v3_without_function_rules_matches_zennit(case: str) -> None:
+    """Zennit has no canonizer for MobileNetV3's inverted residuals and
+    squeeze-excitation: its relevance takes the plain gradient of ``result
+    += input`` and ``scale * x`` (with epsilon on the convolutions it sums
+    to 460 and -303 times f(x) on these two examples). fastattr without the function rules (``function_rules=False``)
+    is that same module-hook view, and gives Zennit's numbers; with them
+    (the default) it conserves (test_attr_lrp_modern.py)."""
+    from zennit.composites import LayerMapComposite
+    from zennit.types import Activation, AvgPool, BatchNorm, Convolution
+
+    conv, zennit_conv, linear, zennit_linear = MOBILENET_RULES[case]
+    model = _bias_free_mobilenet_v3()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    base = rules.default_composite("rule", TINY).rules_by_type
+    ours = fastattr.lrp(model, x, target=[1, 3], composite=rules.Composite(
+        {**base, nn.Conv2d: conv, nn.Linear: linear}, function_rules=False))
+    composite = LayerMapComposite([(Activation, zr.Pass()), (Convolution, zennit_conv()), (AvgPool, zr.Norm(TINY)),
+                                   (BatchNorm, zr.Epsilon(TINY)), (nn.Linear, zennit_linear())])
+    with Gradient(model, composite) as attributor:
+        _, theirs = attributor(x.clone().requires_grad_(True),
+                               lambda out: F.one_hot(torch.tensor([1, 3]), out.shape[1]).to(out) * out)
+    assert _rel_err(ours, theirs) <= TOL, case
+

@@ -10,7 +10,10 @@ layers *is* the relevance, as in Captum 0.9's ``LRP``:
   the rule's branches of the layer (modified parameters, recomputed on the
   branch's input part) and ``-> x_k * grad`` at each branch input;
 * relevance passes unchanged through the pass-through layers (ReLU, Dropout,
-  Tanh, ...: Captum replaces their gradient by the gradient of their output);
+  Tanh, ...: Captum replaces their gradient by the gradient of their output):
+  with the function rules, by one autograd node per call (exactly, also
+  for two such layers in a row); without them (the Captum way), by
+  Captum's tensor hooks, with Captum's numbers;
 * the relevances of a seed of 1 are multiplied by the model's output
   ``f_t(x)`` at the end, as Captum does (the outputs are kept from the
   same forward);
@@ -50,7 +53,7 @@ from ._call import build_request, shape_output
 from ._layer import per_layer
 from .integrated_gradients import delta_dtype
 from .layer_gradients import run_at_layers
-from .lrp_backward import Relevance, branch_inputs
+from .lrp_backward import PassedThrough, Relevance, branch_inputs
 from .lrp_functional import FunctionRules, check_attention_module
 from .lrp_rules import (
     FOLD, FUNCTIONS, Branch, Composite, EpsilonRule, IdentityRule, MultiTermRule, PropagationRule, Rule,
@@ -332,6 +335,36 @@ class _Unchanged(BackwardRule):
 _RELEVANCE_UNCHANGED = _Unchanged()
 
 
+def _passed_through(module: nn.Module, inner: Forward) -> Forward:
+    """A pass-through layer's forward under the function rules: its output
+    made without a graph, and one autograd node handing the output's
+    relevance to the input unchanged. (Captum's tensor hooks, which the
+    Captum way keeps, lose a pass-through layer's rule where it takes another
+    hooked layer's output, e.g. timm's ``BatchNormAct2d``'s ``drop`` then
+    ``act``: the first one's output hook sees the second one's ordinary
+    gradient, a SiLU's 1/2 near 0.)"""
+    copy = writes_input(module)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        x = args[0] if args else None
+        if not (isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled()):
+            return inner(*args, **kwargs)
+
+        def output() -> Tensor:
+            out = inner(x.clone() if copy else x, *args[1:], **kwargs)
+            if not (isinstance(out, Tensor) and out.numel() == x.numel()):
+                raise TypeError(
+                    f"model: {type(module).__name__} module passes relevance through (IdentityRule): it must "
+                    f"return one tensor with as many elements as its input, got {type(out).__name__}"
+                )
+            # an identity layer's output is its input: a custom Function must return a new tensor
+            return out.clone() if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else out
+
+        return PassedThrough.apply(output, x)
+
+    return forward
+
+
 def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rule]],
                     state: _CallState) -> ContextManager[None]:
     """Install ``layers``' rules and the output capture on ``model`` while
@@ -346,7 +379,9 @@ def installed_rules(model: nn.Module, layers: Sequence[Tuple[str, nn.Module, Rul
             make = _folded_batchnorm(f"model.{name}", state)
         elif rule == FUNCTIONS:
             continue  # runs as it is, under the function rules
-        else:
+        elif state.functions is not None:
+            make = _passed_through
+        else:  # the Captum way: Captum's hooks, and their numbers
             make = watched(_RELEVANCE_UNCHANGED)
         wrappers.append((module, make if state.functions is None else _own_rule_only(make, state.functions)))
     return _cleared_after(replaced_forwards(wrappers), state)
@@ -432,15 +467,23 @@ def _prepared(model: nn.Module, composite: Optional[Composite]) -> Tuple[_CallSt
 def _function_rules(composite: Composite, state: _CallState) -> FunctionRules:
     """The function rules of ``composite``: ``F.linear`` and ``F.batch_norm``
     get its rules for nn.Linear and nn.BatchNorm2d, the additions, LayerNorms
-    and attention the epsilon of its nn.Linear rule."""
-    linear = _z_rule_or_none(composite.rules_by_type.get(nn.Linear))
-    batchnorm = _z_rule_or_none(composite.rules_by_type.get(nn.BatchNorm2d))
-    epsilon = linear.epsilon if linear is not None else EpsilonRule.epsilon
+    and attention the stabilizer of its nn.Linear rule (a z-rule's
+    ``epsilon``, a multi-term rule's ``stabilizer``; else the default epsilon)."""
+    linear = _weight_rule_or_none(composite.rules_by_type.get(nn.Linear))
+    batchnorm = _weight_rule_or_none(composite.rules_by_type.get(nn.BatchNorm2d))
+    if isinstance(linear, PropagationRule):
+        epsilon = linear.epsilon
+    elif isinstance(linear, MultiTermRule):
+        # not the default: a residual addition must not absorb more than the rule's own stabilizer
+        epsilon = linear.stabilizer
+    else:
+        epsilon = EpsilonRule.epsilon
     return FunctionRules(linear, composite.batchnorm, batchnorm, _functional_fold(state), epsilon)
 
 
-def _z_rule_or_none(rule: Rule) -> Optional[PropagationRule]:
-    return rule if isinstance(rule, PropagationRule) else None
+def _weight_rule_or_none(rule: Rule) -> Optional[Union[PropagationRule, MultiTermRule]]:
+    """``rule`` if it is a z-rule or a multi-term rule (a rule on a layer's weights), else None."""
+    return rule if isinstance(rule, (PropagationRule, MultiTermRule)) else None
 
 
 def _explained_outputs(state: _CallState, target: v.FormattedTarget) -> Tensor:

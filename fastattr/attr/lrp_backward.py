@@ -9,7 +9,7 @@ branches of the layer, and ``-> x_k * grad`` at each branch input
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -46,6 +46,21 @@ class Relevance(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
         (denom,) = ctx.saved_tensors
         return None, grad / denom, None
+
+
+class PassedThrough(torch.autograd.Function):
+    """Forward: ``compute()`` (a layer's output, made without a graph);
+    backward: the gradient into ``x`` unchanged, reshaped to it (the
+    relevance of a pass-through layer's output is its input's)."""
+
+    @staticmethod
+    def forward(ctx: Any, compute: Callable[[], Tensor], x: Tensor) -> Tensor:
+        ctx.shape = x.shape
+        return compute()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor]:
+        return None, grad.reshape(ctx.shape)
 
 
 def input_part(x: Tensor, part: str, copy: bool) -> Tensor:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import inspect
 import math
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +70,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .. import ops
-from .lrp_backward import Relevance, input_part
-from .lrp_rules import Branch, EpsilonRule, PropagationRule
+from .lrp_backward import PassedThrough, Relevance, input_part
+from .lrp_rules import Branch, EpsilonRule, MultiTermRule, PropagationRule
 
 # fold(x, batchnorm-like, value) -> the folded rule's output (lrp.py's fold).
 Fold = Callable[[Tensor, Any, Tensor], Tensor]
+# A rule on a layer's weights: a z-rule or one of Zennit's multi-term rules.
+WeightRule = Union[PropagationRule, MultiTermRule]
 
 _T = torch.Tensor
 # (function, in place, coefficient of the first operand, of the second)
@@ -160,19 +162,6 @@ class _Gated(torch.autograd.Function):
         return (None, None, *grads)
 
 
-class _Unchanged(torch.autograd.Function):
-    """Forward: ``compute()``; backward: the relevance into ``x`` unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, compute: Callable[[], Tensor], x: Tensor) -> Tensor:
-        ctx.shape = x.shape
-        return compute()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor]:
-        return None, grad.reshape(ctx.shape)
-
-
 def _written_into(target: Tensor, value: Tensor) -> Tensor:
     """An in-place op's result: ``value`` copied into ``target`` (autograd
     routes the gradient of ``target`` to ``value``)."""
@@ -190,6 +179,15 @@ def z_rule_output(value: Tensor, function: Callable[[Tensor, Mapping[str, Tensor
     return Relevance.apply(value, through, _stabilized(through, rule.epsilon))
 
 
+def weight_rule_output(value: Tensor, function: Callable[[Tensor, Mapping[str, Tensor]], Tensor], x: Tensor,
+                       params: Mapping[str, Tensor], rule: WeightRule) -> Tensor:
+    """``value`` with ``rule``'s backward for ``function(x, params)``: a
+    multi-term rule's own (:meth:`MultiTermRule.output`), else :func:`z_rule_output`'s."""
+    if isinstance(rule, MultiTermRule):
+        return rule.output(value, function, x, params)
+    return z_rule_output(value, function, x, params, rule)
+
+
 class FunctionRules(TorchFunctionMode):
     """The rules above, for one LRP call.
 
@@ -201,8 +199,8 @@ class FunctionRules(TorchFunctionMode):
         epsilon: the stabilizer of the additions, LayerNorms and attention.
     """
 
-    def __init__(self, linear_rule: Optional[PropagationRule], batchnorm: str,
-                 batchnorm_rule: Optional[PropagationRule], fold: Fold, epsilon: float) -> None:
+    def __init__(self, linear_rule: Optional[WeightRule], batchnorm: str,
+                 batchnorm_rule: Optional[WeightRule], fold: Fold, epsilon: float) -> None:
         super().__init__()
         self.linear_rule = linear_rule
         self.batchnorm = batchnorm
@@ -305,8 +303,8 @@ class FunctionRules(TorchFunctionMode):
         with torch.no_grad():
             value = func(*args, **kwargs)
         params = _detached({"weight": weight, "bias": bias})
-        return z_rule_output(value, lambda xi, p: F.linear(xi, p["weight"], p.get("bias")), x, params,
-                             self.linear_rule)
+        return weight_rule_output(value, lambda xi, p: F.linear(xi, p["weight"], p.get("bias")), x, params,
+                                  self.linear_rule)
 
     def _layer_norm(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         call = _LAYER_NORM_SIGNATURE.bind(*args, **kwargs).arguments
@@ -336,7 +334,7 @@ class FunctionRules(TorchFunctionMode):
         if self.batchnorm == "fold":
             return self.fold(x, _BatchNormValues(call), value)
         if self.batchnorm == "identity" or self.batchnorm_rule is None:
-            return _Unchanged.apply(lambda: value.clone(), x)
+            return PassedThrough.apply(lambda: value.clone(), x)
         training = call.get("training", False)
         stats = (None, None) if training else (call["running_mean"], call["running_var"])
         params = _detached({"weight": call.get("weight"), "bias": call.get("bias")})
@@ -344,7 +342,7 @@ class FunctionRules(TorchFunctionMode):
         def normalized(xi: Tensor, p: Mapping[str, Tensor]) -> Tensor:
             return F.batch_norm(xi, *stats, p.get("weight"), p.get("bias"), training, 0.0, call.get("eps", 1e-5))
 
-        return z_rule_output(value, normalized, x, params, self.batchnorm_rule)
+        return weight_rule_output(value, normalized, x, params, self.batchnorm_rule)
 
     # --- attention -------------------------------------------------------------
 

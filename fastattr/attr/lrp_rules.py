@@ -383,7 +383,9 @@ class Composite:
     outside the layers (residual additions, gates, ``F.batch_norm`` in
     timm's ``BatchNormAct2d``, attention; :mod:`fastattr.attr.lrp_functional`).
     Without them (Captum's way) their plain gradient carries the relevance,
-    and an addition gives each term all of it. ``first_rules``: exact module
+    and an addition gives each term all of it; pass-through layers then
+    use Captum's hooks (a pass-through layer taking another's output loses
+    its rule there, as in Captum). ``first_rules``: exact module
     type -> rule for the first leaf layer (registration order) whose type is
     in it, ahead of ``rules_by_type`` (Zennit's ``first_map``: the input
     layer's ZBox or Flat rule).
