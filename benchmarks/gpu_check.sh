@@ -5,8 +5,9 @@
 #   python env   a venv of its own ($GPU_CHECK_VENV) that sees the base
 #                Python's packages (torch), so pip works under PEP 668
 #   packages     torch, setuptools, wheel, ninja, numpy, pytest and the audit's
-#                packages from the package index where missing; Captum (carried
-#                .whl/ or the index) if it can
+#                packages from the package index where missing; the carried
+#                wheels of .whl/ (benchmarks/gpu_wheels.sh: Captum, Quantus,
+#                Zennit, pytorch-grad-cam); Captum from the index if still missing
 #   toolkit      a CUDA toolkit of torch's CUDA major (csrc/toolchain.py), else
 #                the pip one (nvidia-cuda-nvcc and friends) installed into the venv
 #   build        fastattr._C for the GPU (sm_90), CUDA kernels required; any
@@ -111,11 +112,16 @@ step_packages() {
             "$VPY" -m pip install -q "${audit[@]}"
         fi
     fi
+    # The anchors (Captum, Quantus, Zennit, pytorch-grad-cam): the lent
+    # machines reach no index, so benchmarks/gpu_wheels.sh fills .whl/ here
+    # and the device call carries it; every carried wheel goes into the venv
+    # (pure Python, pinned versions, no dependency resolution).
+    if compgen -G '.whl/*.whl' >/dev/null; then
+        "$VPY" -m pip install -q --no-index --no-deps .whl/*.whl || echo "carried wheels did not install"
+    fi
     # Captum only adds the benchmark's Captum column: its absence is no failure.
     if ! "$VPY" -c 'import captum' 2>/dev/null; then
-        if compgen -G '.whl/*.whl' >/dev/null; then
-            "$VPY" -m pip install -q --no-index --no-deps .whl/*.whl || echo "carried wheels did not install"
-        elif ((DRY_RUN)); then
+        if ((DRY_RUN)); then
             echo "dry run: would pip install captum==0.9.0"
         else
             "$VPY" -m pip install -q captum==0.9.0 || echo "captum not installed: no Captum column"
@@ -215,7 +221,16 @@ EOF
 
 step_benchmark() {
     local rc=0
-    "$VPY" benchmarks/run.py --device cuda --resnet --json "$OUT_DIR/bench.json" || rc=$?
+    # The model forms beside the eager floor: the fast floor and fastattr
+    # eager, fast and compiled (CUDA graphs), as ratios of it. "compiled" on
+    # the ResNet workloads only: each new chunk size is a torch.compile of
+    # the forward and backward (tens of seconds of this machine's CPU), and
+    # the small nets' four more sizes would not fit this step's share of
+    # BUDGET_S beside the timing and the metrics' table. --min-total-s 0:
+    # 15 repeats of >= 50 ms each (GPU times scatter little), not >= 1.5 s
+    # per call and workload, for the same reason.
+    "$VPY" benchmarks/run.py --device cuda --resnet --forms eager,fast,compiled --compiled-only resnet \
+        --min-total-s 0 --json "$OUT_DIR/bench.json" || rc=$?
     # The metrics' table on the GPU (every Quantus class on the small conv
     # nets, one call each; Quantus's column where it is installed), written
     # as it goes: the step's time limit may cut it short.

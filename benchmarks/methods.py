@@ -47,7 +47,8 @@ for the methods that take ``model_form`` (``FORM_METHODS``), a line under
 the workload's row, timed in the same interleaved repeats: the **fast
 floor** (the floor's rows through ``model_form="fast"``'s copy: BatchNorm
 folded, channels-last) and fastattr in each form, as a ratio of the eager
-floor. ``compiled`` adds its first two calls' seconds (the compilation,
+floor (``forms.py``, shared with ``run.py``; a form that does not apply is
+not timed, and the line says why). ``compiled`` adds its first two calls' seconds (the compilation,
 never hidden; one graph per chunk size, reused by every later call). Target: IG and
 SmoothGrad on the ResNet at B=16 in ``"fast"`` form at most
 ``FAST_TARGET`` of the eager floor. Each form's result is checked against
@@ -62,7 +63,6 @@ import re
 import resource
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -72,11 +72,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402
+import forms as F  # noqa: E402
 import workloads as W  # noqa: E402
 
 import fastattr  # noqa: E402
 import fastattr.captum as fc  # noqa: E402
-from fastattr.engine.model_form import FORMS, model_in_form  # noqa: E402
 
 try:
     import captum.attr as ca
@@ -211,13 +211,9 @@ class Bench:
     device: torch.device
     model: nn.Module
     calls: Dict[str, Callable[[], Any]]
-    # A form's first two calls, in seconds: a compiled form compiles in the
-    # first call that runs a chunk of the measured size (the first call
-    # measures the model on its first chunk, uncompiled: the second call when
-    # that chunk is all the rows).
-    first_calls_s: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    # The forms' first two calls (the compilation), the forms not timed and why
+    forms: F.FormCalls = field(default_factory=F.FormCalls)
     example: Optional[Tuple[Tensor, Tensor, Tensor]] = None  # (x, target, refs) the calls explain
-    notes: List[str] = field(default_factory=list)  # printed under the forms line (a form that did not apply)
 
     @property
     def name(self) -> str:
@@ -400,17 +396,8 @@ def build(spec: MethodSpec, forms: Tuple[str, ...] = ()) -> Bench:
         calls["bare"] = bare
     bench = Bench(spec, torch.device("cpu"), model, calls, example=(x, t, refs))
     if spec.method in FORM_METHODS:
-        for form in forms:
-            if form == "fast":
-                calls["floor[fast]"] = _floor(model_in_form(model, "fast", (x,)).model, rows, onehot)
-            call = _form_call(spec, model, x, t, refs, form)
-            seconds = []
-            for _ in range(2):  # a compiled form compiles here: reported, not hidden
-                t0 = time.perf_counter()
-                call()
-                seconds.append(time.perf_counter() - t0)
-            bench.first_calls_s[form] = (seconds[0], seconds[1])
-            calls[f"fastattr[{form}]"] = call
+        bench.forms = F.add_form_calls(calls, model, x, rows, onehot, forms,
+                                       lambda form: _form_call(spec, model, x, t, refs, form), bench.device)
     return bench
 
 
@@ -477,8 +464,8 @@ FORM_CHECK_EXAMPLES = 8
 
 
 def _check_forms(bench: Bench) -> List[str]:
-    """Problems of the model forms' calls: a form that did not apply (it
-    would time eager under another name), or results further from float64
+    """Problems of the model forms' calls: a form that did not apply for
+    another reason than nothing to rewrite (``forms.add_form_calls``), or results further from float64
     than ``FORM_FACTOR`` times fastattr eager's float32 ones (the median
     over the workload's examples, at least ``FORM_CHECK_EXAMPLES``, of the
     ratio of their max errors).
@@ -489,7 +476,7 @@ def _check_forms(bench: Bench) -> List[str]:
     3e-8 of its layer's largest, and the fast form's gradient of that row
     was 6e-3 off); a rewrite that changed the function is off on every
     example."""
-    problems = []
+    problems = list(bench.forms.problems)
     x, t, refs = bench.example
     if x.shape[0] < FORM_CHECK_EXAMPLES:  # else the workload's own (a compiled form then compiles no other size)
         g = torch.Generator().manual_seed(W.SEED + 1000)
@@ -506,10 +493,6 @@ def _check_forms(bench: Bench) -> List[str]:
         if not name.startswith("fastattr["):
             continue
         form = name[len("fastattr["):-1]
-        used = model_in_form(bench.model, form, (x,))
-        if used.form != form:  # nothing to rewrite (an MLP without BatchNorm): it times eager
-            bench.notes.append(f"{name} runs {used.form}: {used.reason}")
-            continue
         ratio = errors(_form_call(bench.spec, bench.model, x, t, refs, form)()) / torch.maximum(errors(eager), floor)
         if ratio.median().item() > FORM_FACTOR:
             problems.append(f"{name}: error against float64 {ratio.median().item():.3g} x eager float32's "
@@ -521,15 +504,7 @@ def forms_line(bench: Bench, times: Dict[str, List[float]]) -> str:
     """The model forms of one workload, as ratios of the eager floor (best
     times, and paired within repeats)."""
     floor = min(times["floor"])
-    parts = []
-    for name in times:
-        if name == "floor[fast]" or name.startswith("fastattr["):
-            best = min(times[name])
-            parts.append(f"{name} {best * 1000:.3f} ms = {best / floor:.3f} ({R.paired_ratio(times, name, 'floor'):.3f})")
-    if "compiled" in bench.first_calls_s:
-        first, second = bench.first_calls_s["compiled"]
-        parts.append(f"compiled: first two calls {first:.1f} s, {second:.1f} s (the compilation)")
-    line = "    of the eager floor: " + "; ".join(parts + bench.notes)
+    line = F.ratios_line(times, bench.forms)
     if bench.spec.model == "resnet18" and bench.spec.batch == 16 and bench.spec.method in (
             "integrated_gradients", "smoothgrad") and "fastattr[fast]" in times:
         ratio = min(times["fastattr[fast]"]) / floor
@@ -624,9 +599,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "('' for none; compiled pays a torch.compile per workload)")
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    forms = tuple(f for f in args.forms.split(",") if f)
-    if any(f not in FORMS for f in forms):
-        p.error(f"--forms: expected names among {', '.join(FORMS)}, got {args.forms!r}")
+    try:
+        forms = F.parse_forms(args.forms)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.peak_child:
         peak_child(args.peak_child)
         return 0

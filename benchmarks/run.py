@@ -3,6 +3,7 @@
     python benchmarks/run.py                       # the 8 CPU workloads
     python benchmarks/run.py --quick               # smoke run (fewer, shorter repeats)
     python benchmarks/run.py --device cuda --resnet
+    python benchmarks/run.py --forms eager,fast,compiled   # + the compiled model form (it compiles)
 
 Each time is the best of at least ``--repeats`` repeats (more for slow
 workloads, see ``--min-total-s``); a repeat is the mean of k calls, k chosen so
@@ -15,6 +16,11 @@ and the floor's forward + backward with nothing else (no checks, no target
 handling, no planning). It is the lowest fa/floor any call can reach here: on
 the tiny rows, what separates it from 1.00 is per-op dispatch, not
 framework overhead.
+
+The line under each workload (``--forms``, default ``eager,fast``) gives the
+model forms as ratios of the eager floor, timed in the same repeats: the fast
+floor and fastattr with each ``model_form`` (``forms.py``); a compiled form's
+first two calls, which pay its compilation, are reported beside them.
 """
 from __future__ import annotations
 
@@ -25,16 +31,17 @@ import math
 import os
 import re
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import forms as F  # noqa: E402
 import workloads as W  # noqa: E402
+from workloads import paired_ratio  # noqa: E402  (methods.py and metrics.py use it as run.paired_ratio)
 
 # fastattr/floor targets (2-core CPU): floor >= 1 ms -> 1.10, tinier rows -> 1.20;
 # and fastattr at least 5x faster than Captum on the MLP rows.
@@ -83,15 +90,6 @@ def measure(bench: W.Bench, repeats: int, warmup: int, min_repeat_s: float,
     return times
 
 
-def paired_ratio(times: Dict[str, List[float]], a: str, b: str) -> float:
-    """``a / b`` within each repeat (adjacent calls), median over repeats: a
-    second estimate beside the ratio of best times, robust to the machine's
-    slow drifts; nan when either was not timed."""
-    if a not in times or b not in times:
-        return math.nan
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
-
-
 def verdict(spec: W.Spec, floor_ms: float, fa_ms: float, ca_ms: float) -> str:
     limit = RATIO_BIG if floor_ms >= TINY_FLOOR_MS else RATIO_TINY
     misses = []
@@ -103,6 +101,31 @@ def verdict(spec: W.Spec, floor_ms: float, fa_ms: float, ca_ms: float) -> str:
         elif ca_ms / fa_ms < MLP_SPEEDUP:
             misses.append(f"captum/fa<{MLP_SPEEDUP:g}")
     return "yes" if not misses else "NO (" + ", ".join(misses) + ")"
+
+
+def add_forms(bench: W.Bench, forms: Tuple[str, ...], compiled_only: Optional[str]) -> F.FormCalls:
+    """Add the fast floor and fastattr in each of ``forms`` to ``bench.calls``
+    (``forms.add_form_calls``); ``"compiled"`` only where the workload's name
+    matches ``compiled_only`` (None: everywhere), a note elsewhere."""
+    skip_compiled = compiled_only is not None and not re.search(compiled_only, bench.name)
+    found = F.add_form_calls(
+        bench.calls, bench.model, bench.x, bench.floor_rows, bench.floor_onehot,
+        tuple(f for f in forms if not (f == "compiled" and skip_compiled)),
+        lambda form: W.fastattr_call(bench.spec, bench.model, bench.x, bench.target, form), bench.device)
+    if skip_compiled and "compiled" in forms:
+        found.notes.append(f"compiled: not timed on this workload (--compiled-only {compiled_only!r})")
+    return found
+
+
+def check_forms(bench: W.Bench) -> List[str]:
+    """``forms.check_forms`` of the model forms' calls in ``bench.calls``,
+    within ``workloads.tolerance`` measured here, where the forms run: on
+    CUDA with TF32 as the caller left it (the compiled form's CUDA graphs
+    captured it); ``workloads.check`` turns it off for its own checks."""
+    if not F.form_names(bench.calls):
+        return []
+    return F.check_forms(bench.calls, bench.model, bench.x, bench.floor_rows, bench.floor_onehot,
+                         lambda model: W.bare_call(bench.spec, model, bench.x, bench.floor_onehot), W.tolerance(bench))
 
 
 class OtherLoad:
@@ -153,7 +176,16 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file, rewritten after every "
                    "workload (\"complete\": false until the run ends, so a timeout keeps what finished)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    p.add_argument("--forms", default="eager,fast",
+                   help="model forms timed beside the eager floor, comma-separated among eager, fast, compiled "
+                        "(default eager,fast; '' for none; compiled pays a torch.compile per chunk size)")
+    p.add_argument("--compiled-only", default=None, metavar="REGEX",
+                   help="time the compiled form only on the workloads whose name matches (each compiles)")
     args = p.parse_args(argv)
+    try:
+        forms = F.parse_forms(args.forms)
+    except ValueError as exc:
+        p.error(str(exc))
 
     device = torch.device(args.device)
     if args.threads:
@@ -178,6 +210,9 @@ def main(argv: List[str] = None) -> int:
     print(f"best of >= {repeats} repeats, each >= {min_repeat_s * 1000:g} ms; "
           f"IG n_steps={W.N_STEPS} (gausslegendre, zero baseline), "
           f"SmoothGrad n_samples={W.N_SAMPLES} stdev={W.STDEV} (saliency, abs)")
+    if forms:
+        print(f"model forms {', '.join(forms)}: the line under each workload gives the fast floor and fastattr "
+              f"with each model_form as ratios of the eager floor (paired in brackets)")
     targets_apply = device.type == "cpu"
     if not targets_apply:
         print("(the targets are defined for the 2-core CPU; on this device the column is informational)")
@@ -201,6 +236,8 @@ def main(argv: List[str] = None) -> int:
         try:
             bench = W.build(spec, device)
             problems = W.check(bench)
+            found = add_forms(bench, forms, args.compiled_only)
+            problems += found.problems + check_forms(bench)
             times = measure(bench, repeats, warmup, min_repeat_s, min_total_s)
         except Exception as exc:  # one broken workload (e.g. out of memory) must not hide the rest
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -224,12 +261,14 @@ def main(argv: List[str] = None) -> int:
         print(f"{spec.name:<22} {spec.rows:>5} {floor_ms:>10.3f} {fa_ms:>12.3f} {ca_ms:>10.3f} "
               f"{fa_ms / floor_ms:>9.3f} {paired:>8.3f} {bare_ms / floor_ms:>10.3f} {ca_ms / fa_ms:>10.2f}  {met}",
               flush=True)
+        if forms:
+            print(F.ratios_line(times, found), flush=True)
         results.append(dict(workload=spec.name, rows=spec.rows, floor_ms=floor_ms, fastattr_ms=fa_ms,
                             captum_ms=ca_ms, bare_ms=bare_ms, fastattr_over_floor=fa_ms / floor_ms,
                             bare_over_floor=bare_ms / floor_ms,
                             fastattr_over_floor_paired_median=paired,
                             captum_over_fastattr=ca_ms / fa_ms, target_met=met, check=problems,
-                            repeats=len(times["floor"]),
+                            repeats=len(times["floor"]), forms=F.ratios(times, found),
                             times_ms={n: [t * 1000 for t in v] for n, v in times.items()}))
         write_json(None)
         del bench

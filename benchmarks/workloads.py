@@ -6,11 +6,12 @@ A workload is (model, batch, method). For each there are three callables that
 must compute over exactly the same rows:
 
 * ``fastattr``: the functional call (``fastattr.integrated_gradients`` /
-  ``fastattr.smoothgrad``).
+  ``fastattr.smoothgrad``), in its default model form (``"fast"``).
 * ``captum``: Captum with its defaults (``IntegratedGradients(model).attribute``
   / ``NoiseTunnel(Saliency(model)).attribute(nt_type="smoothgrad")``), one batch.
-* ``floor``: one bare forward + backward over the ``B * 50`` rows the method
-  evaluates (rows and one-hot grad_outputs made once, outside the timing).
+* ``floor``: one bare forward + backward of the eager model over the ``B * 50``
+  rows the method evaluates (rows and one-hot grad_outputs made once, outside
+  the timing).
 * ``bare``: the least any implementation on this engine does (:func:`bare_call`):
   the fused row generation, the floor's forward + backward and the fused
   accumulation, with nothing checked, formatted or planned. ``bare / floor``
@@ -18,12 +19,15 @@ must compute over exactly the same rows:
 
 :func:`check` verifies before any timing that they all really evaluate the
 same rows, that fastattr's attributions equal Captum's and that ``bare``
-gives fastattr's numbers.
+gives fastattr's numbers. The model forms' calls (the fast floor, fastattr
+with each ``model_form``) are ``forms.py``'s.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,36 +234,39 @@ def build(spec: Spec, device="cpu") -> Bench:
     onehot.scatter_(1, target.repeat_interleave(per_example).unsqueeze(1), 1.0)
     bench = Bench(spec, device, model, x, target, rows, onehot)
 
-    ca = None
-    if spec.method == "ig":
-
-        def fa() -> Tensor:
-            return fastattr.integrated_gradients(model, x, target=target, n_steps=N_STEPS)
-
-        if HAVE_CAPTUM:
-            ig = IntegratedGradients(model)
-
-            def ca() -> Tensor:
-                return ig.attribute(x, target=target, n_steps=N_STEPS)
-    else:
-
-        def fa() -> Tensor:
-            return fastattr.smoothgrad(model, x, target=target, n_samples=N_SAMPLES, stdev=STDEV)
-
-        if HAVE_CAPTUM:
-            nt = NoiseTunnel(Saliency(model))
-
-            def ca() -> Tensor:
-                return nt.attribute(x, nt_type="smoothgrad", nt_samples=N_SAMPLES, stdevs=STDEV, target=target)
-
-    def floor() -> Tensor:
-        out = model(rows)
-        return torch.autograd.grad(out, rows, grad_outputs=onehot)[0]
-
-    bench.calls = {"fastattr": fa, "captum": ca, "floor": floor, "bare": bare_call(spec, model, x, onehot)}
-    if ca is None:
-        del bench.calls["captum"]
+    bench.calls = {"fastattr": fastattr_call(spec, model, x, target)}
+    if HAVE_CAPTUM:
+        bench.calls["captum"] = captum_call(spec, model, x, target)
+    bench.calls.update(floor=floor_call(model, rows, onehot), bare=bare_call(spec, model, x, onehot))
     return bench
+
+
+def fastattr_call(spec: Spec, model: nn.Module, x: Tensor, target: Tensor,
+                  model_form: Optional[str] = None) -> Callable[[], Tensor]:
+    """fastattr's functional call of ``spec`` on ``x`` ``[B, *F]`` (result
+    ``[B, *F]``): with ``model_form`` where given, else the function's
+    default form."""
+    form = {} if model_form is None else {"model_form": model_form}
+    if spec.method == "ig":
+        return lambda: fastattr.integrated_gradients(model, x, target=target, n_steps=N_STEPS, **form)
+    return lambda: fastattr.smoothgrad(model, x, target=target, n_samples=N_SAMPLES, stdev=STDEV, **form)
+
+
+def captum_call(spec: Spec, model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], Tensor]:
+    """Captum's call of ``spec`` with its defaults (all rows in one batch);
+    needs Captum (``HAVE_CAPTUM``)."""
+    if spec.method == "ig":
+        ig = IntegratedGradients(model)
+        return lambda: ig.attribute(x, target=target, n_steps=N_STEPS)
+    nt = NoiseTunnel(Saliency(model))
+    return lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=N_SAMPLES, stdevs=STDEV, target=target)
+
+
+def floor_call(model: Callable[[Tensor], Tensor], rows: Tensor, onehot: Tensor) -> Callable[[], Tensor]:
+    """One bare forward + backward of ``rows`` ``[R, *F]`` (a requires-grad
+    leaf) seeded with ``onehot`` ``[R, C]``: the floor. Returns the rows'
+    gradients ``[R, *F]``."""
+    return lambda: torch.autograd.grad(model(rows), rows, grad_outputs=onehot)[0]
 
 
 def bare_call(spec: Spec, model: nn.Module, x: Tensor, onehot: Tensor) -> Callable[[], Tensor]:
@@ -338,6 +345,15 @@ def tolerance(bench: "Bench") -> float:
     return max(TOLERANCE_FACTOR * err, 64 * torch.finfo(torch.float32).eps)
 
 
+def paired_ratio(times: Dict[str, List[float]], a: str, b: str) -> float:
+    """``a / b`` within each repeat (adjacent calls), median over repeats: a
+    second estimate beside the ratio of best times, robust to the machine's
+    slow drifts; nan when either was not timed."""
+    if a not in times or b not in times:
+        return math.nan
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def rel_err(a: Tensor, b: Tensor) -> float:
     """max |a - b| / max |b| (b all zero: max |a - b|)."""
     scale = b.abs().max().item()
@@ -404,8 +420,10 @@ def _check(bench: Bench) -> List[str]:
     spec, x, tol = bench.spec, bench.x, tolerance(bench)
     want_rows = spec.rows
     results, rows = {}, {}
-    for who, fn in bench.calls.items():
-        results[who], with_grad, without = record_rows(bench.model, fn)
+    for who in IMPLEMENTATIONS:  # not the model forms' calls (a fast floor runs a copy of the model)
+        if who not in bench.calls:
+            continue
+        results[who], with_grad, without = record_rows(bench.model, bench.calls[who])
         rows[who] = torch.cat([t for t in (with_grad, without) if t is not None])
         if rows[who].shape[0] != want_rows:
             problems.append(f"{who} ran the model on {rows[who].shape[0]} rows, expected {want_rows}")

@@ -137,6 +137,10 @@ class ModelForm:
             self.compiled.serve(rows, grad)
 
 
+# How the reason starts where the model has nothing to rewrite: eager *is* its fast form.
+NO_REWRITE = "no rewrite applies"
+
+
 def check_model_form(form: Any) -> str:
     """``form`` if it is one of :data:`FORMS`, else a ValueError naming ``model_form``."""
     if not isinstance(form, str) or form not in FORMS:
@@ -490,7 +494,7 @@ def _rewritten(model: nn.Module) -> Tuple[Optional[nn.Module], Optional[str]]:
     folded = fold_batch_norms(graph)
     channels_last = any(isinstance(m, nn.Conv2d) for m in graph.modules())
     if not folded and not channels_last:
-        return None, "no rewrite applies (no BatchNorm after a convolution or linear layer, no 2-D convolution)"
+        return None, NO_REWRITE + " (no BatchNorm after a convolution or linear layer, no 2-D convolution)"
     if channels_last:
         graph.to(memory_format=torch.channels_last)
     return _FastForward(graph, channels_last).eval(), None
