@@ -24,11 +24,13 @@ with saliency:
   images), the row says why (Quantus's own exception) in place of its time.
   ROAD ranks pixels: on 3 channels both sides get saliency summed over them.
 * **floor**: the rows fastattr's call evaluated, recorded with their values
-  (``workloads.record_rows``), then run bare: forward + backward over the
-  rows that needed a gradient and a no-grad forward over the rest, in chunks
-  of the largest call fastattr made (so the floor holds no more memory than
-  fastattr did). It leaves out everything that is not the model: SLIC,
-  ROAD's imputation, the reductions, weight randomisation.
+  and the weights they ran on (``record_rows_by_model``: the randomization
+  tests' randomized copies, frozen as they ran), then run bare: forward +
+  backward over the rows that needed a gradient and a no-grad forward over
+  the rest, each on its weights, in chunks of the largest call fastattr made
+  (so the floor holds no more memory than fastattr did). It leaves out
+  everything that is not the model: SLIC, ROAD's imputation, the
+  reductions, weight randomisation itself.
 * the ``-captum`` rows (a second table): ``captum.metrics.sensitivity_max``
   and ``infidelity`` against ``fastattr.captum.metrics``, called the same way.
 
@@ -52,6 +54,7 @@ Infidelity) read ``ERROR`` / ``CHECK FAILED`` and make the script exit 1.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import inspect
 import math
@@ -247,26 +250,72 @@ class ModelCalls:
         return f"{self.rows[0]}+{self.rows[1]}"
 
 
-def floor_call(model: nn.Module, grad_rows: Optional[Tensor], fwd_rows: Optional[Tensor], y: Tensor,
-               counted: ModelCalls) -> Callable[[], None]:
+# Rows of one kind (autograd on / off), as runs of calls of one module state:
+# (the module as it ran, the rows of those calls, concatenated).
+Segments = List[Tuple[nn.Module, Tensor]]
+
+
+def record_rows_by_model(model: nn.Module, fn: Callable[[], Any]) -> Tuple[Any, Segments, Segments]:
+    """``(result, rows run with autograd, rows run without)`` of one call of
+    ``fn``, as :func:`workloads.record_rows` records them, each kind split in
+    runs of calls of one module state: ``model`` itself, or a frozen copy of a
+    copy the metric made and changed (the randomization tests' randomized
+    models, whose random weights run measurably slower: 11% on the 3x32x32
+    conv net), so that the floor runs every row on the weights it ran on."""
+    segments: Tuple[List[Tuple[nn.Module, List[Tensor]]], ...] = ([], [])
+    states: Dict[Tuple[Any, ...], nn.Module] = {}
+    original = (id(model),) + tuple((id(t), t._version) for t in model.parameters())
+
+    def record(module: nn.Module, args: Tuple[Any, ...]) -> None:
+        if not isinstance(args[0], Tensor):
+            return
+        key = (id(module),) + tuple((id(t), t._version) for t in module.parameters())
+        if key not in states:
+            states[key] = model if key == original else _frozen(module)
+        ran = states[key]
+        kind = segments[0 if torch.is_grad_enabled() else 1]
+        if not kind or kind[-1][0] is not ran:
+            kind.append((ran, []))
+        kind[-1][1].append(args[0].detach().clone())
+
+    handle = model.register_forward_pre_hook(record)
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return (out, *([(m, torch.cat(rows)) for m, rows in kind] for kind in segments))
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` as it is now, without the forward pre-hooks the
+    benchmark put on it (which a copy made inside the metric inherited)."""
+    twin = copy.deepcopy(module)
+    twin._forward_pre_hooks.clear()
+    return twin
+
+
+def floor_call(grad_rows: Segments, fwd_rows: Segments, y: Tensor, counted: ModelCalls) -> Callable[[], None]:
     """The bare forward + backward of ``grad_rows`` and no-grad forward of
-    ``fwd_rows``, in chunks of the largest call of each kind fastattr made."""
-    onehot = None
-    if grad_rows is not None:
-        grad_rows = grad_rows.detach().requires_grad_()
-        classes = y.repeat(-(-grad_rows.shape[0] // BATCH))[:grad_rows.shape[0]]
-        onehot = nn.functional.one_hot(classes, W.N_CLASSES).to(grad_rows.dtype)
+    ``fwd_rows``, each segment on its module, in chunks of the largest call
+    of each kind fastattr made."""
+    n_grad = sum(rows.shape[0] for _, rows in grad_rows)
+    classes = y.repeat(-(-n_grad // BATCH))[:n_grad] if n_grad else y[:0]
+    onehot = nn.functional.one_hot(classes, W.N_CLASSES)
+    leaves = [(m, rows.detach().requires_grad_()) for m, rows in grad_rows]
     g_chunk, f_chunk = max(counted.largest[0], 1), max(counted.largest[1], 1)
 
     def floor() -> None:
-        if grad_rows is not None:
-            for i in range(0, grad_rows.shape[0], g_chunk):
-                rows = grad_rows[i:i + g_chunk]
-                torch.autograd.grad(model(rows), rows, grad_outputs=onehot[i:i + g_chunk])
-        if fwd_rows is not None:
-            with torch.no_grad():
-                for i in range(0, fwd_rows.shape[0], f_chunk):
-                    model(fwd_rows[i:i + f_chunk])
+        r0 = 0
+        for model, rows in leaves:
+            for i in range(0, rows.shape[0], g_chunk):
+                part = rows[i:i + g_chunk]
+                seed = onehot[r0 + i:r0 + i + part.shape[0]].to(part.dtype)
+                torch.autograd.grad(model(part), part, grad_outputs=seed)
+            r0 += rows.shape[0]
+        with torch.no_grad():
+            for model, rows in fwd_rows:
+                for i in range(0, rows.shape[0], f_chunk):
+                    model(rows[i:i + f_chunk])
 
     return floor
 
@@ -364,7 +413,7 @@ def build_quantus_case(w: Workload, case: Dict[str, Any], samples: int) -> Bench
     calls["fastattr"] = lambda: ours(model=w.model, x_batch=w.x, y_batch=w.y, device=w.device, **fa_args)
     fa_count = ModelCalls()
     try:
-        ours_out, g_rows, f_rows = fa_count.run(w.model, lambda: W.record_rows(w.model, calls["fastattr"]))
+        ours_out, g_rows, f_rows = fa_count.run(w.model, lambda: record_rows_by_model(w.model, calls["fastattr"]))
     except Exception as exc:
         raise Refused(f"fastattr: {type(exc).__name__}: {_first_line(exc)}; "
                       + (quantus_note or "Quantus ran it")) from exc
@@ -374,7 +423,7 @@ def build_quantus_case(w: Workload, case: Dict[str, Any], samples: int) -> Bench
         bench.qu_count = qu_count
         if not _same_form(ours_out, theirs_out):
             bench.problems.append(f"fastattr returned {_form(ours_out)}, Quantus {_form(theirs_out)}")
-    calls["floor"] = floor_call(w.model, g_rows, f_rows, w.y, fa_count)
+    calls["floor"] = floor_call(g_rows, f_rows, w.y, fa_count)
     return bench
 
 
@@ -399,8 +448,8 @@ def build_captum_case(w: Workload, metric: str, samples: int) -> Bench:
             calls[who] = (lambda m=metrics, a=attributions: m.infidelity(
                 w.model, _gaussian_perturbation, x, a, target=y, n_perturb_samples=INFIDELITY_SAMPLES))
     fa_count = ModelCalls()
-    _, g_rows, f_rows = fa_count.run(w.model, lambda: W.record_rows(w.model, calls["fastattr"]))
-    calls["floor"] = floor_call(w.model, g_rows, f_rows, y, fa_count)
+    _, g_rows, f_rows = fa_count.run(w.model, lambda: record_rows_by_model(w.model, calls["fastattr"]))
+    calls["floor"] = floor_call(g_rows, f_rows, y, fa_count)
     expected = ((0, BATCH * (INFIDELITY_SAMPLES + 1)) if metric == "Infidelity"  # attributions given
                 else (BATCH * (samples + 1), 0))
     return Bench(f"{w.name}-{CAPTUM_METRICS[metric]}-captum", w.device, calls, fa_count,
