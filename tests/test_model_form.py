@@ -390,6 +390,33 @@ def test_changed_parameters_make_a_new_copy():
                         fastattr.saliency(model, x, target=TARGET, abs=False), factor=FACTOR)
 
 
+@pytest.mark.parametrize("name", ["conv_bn", "mlp_bn", "vit"])
+def test_changed_values_refresh_the_copy_in_place(name):
+    """A change of the weights' values only (an optimizer step, a
+    randomization step) refreshes the fast copy in place, no rebuild (no
+    trace, fold or check again): the same copy, holding exactly the tensors
+    a copy built afresh from the changed model holds (folds included; the
+    ViT has parameters on non-leaf modules: its class token and position
+    embedding)."""
+    make, shape = MODELS[name]
+    model, x = make(), torch.rand((2, *shape), generator=torch.Generator().manual_seed(6))
+    before = mf.model_in_form(model, "fast", (x,))
+    assert before.form == "fast"
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for t in [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]:
+            t.mul_(torch.empty_like(t).uniform_(0.5, 1.5, generator=g))
+    after = mf.model_in_form(model, "fast", (x,))
+    assert after.model is before.model
+    rebuilt = mf.model_in_form(copy.deepcopy(model), "fast", (x,)).model
+    mine, fresh = after.model.state_dict(), rebuilt.state_dict()
+    assert mine.keys() == fresh.keys()
+    for key in mine:
+        assert torch.equal(mine[key], fresh[key]), key
+    with torch.no_grad():
+        assert torch.equal(after.model(x), rebuilt(x))
+
+
 def test_bad_model_form_fails_before_any_compute():
     calls = []
     model = conv_bn_net()

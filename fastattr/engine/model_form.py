@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import weakref
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
@@ -231,31 +232,36 @@ def _blocker(model: nn.Module) -> Optional[str]:
     return None
 
 
-def _fingerprint(model: nn.Module) -> Optional[Tuple[Any, ...]]:
-    """What a copy goes stale with: every module's identity, and every
-    parameter's and buffer's identity, storage and version counter; None
-    when a module is in train mode or has hooks (:func:`_blocker` says
-    which). One walk over the modules' own dicts, on every call (a hook or
-    ``model.train()`` may come and go between calls): ``named_modules`` and
-    ``parameters`` take several times longer."""
+Fingerprint = Tuple[Tuple[Any, ...], Tuple[Any, ...]]
+
+
+def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
+    """What a copy goes stale with, as ``(structure, values)``: every
+    module's identity and every parameter's and buffer's identity, dtype,
+    device and shape (a change rebuilds the copy); their storages and
+    version counters (a change refreshes the copy's weights in place, see
+    :func:`_refresh`). None when a module is in train mode or has hooks
+    (:func:`_blocker` says which). One walk over the modules' own dicts, on
+    every call (a hook or ``model.train()`` may come and go between calls):
+    ``named_modules`` and ``parameters`` take several times longer."""
     if _global_hooks():
         return None
-    key: List[Any] = []
+    structure: List[Any] = []
+    values: List[Any] = []
     stack = [model]
     while stack:
         m = stack.pop()
         if (m.training or m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
                 or getattr(m, "_backward_pre_hooks", None)):
             return None
-        key.append(id(m))
-        for t in m._parameters.values():
-            if t is not None:
-                key.append((id(t), t.data_ptr(), t._version))
-        for t in m._buffers.values():
-            if t is not None:
-                key.append((id(t), t.data_ptr(), t._version))
+        structure.append(id(m))
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    structure.append((id(t), t.dtype, t.device, t.shape))
+                    values.append((t.data_ptr(), t._version))
         stack.extend(c for c in m._modules.values() if c is not None)
-    return tuple(key)
+    return tuple(structure), tuple(values)
 
 
 def _state(model: nn.Module) -> Iterator[Tensor]:
@@ -271,8 +277,9 @@ class _Entry:
     """One state of one caller's model: its rewritten copy (made once), the
     check of that copy per input signature, and compiled forms per signature."""
 
-    fingerprint: Tuple[Any, ...]
-    fast: Optional[nn.Module]  # the rewritten copy; None: fast_reason says why not
+    structure: Tuple[Any, ...]  # what the copies were made for (_fingerprint)
+    values: Tuple[Any, ...]  # the weights' storages and versions they hold
+    fast: Optional["_FastForward"]  # the rewritten copy; None: fast_reason says why not
     fast_reason: Optional[str]
     checked: Dict[Tuple[Any, ...], Optional[str]] = dataclasses.field(default_factory=dict)  # None: fine
     compiled: Dict[Tuple[Any, ...], CompiledForward] = dataclasses.field(default_factory=dict)
@@ -298,13 +305,22 @@ def _storages(module: nn.Module) -> FrozenSet[int]:
     return frozenset(t.untyped_storage().data_ptr() for t in _state(module))
 
 
-def _entry(model: nn.Module, fingerprint: Tuple[Any, ...]) -> _Entry:
-    """The cache entry of ``model`` in its current state (made afresh when its
-    fingerprint changed)."""
+def _entry(model: nn.Module, fingerprint: Fingerprint) -> _Entry:
+    """The cache entry of ``model`` in its current state: made afresh when
+    its structure changed, its copies' weights refreshed in place when only
+    their values did (an optimizer step, a randomization step: a rebuild
+    would trace, fold and check the copy again, seconds on a ResNet, for
+    every step)."""
+    structure, values = fingerprint
     entry = _cache.get(model)
-    if entry is None or entry.fingerprint != fingerprint:
+    if entry is None or entry.structure != structure:
         fast, reason = _rewritten(model)
-        entry = _cache[model] = _Entry(fingerprint, fast, reason)
+        entry = _cache[model] = _Entry(structure, values, fast, reason)
+    elif entry.values != values:
+        for copied in (entry.fast, entry.plain):
+            if copied is not None:
+                _refresh(copied, model)
+        entry.values = values
     return entry
 
 
@@ -330,10 +346,11 @@ class _FastForward(nn.Module):
     """The rewritten graph, fed its 4-D floating-point arguments in
     ``channels_last`` when it runs in that layout."""
 
-    def __init__(self, graph: fx.GraphModule, channels_last: bool):
+    def __init__(self, graph: fx.GraphModule, channels_last: bool, folded: Sequence[Tuple[str, str]] = ()):
         super().__init__()
         self.graph_module = graph
         self.channels_last = channels_last
+        self.folded = tuple(folded)  # (producer, batchnorm) names, in the caller's model too
 
     def forward(self, *args: Any) -> Any:
         if self.channels_last:
@@ -351,13 +368,11 @@ class _LinearBatchNorm(nn.Module):
     def __init__(self, linear: nn.Linear, bn: nn.BatchNorm1d):
         super().__init__()
         self.linear, self.bn = linear, bn
-        scale, shift = _batch_norm_affine(bn)
-        weight = linear.weight.detach().double() * scale[:, None]
-        bias = shift if linear.bias is None else linear.bias.detach().double() * scale + shift
+        weight, bias = _folded_weights(linear, bn)
         self.folded = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
                                 dtype=linear.weight.dtype)
-        self.folded.weight = nn.Parameter(weight.to(linear.weight.dtype), requires_grad=False)
-        self.folded.bias = nn.Parameter(bias.to(linear.weight.dtype), requires_grad=False)
+        self.folded.weight = nn.Parameter(weight, requires_grad=False)
+        self.folded.bias = nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.folded(x) if x.dim() == 2 else self.bn(self.linear(x))
@@ -375,15 +390,22 @@ def _batch_norm_affine(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Ten
     return scale, shift
 
 
-def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """A copy of ``conv`` computing ``bn(conv(x))`` (weights folded in float64, rounded once)."""
+def _folded_weights(producer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
+    """``(weight, bias)`` of ``bn(producer(x))`` as one conv / linear layer:
+    folded in float64, rounded once to the producer's dtype."""
     scale, shift = _batch_norm_affine(bn)
-    w = conv.weight.detach()
+    w = producer.weight.detach()
     weight = w.double() * scale.view(-1, *([1] * (w.dim() - 1)))
-    bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
+    bias = shift if producer.bias is None else producer.bias.detach().double() * scale + shift
+    return weight.to(w.dtype), bias.to(w.dtype)
+
+
+def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of ``conv`` computing ``bn(conv(x))`` (:func:`_folded_weights`)."""
+    weight, bias = _folded_weights(conv, bn)
     fused = copy.deepcopy(conv)
-    fused.weight = nn.Parameter(weight.to(w.dtype), requires_grad=False)
-    fused.bias = nn.Parameter(bias.to(w.dtype), requires_grad=False)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter(bias, requires_grad=False)
     return fused
 
 
@@ -404,16 +426,17 @@ def _foldable(producer: nn.Module, bn: nn.Module) -> bool:
     return type(producer) is nn.Linear and type(bn) is nn.BatchNorm1d and producer.out_features == bn.num_features
 
 
-def fold_batch_norms(graph: fx.GraphModule) -> int:
+def fold_batch_norms(graph: fx.GraphModule) -> List[Tuple[str, str]]:
     """Fold, in ``graph`` (in place), every BatchNorm module called once on the
     output of a Conv / Linear module that is called once and feeds nothing
-    else; return the number folded."""
+    else; return the ``(producer, batchnorm)`` module names folded (the
+    producer's name holds the folded layer)."""
     modules = dict(graph.named_modules())
     calls: Dict[str, int] = {}
     for node in graph.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    folded = 0
+    folded: List[Tuple[str, str]] = []
     for node in list(graph.graph.nodes):
         if node.op != "call_module" or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
@@ -428,12 +451,57 @@ def fold_batch_norms(graph: fx.GraphModule) -> int:
         graph.add_submodule(prev.target, replacement)
         node.replace_all_uses_with(prev)
         graph.graph.erase_node(node)
-        folded += 1
+        folded.append((prev.target, node.target))
     if folded:
         graph.graph.lint()
         graph.delete_all_unused_submodules()
         graph.recompile()
     return folded
+
+
+def _refresh(copied: nn.Module, model: nn.Module) -> None:
+    """Bring a copy of ``model`` (a :class:`_FastForward` or a plain copy) to
+    ``model``'s current weights, in place, where only their values changed
+    (same modules and tensors, dtypes, devices and shapes): each folded pair
+    folded again, every other parameter and buffer copied under its name
+    (into the copy's own layout: a channels-last weight stays one). In place,
+    so that compiled graphs and CUDA graphs, which hold the copy's tensors,
+    stay valid."""
+    fast = copied if isinstance(copied, _FastForward) else None
+    target = fast.graph_module if fast is not None else copied
+    pairs = fast.folded if fast is not None else ()
+    folded_modules = {name for pair in pairs for name in pair}
+    with torch.no_grad():
+        for producer_name, bn_name in pairs:
+            producer, bn = model.get_submodule(producer_name), model.get_submodule(bn_name)
+            layer = target.get_submodule(producer_name)
+            if isinstance(layer, _LinearBatchNorm):  # it also keeps the pair as it is, for other ranks
+                _copy_tensors(layer.linear, producer)
+                _copy_tensors(layer.bn, bn)
+                layer = layer.folded
+            weight, bias = _folded_weights(producer, bn)
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        for module_name, module in model.named_modules():
+            if module_name in folded_modules:
+                continue
+            try:
+                twin = target.get_submodule(module_name)
+            except AttributeError:  # not called in the traced forward: not in the graph
+                continue
+            _copy_tensors(twin, module, recurse=False)
+
+
+def _copy_tensors(dest: nn.Module, source: nn.Module, recurse: bool = True) -> None:
+    """``source``'s parameters and buffers copied into ``dest``'s of the same names."""
+    theirs = dict(_named_tensors(dest, recurse))
+    for name, t in _named_tensors(source, recurse):
+        if name in theirs:
+            theirs[name].copy_(t)
+
+
+def _named_tensors(module: nn.Module, recurse: bool) -> Iterator[Tuple[str, Tensor]]:
+    return itertools.chain(module.named_parameters(recurse=recurse), module.named_buffers(recurse=recurse))
 
 
 def _float_leaves(out: Any) -> List[Tensor]:
@@ -497,4 +565,4 @@ def _rewritten(model: nn.Module) -> Tuple[Optional[nn.Module], Optional[str]]:
         return None, NO_REWRITE + " (no BatchNorm after a convolution or linear layer, no 2-D convolution)"
     if channels_last:
         graph.to(memory_format=torch.channels_last)
-    return _FastForward(graph, channels_last).eval(), None
+    return _FastForward(graph, channels_last, folded).eval(), None
