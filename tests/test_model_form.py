@@ -417,6 +417,30 @@ def test_changed_values_refresh_the_copy_in_place(name):
         assert torch.equal(after.model(x), rebuilt(x))
 
 
+def test_a_copy_of_a_cached_model_is_not_traced_again(monkeypatch):
+    """A deep copy of a model whose fast copy is cached (the randomization
+    metrics explain one per call), with other weights, gets the cached copy
+    copied and refreshed: no trace, fold or check, the tensors of a copy
+    built afresh."""
+    model, x = conv_bn_net(), torch.rand(2, 3, 16, 16)
+    assert mf.model_in_form(model, "fast", (x,)).form == "fast"
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in twin.parameters():
+            t.mul_(-2.0)
+    rebuilt, _ = mf._rewritten(twin)  # built afresh
+
+    def no_rebuild(*_):
+        raise AssertionError("the copy was traced again")
+
+    monkeypatch.setattr(mf, "_rewritten", no_rebuild)
+    monkeypatch.setattr(mf, "_check", no_rebuild)
+    formed = mf.model_in_form(twin, "fast", (x,))
+    assert formed.form == "fast" and formed.model is not mf.model_in_form(model, "fast", (x,)).model
+    mine, fresh = formed.model.state_dict(), rebuilt.state_dict()
+    assert mine.keys() == fresh.keys() and all(torch.equal(mine[k], fresh[k]) for k in mine)
+
+
 def test_bad_model_form_fails_before_any_compute():
     calls = []
     model = conv_bn_net()

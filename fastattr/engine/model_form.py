@@ -232,15 +232,17 @@ def _blocker(model: nn.Module) -> Optional[str]:
     return None
 
 
-Fingerprint = Tuple[Tuple[Any, ...], Tuple[Any, ...]]
+Fingerprint = Tuple[Tuple[Any, ...], Tuple[Any, ...], Tuple[Any, ...]]
 
 
 def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
-    """What a copy goes stale with, as ``(structure, values)``: every
-    module's identity and every parameter's and buffer's identity, dtype,
-    device and shape (a change rebuilds the copy); their storages and
+    """What a copy goes stale with, as ``(structure, values, architecture)``:
+    every module's identity and every parameter's and buffer's identity,
+    dtype, device and shape (a change rebuilds the copy); their storages and
     version counters (a change refreshes the copy's weights in place, see
-    :func:`_refresh`). None when a module is in train mode or has hooks
+    :func:`_refresh`); the same without identities (the module types and
+    child names and tensor metadata, in walk order: a deep copy of a model has its original's
+    architecture, see :func:`_entry`). None when a module is in train mode or has hooks
     (:func:`_blocker` says which). One walk over the modules' own dicts, on
     every call (a hook or ``model.train()`` may come and go between calls):
     ``named_modules`` and ``parameters`` take several times longer."""
@@ -248,6 +250,7 @@ def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
         return None
     structure: List[Any] = []
     values: List[Any] = []
+    architecture: List[Any] = []
     stack = [model]
     while stack:
         m = stack.pop()
@@ -255,13 +258,15 @@ def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
                 or getattr(m, "_backward_pre_hooks", None)):
             return None
         structure.append(id(m))
+        architecture.append((type(m), tuple(m._modules)))
         for tensors in (m._parameters, m._buffers):
-            for t in tensors.values():
+            for name, t in tensors.items():
                 if t is not None:
                     structure.append((id(t), t.dtype, t.device, t.shape))
                     values.append((t.data_ptr(), t._version))
+                    architecture.append((name, t.dtype, t.device, t.shape))
         stack.extend(c for c in m._modules.values() if c is not None)
-    return tuple(structure), tuple(values)
+    return tuple(structure), tuple(values), tuple(architecture)
 
 
 def _state(model: nn.Module) -> Iterator[Tensor]:
@@ -295,6 +300,32 @@ class _Entry:
 
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+# An entry of each architecture (_fingerprint), for models that are copies
+# of a cached one: the randomization metrics explain a deep copy of the
+# model per call. The first model's (usually the caller's, long-lived; the
+# copies come and go); weak: an entry lives while its model does.
+_by_architecture: "weakref.WeakValueDictionary[Tuple[Any, ...], _Entry]" = weakref.WeakValueDictionary()
+
+
+def _built_like(architecture: Tuple[Any, ...], model: nn.Module) -> Optional[_Entry]:
+    """A new entry for ``model`` made from a cached model of the same
+    architecture (the same module types in the same tree, the same tensor
+    names, dtypes, devices and shapes), without tracing, folding or checking
+    again: its copies copied and refreshed with ``model``'s values, its
+    checks and reasons kept (the rewrite depends on the architecture only).
+    None when no such entry is cached."""
+    known = _by_architecture.get(architecture)
+    if known is None:
+        return None
+    entry = _Entry(known.structure, known.values, None, known.fast_reason,
+                   checked=dict(known.checked), copy_failure=known.copy_failure)
+    for name in ("fast", "plain"):
+        copied = getattr(known, name)
+        if copied is not None:
+            twin = copy.deepcopy(copied)
+            _refresh(twin, model)
+            setattr(entry, name, twin)
+    return entry
 
 
 def _signature(inputs: Sequence[Tensor]) -> Tuple[Any, ...]:
@@ -311,11 +342,12 @@ def _entry(model: nn.Module, fingerprint: Fingerprint) -> _Entry:
     their values did (an optimizer step, a randomization step: a rebuild
     would trace, fold and check the copy again, seconds on a ResNet, for
     every step)."""
-    structure, values = fingerprint
+    structure, values, architecture = fingerprint
     entry = _cache.get(model)
     if entry is None or entry.structure != structure:
-        fast, reason = _rewritten(model)
-        entry = _cache[model] = _Entry(structure, values, fast, reason)
+        entry = _cache[model] = _built_like(architecture, model) or _Entry(structure, values, *_rewritten(model))
+        entry.structure, entry.values = structure, values
+        _by_architecture.setdefault(architecture, entry)
     elif entry.values != values:
         for copied in (entry.fast, entry.plain):
             if copied is not None:
