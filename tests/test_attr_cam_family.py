@@ -1,7 +1,7 @@
 """The CAM family (fastattr/attr/cam_family.py): each method against a
 plain-torch reference of its formula on a tiny conv net, against
-pytorch-grad-cam 1.5.7 on ResNet-18 and a small ViT, chunking, odd shapes,
-bad input and the caller's model left as it was."""
+pytorch-grad-cam 1.5.7 on ResNet-18, a small ViT and ViT-B/16, chunking,
+odd shapes, bad input and the caller's model left as it was."""
 from __future__ import annotations
 
 import copy
@@ -285,6 +285,49 @@ def test_equals_pytorch_grad_cam_on_vit(name):
         kw = dict(ablation_layer=AblationLayerVit(), batch_size=1)
     got = _call(name, model, x, layer, None, upsample_to_input=True, scale=True, reshape_transform=transform)
     expected = _pgc_map(name, model, x, layer, None, reshape_transform=transform, **kw)
+    torch.testing.assert_close(got, expected, rtol=0, atol=PGC_ATOL)
+
+
+@pytest.fixture(scope="module")
+def vit_b16() -> nn.Module:
+    """torchvision's ViT-B/16 (the real architecture: 12 blocks, 768 wide,
+    224 pixels), random weights, float64, eval. Only the explained layer's
+    parameters require grad: the maps do not depend on that, and it spares
+    pytorch-grad-cam's backward into the 11 blocks before the layer (2.3 s
+    against 0.8 s a call on this machine, one thread)."""
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None)
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zeroes the head
+    model = model.double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.encoder.layers[-1].ln_1.requires_grad_(True)
+    return model
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS + ("eigen_cam",))
+def test_equals_pytorch_grad_cam_on_vit_b16(name, vit_b16):
+    """pytorch-grad-cam's README ViT example on torchvision's ViT-B/16: the
+    last block's ``ln_1``, tokens reshaped to 14x14 without the class token.
+
+    Score-CAM and Ablation-CAM are left to the small ViT above: each runs
+    the model once per channel of the layer, 768 here, and one ViT-B/16
+    forward of one image costs 0.7 s in float64 on this machine (one
+    thread), so pytorch-grad-cam alone would take ~9 min per method; their
+    ViT token handling (the reshape, AblationLayerVit) is the same at any
+    width."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model, x = vit_b16, _images(1, 224, 224, seed=3)
+    layer = model.encoder.layers[-1].ln_1
+    transform = cf.vit_reshape_transform(14, 14)
+    target = None if name == "eigen_cam" else [3]
+    got = _call(name, model, x, layer, target, upsample_to_input=True, scale=True, reshape_transform=transform)
+    # Eigen-CAM's numpy SVD fights torch's spinning OpenMP threads for the
+    # two cores (3.6 s against 0.03 s for one [196, 768] SVD): one BLAS thread
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        expected = _pgc_map(name, model, x, layer, target, reshape_transform=transform)
+    assert got.shape == expected.shape == (1, 224, 224)
+    assert expected.std() > 0.05  # a map, not a constant
     torch.testing.assert_close(got, expected, rtol=0, atol=PGC_ATOL)
 
 

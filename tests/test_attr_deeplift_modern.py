@@ -5,7 +5,10 @@ references for each rule, and Captum's numbers where Captum is right.
 Measured (max |sum(attr) - (f(x) - f(r))| / |f(x) - f(r)|, float64, this
 file's models): ResNet-18 1.5e-15 (with Captum's hooks 4e-1: the stem ReLU's
 rule saw MaxPool's ordinary gradient), MobileNetV3-small 5.5e-15,
-EfficientNet-B0 8.9e-15, the functional model ~1e-15.
+EfficientNet-B0 8.9e-15, the functional model ~1e-15; DenseNet, ConvNeXt,
+timm EfficientNet-B0 and Swin ~1e-14 (Swin 2.0e-3 before its windows, folded
+into the batch dimension, were followed: its window attention's softmax and
+products kept their ordinary gradient).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 
 import captum.attr
 from fastattr.attr.deeplift import deeplift
+from fastattr.attr.deeplift_trace import PairedRules
 from test_attr_guided import assert_unchanged, model_state, relu_case
 
 COMPLETENESS_RTOL = 1e-6
@@ -70,6 +74,115 @@ def test_torchvision_models_are_complete(name: str) -> None:
     before = model_state(model)
     _assert_complete(model, x, base, [1, 3], name)
     assert_unchanged(before, model)
+
+
+def _small_densenet() -> nn.Module:
+    return torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                                       num_classes=5)
+
+
+def _small_convnext() -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig
+    # layer_scale 0.5, not 1e-6: with 1e-6 the blocks' nonlinear branches
+    # would hardly reach the output, and the check would test the skip path
+    return torchvision.models.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)],
+                                       stochastic_depth_prob=0.0, layer_scale=0.5, num_classes=5)
+
+
+def _timm_efficientnet() -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model("efficientnet_b0", pretrained=False, num_classes=5)
+
+
+@pytest.mark.parametrize("build", [_small_densenet, _small_convnext, _timm_efficientnet],
+                         ids=["densenet", "convnext", "timm_efficientnet_b0"])
+def test_densenet_convnext_timm_efficientnet_are_complete(build: Callable[[], nn.Module]) -> None:
+    """Concatenations (DenseNet), channels-last layer norm and GELU
+    (ConvNeXt), timm's ``BatchNormAct2d`` and squeeze-excitation gates."""
+    model = _calibrated(build())
+    x, base = _images(2, 32, 1), _images(2, 32, 2) * 0.1
+    before = model_state(model)
+    _assert_complete(model, x, base, [1, 3], build.__name__)
+    assert_unchanged(before, model)
+
+
+def test_torchvision_swin_is_complete() -> None:
+    """Swin: the window partition folds the windows into the batch dimension
+    (``[2n, H, W, C] -> [2n * windows, ws * ws, C]``), so attention's
+    ``q @ k^T``, softmax and ``@ v`` see a leading dimension of ``2n *
+    windows``; 40 pixels make 10x10 patches, padded to 12x12 (F.pad), and
+    every second block shifts (torch.roll, the -100 mask); the relative
+    position bias is added to the scores."""
+    torch.manual_seed(13)
+    swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                              window_size=[4, 4], stochastic_depth_prob=0.0, num_classes=5)
+    nn.init.normal_(swin.head.weight)  # trunc-normal(0.02): f(x) - f(r) would be ~1e-2
+    model = swin.double().eval()
+    before = model_state(model)
+    _assert_complete(model, _images(2, 40, 1), _images(2, 40, 2) * 0.1, [1, 3], "swin")
+    assert_unchanged(before, model)
+
+
+class WindowAttention(nn.Module):
+    """[B, 8, 6] -> [B, 3]: self-attention within two windows of four
+    tokens, the windows folded into the batch dimension (``folded``) or
+    taken as slices of it, then GELU and a linear head: the same function."""
+
+    def __init__(self, folded: bool) -> None:
+        super().__init__()
+        self.qkv, self.head = nn.Linear(6, 18), nn.Linear(48, 3)
+        self.folded = folded
+
+    def attend(self, t: Tensor) -> Tensor:
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.folded:
+            h = self.attend(x.reshape(-1, 4, 6)).reshape(x.shape)
+        else:
+            h = torch.cat((self.attend(x[:, :4]), self.attend(x[:, 4:])), dim=1)
+        return self.head(F.gelu(h).flatten(1))
+
+
+def test_windows_folded_into_the_batch_get_the_rules_of_unfolded_ones() -> None:
+    """The folded model is explained as its unfolded twin (each rule sees
+    the same pairs), and both are complete."""
+    torch.manual_seed(14)
+    folded, unfolded = WindowAttention(True).double(), WindowAttention(False).double()
+    unfolded.load_state_dict(folded.state_dict())
+    x, base = torch.randn(3, 8, 6, dtype=torch.float64), 0.3 * torch.randn(3, 8, 6, dtype=torch.float64)
+    ours = _assert_complete(folded, x, base, [0, 1, 2], "folded windows")
+    twin = _assert_complete(unfolded, x, base, [0, 1, 2], "unfolded windows")
+    torch.testing.assert_close(ours, twin, rtol=1e-10, atol=1e-12 * twin.abs().max().item())
+
+
+def test_pair_layout_follows_reshapes_permutes_and_indexing() -> None:
+    """Where the pairs of ``rows`` paired rows go, call by call: folded into
+    the leading dimension, moved to dimension 1 and back by a permute and an
+    index, and lost when a call reorders or cuts that dimension. A tensor
+    whose leading dimension is a multiple of ``rows`` without holding the
+    pairs there (sequence-first ``[L, rows, E]``) is not taken as paired."""
+    rows = 4
+    x = torch.randn(rows, 6, 6, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(24, 8, dtype=torch.float64)
+    mode = PairedRules(rows, 1e-10)
+    with mode:
+        windows = x.view(rows, 3, 2, 3, 2, 8).permute(0, 1, 3, 2, 4, 5).reshape(rows * 9, 4, 8)
+        qkv = F.linear(windows, weight).reshape(rows * 9, 4, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.unbind(0)
+        scores = q @ k.transpose(-2, -1)
+        first = qkv[0, :, 1]
+        merged = windows.reshape(rows * 9 * 4, 8)
+        sequence_first = x.flatten(1, 2).transpose(0, 1)  # [36, rows, 8]
+        rolled, cut, split = windows.roll(1, 0), windows[: rows * 4], qkv.flatten(0, 1)
+        unsqueezed = windows * 1.0
+        unsqueezed.unsqueeze_(0)  # in place: what was recorded of it no longer holds
+    layout = mode.layout
+    assert [layout.dim(t) for t in (windows, qkv, q, k, scores, first, merged, sequence_first)] == [
+        0, 1, 0, 0, 0, 0, 0, 1]
+    assert mode.paired(scores) and not mode.paired(sequence_first)
+    assert [layout.dim(t) for t in (rolled, cut, split, unsqueezed)] == [None] * 4
 
 
 def test_resnet18_captum_hooks_are_not_complete() -> None:

@@ -42,6 +42,12 @@ the forward is one of these and no ``|x - r| < eps`` fallback is taken:
   (``nn.MultiheadAttention``) runs its body under the mode, so its
   projections, attention and softmax calls get their rules.
 
+A call gets its rule where its operands are paired along their leading
+dimension: the model's batch dimension, or one a model folded windows or
+heads into (Swin's window partition makes it ``2n * windows``), which
+:class:`~fastattr.attr.deeplift_pairs.PairLayout` follows through the
+reshapes, permutes and indexing of the forward.
+
 Everything else keeps its ordinary gradient, which is exact for affine
 calls (linear, convolution, batch norm in eval mode, sums, average pooling,
 reshapes, products with a parameter or a constant) and not for other
@@ -72,7 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .deeplift_pairs import _Divisor, _pair_delta, _pairs, _unpairs
+from .deeplift_pairs import PairLayout, _Divisor, _pair_delta, _pairs, _unpairs
 
 Handler = Callable[["PairedRules", Callable[..., Any], Tuple[Any, ...], Dict[str, Any]], Any]
 
@@ -193,13 +199,14 @@ def _scatter_add_unpool(values: Tensor, indices: Tensor, shape: torch.Size) -> T
 
 class PairedRules(TorchFunctionMode):
     """DeepLIFT's rules on the calls of a forward over ``rows = 2n`` paired
-    rows; a call on tensors not laid out that way (no leading dimension
-    ``2n``, no gradient) runs as it is."""
+    rows; a call on tensors not laid out that way (not paired along their
+    leading dimension, see :class:`PairLayout`; no gradient) runs as it is."""
 
     def __init__(self, rows: int, eps: float) -> None:
         super().__init__()
         self.rows = rows
         self.eps = eps
+        self.layout = PairLayout(rows)
         # Inside F.multi_head_attention_forward the heads are folded into
         # the leading dimension, example-major ([2n * heads, ...]: the first
         # half still holds the inputs' rows, the second the references').
@@ -210,15 +217,19 @@ class PairedRules(TorchFunctionMode):
         if not (isinstance(t, Tensor) and t.requires_grad and t.dim() > 0 and not isinstance(t, torch.nn.Parameter)):
             return False
         lead = t.shape[0]
-        return lead == self.rows or (self.heads_folded and lead > 0 and lead % self.rows == 0)
+        return (lead == self.rows or (self.heads_folded and lead > 0 and lead % self.rows == 0)
+                or self.layout.dim(t) == 0)
 
     def __torch_function__(self, func: Callable[..., Any], arg_types: Any, args: Tuple[Any, ...] = (),
                            kwargs: Optional[Dict[str, Any]] = None) -> Any:
         kwargs = kwargs or {}
-        handler = _HANDLERS.get(func)
-        if handler is None or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        return handler(self, func, args, kwargs)
+        handler = _HANDLERS.get(func)
+        out = func(*args, **kwargs) if handler is None else handler(self, func, args, kwargs)
+        # windows or heads folded into the batch dimension stay paired (Swin)
+        self.layout.follow(func, args, kwargs, out)
+        return out
 
 
 def _elementwise(mode: PairedRules, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
