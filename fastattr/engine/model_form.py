@@ -258,7 +258,7 @@ def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
                 or getattr(m, "_backward_pre_hooks", None)):
             return None
         structure.append(id(m))
-        architecture.append((type(m), tuple(m._modules)))
+        architecture.append((type(m), tuple(m._modules.keys())))
         for tensors in (m._parameters, m._buffers):
             for name, t in tensors.items():
                 if t is not None:
