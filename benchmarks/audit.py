@@ -248,6 +248,7 @@ RESNET_BATCH = 8
 RESNET_FACTORY_MODULE = "fastattr_bench_resnet18"
 RESNET_FACTORY = f"{RESNET_FACTORY_MODULE}:resnet18_10"
 FACTORY_SOURCE = """import torch
+import torchvision
 
 
 def resnet18_10():
