@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import types
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -330,6 +331,8 @@ def test_models_the_rewrite_cannot_take_run_eager_with_the_reason(model, reason)
 
 
 def test_a_rewrite_that_changes_the_function_is_caught(monkeypatch):
+    # a build of its own: not a copy of another test's conv_bn_net, whose check it would share
+    monkeypatch.setattr(mf, "_by_architecture", weakref.WeakValueDictionary())
     real = mf._batch_norm_affine
     monkeypatch.setattr(mf, "_batch_norm_affine", lambda bn: (real(bn)[0], torch.zeros_like(real(bn)[1])))
     model, x = conv_bn_net(), torch.rand(2, 3, 16, 16)
@@ -422,6 +425,7 @@ def test_a_copy_of_a_cached_model_is_not_traced_again(monkeypatch):
     metrics explain one per call), with other weights, gets the cached copy
     copied and refreshed: no trace, fold or check, the tensors of a copy
     built afresh."""
+    monkeypatch.setattr(mf, "_by_architecture", weakref.WeakValueDictionary())  # model's entry is the one kept
     model, x = conv_bn_net(), torch.rand(2, 3, 16, 16)
     assert mf.model_in_form(model, "fast", (x,)).form == "fast"
     twin = copy.deepcopy(model)
@@ -439,6 +443,23 @@ def test_a_copy_of_a_cached_model_is_not_traced_again(monkeypatch):
     assert formed.form == "fast" and formed.model is not mf.model_in_form(model, "fast", (x,)).model
     mine, fresh = formed.model.state_dict(), rebuilt.state_dict()
     assert mine.keys() == fresh.keys() and all(torch.equal(mine[k], fresh[k]) for k in mine)
+
+
+def test_a_model_with_nothing_to_rewrite_is_never_copied(monkeypatch):
+    """An MLP or a transformer block (no 2-D convolution, no BatchNorm) runs
+    eager under "fast" without a copy of its weights: the default form costs
+    a large model of that kind no memory."""
+    def no_copy(_):
+        raise AssertionError("the model was copied")
+
+    monkeypatch.setattr(mf, "_copy", no_copy)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    mixer = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)).eval()
+    block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()  # fx cannot trace it
+    for model, x in ((mlp, torch.rand(2, 8)), (mixer, torch.rand(2, 5, 8)), (block, torch.rand(2, 5, 8))):
+        formed = mf.model_in_form(model, "fast", (x,))
+        assert formed.form == "eager" and formed.model is model
+        assert formed.reason.startswith(mf.NO_REWRITE if model is not block else "torch.fx cannot trace")
 
 
 def test_bad_model_form_fails_before_any_compute():

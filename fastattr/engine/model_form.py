@@ -583,14 +583,21 @@ def _check(fast: nn.Module, model: nn.Module, inputs: Sequence[Tensor],
 
 
 def _rewritten(model: nn.Module) -> Tuple[Optional[nn.Module], Optional[str]]:
-    """``(rewritten copy of model, None)``, or ``(None, why not)``."""
-    base, reason = _copy(model)
-    if base is None:
-        return None, reason
+    """``(rewritten copy of model, None)``, or ``(None, why not)``. The model
+    is traced as it is (the graph shares its modules) and copied only where
+    a rewrite can apply: a model with nothing to rewrite (an MLP, a
+    transformer without 2-D convolutions or BatchNorm) or that fx cannot
+    trace is never copied, so the default form costs such a model no memory."""
     try:
-        graph = fx.symbolic_trace(base)
+        traced = fx.symbolic_trace(model)
     except Exception as exc:
         return None, f"torch.fx cannot trace the model ({_first_line(exc)})"
+    used = list(traced.modules())
+    if not any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in used):
+        return None, NO_REWRITE + " (no BatchNorm after a convolution or linear layer, no 2-D convolution)"
+    graph, reason = _copy(traced)  # the modules the graph calls, not the rest of the model
+    if graph is None:
+        return None, reason
     folded = fold_batch_norms(graph)
     channels_last = any(isinstance(m, nn.Conv2d) for m in graph.modules())
     if not folded and not channels_last:
