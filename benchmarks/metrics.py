@@ -24,7 +24,7 @@ with saliency:
   images), the row says why (Quantus's own exception) in place of its time.
   ROAD ranks pixels: on 3 channels both sides get saliency summed over them.
 * **floor**: the rows fastattr's call evaluated, recorded with their values
-  and the weights they ran on (``record_rows_by_model``: the randomization
+  and the weights they ran on (``workloads.record_rows_by_model``: the randomization
   tests' randomized copies, frozen as they ran), then run bare: forward +
   backward over the rows that needed a gradient and a no-grad forward over
   the rest, each on its weights, in chunks of the largest call fastattr made
@@ -54,7 +54,6 @@ Infidelity) read ``ERROR`` / ``CHECK FAILED`` and make the script exit 1.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import inspect
 import math
@@ -250,51 +249,7 @@ class ModelCalls:
         return f"{self.rows[0]}+{self.rows[1]}"
 
 
-# Rows of one kind (autograd on / off), as runs of calls of one module state:
-# (the module as it ran, the rows of those calls, concatenated).
-Segments = List[Tuple[nn.Module, Tensor]]
-
-
-def record_rows_by_model(model: nn.Module, fn: Callable[[], Any]) -> Tuple[Any, Segments, Segments]:
-    """``(result, rows run with autograd, rows run without)`` of one call of
-    ``fn``, as :func:`workloads.record_rows` records them, each kind split in
-    runs of calls of one module state: ``model`` itself, or a frozen copy of a
-    copy the metric made and changed (the randomization tests' randomized
-    models, whose random weights run measurably slower: 11% on the 3x32x32
-    conv net), so that the floor runs every row on the weights it ran on."""
-    segments: Tuple[List[Tuple[nn.Module, List[Tensor]]], ...] = ([], [])
-    states: Dict[Tuple[Any, ...], nn.Module] = {}
-    original = (id(model),) + tuple((id(t), t._version) for t in model.parameters())
-
-    def record(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if not isinstance(args[0], Tensor):
-            return
-        key = (id(module),) + tuple((id(t), t._version) for t in module.parameters())
-        if key not in states:
-            states[key] = model if key == original else _frozen(module)
-        ran = states[key]
-        kind = segments[0 if torch.is_grad_enabled() else 1]
-        if not kind or kind[-1][0] is not ran:
-            kind.append((ran, []))
-        kind[-1][1].append(args[0].detach().clone())
-
-    handle = model.register_forward_pre_hook(record)
-    try:
-        out = fn()
-    finally:
-        handle.remove()
-    return (out, *([(m, torch.cat(rows)) for m, rows in kind] for kind in segments))
-
-
-def _frozen(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` as it is now, without the forward pre-hooks the
-    benchmark put on it (which a copy made inside the metric inherited)."""
-    twin = copy.deepcopy(module)
-    twin._forward_pre_hooks.clear()
-    return twin
-
-
-def floor_call(grad_rows: Segments, fwd_rows: Segments, y: Tensor, counted: ModelCalls) -> Callable[[], None]:
+def floor_call(grad_rows: W.Segments, fwd_rows: W.Segments, y: Tensor, counted: ModelCalls) -> Callable[[], None]:
     """The bare forward + backward of ``grad_rows`` and no-grad forward of
     ``fwd_rows``, each segment on its module, in chunks of the largest call
     of each kind fastattr made."""
@@ -413,7 +368,7 @@ def build_quantus_case(w: Workload, case: Dict[str, Any], samples: int) -> Bench
     calls["fastattr"] = lambda: ours(model=w.model, x_batch=w.x, y_batch=w.y, device=w.device, **fa_args)
     fa_count = ModelCalls()
     try:
-        ours_out, g_rows, f_rows = fa_count.run(w.model, lambda: record_rows_by_model(w.model, calls["fastattr"]))
+        ours_out, g_rows, f_rows = fa_count.run(w.model, lambda: W.record_rows_by_model(w.model, calls["fastattr"]))
     except Exception as exc:
         raise Refused(f"fastattr: {type(exc).__name__}: {_first_line(exc)}; "
                       + (quantus_note or "Quantus ran it")) from exc
@@ -448,7 +403,7 @@ def build_captum_case(w: Workload, metric: str, samples: int) -> Bench:
             calls[who] = (lambda m=metrics, a=attributions: m.infidelity(
                 w.model, _gaussian_perturbation, x, a, target=y, n_perturb_samples=INFIDELITY_SAMPLES))
     fa_count = ModelCalls()
-    _, g_rows, f_rows = fa_count.run(w.model, lambda: record_rows_by_model(w.model, calls["fastattr"]))
+    _, g_rows, f_rows = fa_count.run(w.model, lambda: W.record_rows_by_model(w.model, calls["fastattr"]))
     calls["floor"] = floor_call(g_rows, f_rows, y, fa_count)
     expected = ((0, BATCH * (INFIDELITY_SAMPLES + 1)) if metric == "Infidelity"  # attributions given
                 else (BATCH * (samples + 1), 0))
