@@ -508,8 +508,8 @@ def _refresh(copied: nn.Module, model: nn.Module) -> None:
             producer, bn = model.get_submodule(producer_name), model.get_submodule(bn_name)
             layer = target.get_submodule(producer_name)
             if isinstance(layer, _LinearBatchNorm):  # it also keeps the pair as it is, for other ranks
-                _copy_tensors(layer.linear, producer)
-                _copy_tensors(layer.bn, bn)
+                copy_tensors(layer.linear, producer)
+                copy_tensors(layer.bn, bn)
                 layer = layer.folded
             weight, bias = _folded_weights(producer, bn)
             layer.weight.copy_(weight)
@@ -521,15 +521,18 @@ def _refresh(copied: nn.Module, model: nn.Module) -> None:
                 twin = target.get_submodule(module_name)
             except AttributeError:  # not called in the traced forward: not in the graph
                 continue
-            _copy_tensors(twin, module, recurse=False)
+            copy_tensors(twin, module, recurse=False)
 
 
-def _copy_tensors(dest: nn.Module, source: nn.Module, recurse: bool = True) -> None:
-    """``source``'s parameters and buffers copied into ``dest``'s of the same names."""
+def copy_tensors(dest: nn.Module, source: nn.Module, recurse: bool = True) -> None:
+    """``source``'s parameters and buffers copied, in place and without
+    autograd, into ``dest``'s of the same names (``recurse=False``: the
+    modules' own only); names ``dest`` lacks are skipped."""
     theirs = dict(_named_tensors(dest, recurse))
-    for name, t in _named_tensors(source, recurse):
-        if name in theirs:
-            theirs[name].copy_(t)
+    with torch.no_grad():
+        for name, t in _named_tensors(source, recurse):
+            if name in theirs:
+                theirs[name].copy_(t)
 
 
 def _named_tensors(module: nn.Module, recurse: bool) -> Iterator[Tuple[str, Tensor]]:

@@ -24,6 +24,7 @@ from .. import _validate as v
 from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import PURPOSE_RANDOMIZATION, PURPOSE_SMOOTHGRAD
+from ..engine.model_form import copy_tensors
 from ..engine.train_mode import warn_no_more
 from ._explain import Explainer, ExplainerType
 from .explained_rows import ExplainGivenRows, block_examples, explain_in_blocks, explainer_of_rows, formatted_call
@@ -91,18 +92,10 @@ def randomized_models(
     previous: Optional[str] = None
     for name in steps:
         if order == "independent" and previous is not None:
-            _restore(twin_modules[previous], originals[previous])
+            copy_tensors(twin_modules[previous], originals[previous], recurse=False)
         randomize(name, twin_modules[name], index[name])
         previous = name
         yield name, twin
-
-
-def _restore(twin: nn.Module, original: nn.Module) -> None:
-    """Copy a module's own parameters and buffers back from the original."""
-    with torch.no_grad():
-        for t_twin, t in zip([*twin.parameters(recurse=False), *twin.buffers(recurse=False)],
-                             [*original.parameters(recurse=False), *original.buffers(recurse=False)]):
-            t_twin.copy_(t)
 
 
 def _check_layers(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str]:
