@@ -232,17 +232,15 @@ def _blocker(model: nn.Module) -> Optional[str]:
     return None
 
 
-Fingerprint = Tuple[Tuple[Any, ...], Tuple[Any, ...], Tuple[Any, ...]]
+Fingerprint = Tuple[Tuple[Any, ...], Tuple[Any, ...]]
 
 
 def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
-    """What a copy goes stale with, as ``(structure, values, architecture)``:
-    every module's identity and every parameter's and buffer's identity,
-    dtype, device and shape (a change rebuilds the copy); their storages and
+    """What a copy goes stale with, as ``(structure, values)``: every
+    module's identity and every parameter's and buffer's identity, dtype,
+    device and shape (a change rebuilds the copy); their storages and
     version counters (a change refreshes the copy's weights in place, see
-    :func:`_refresh`); the same without identities (the module types and
-    child names and tensor metadata, in walk order: a deep copy of a model has its original's
-    architecture, see :func:`_entry`). None when a module is in train mode or has hooks
+    :func:`_refresh`). None when a module is in train mode or has hooks
     (:func:`_blocker` says which). One walk over the modules' own dicts, on
     every call (a hook or ``model.train()`` may come and go between calls):
     ``named_modules`` and ``parameters`` take several times longer."""
@@ -250,7 +248,6 @@ def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
         return None
     structure: List[Any] = []
     values: List[Any] = []
-    architecture: List[Any] = []
     stack = [model]
     while stack:
         m = stack.pop()
@@ -258,15 +255,29 @@ def _fingerprint(model: nn.Module) -> Optional[Fingerprint]:
                 or getattr(m, "_backward_pre_hooks", None)):
             return None
         structure.append(id(m))
-        architecture.append((type(m), tuple(m._modules.keys())))
         for tensors in (m._parameters, m._buffers):
-            for name, t in tensors.items():
+            for t in tensors.values():
                 if t is not None:
                     structure.append((id(t), t.dtype, t.device, t.shape))
                     values.append((t.data_ptr(), t._version))
-                    architecture.append((name, t.dtype, t.device, t.shape))
         stack.extend(c for c in m._modules.values() if c is not None)
-    return tuple(structure), tuple(values), tuple(architecture)
+    return tuple(structure), tuple(values)
+
+
+def _architecture(model: nn.Module) -> Tuple[Any, ...]:
+    """``model``'s structure without identities: every module's type and
+    child names, every parameter's and buffer's name, dtype, device and
+    shape, in tree order. A deep copy of a model has its original's (see
+    :func:`_entry`). Read only when a copy is (re)made, not on every call."""
+    key: List[Any] = []
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        key.append((type(m), tuple(m._modules.keys())))
+        for tensors in (m._parameters, m._buffers):
+            key.extend((name, t.dtype, t.device, t.shape) for name, t in tensors.items() if t is not None)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return tuple(key)
 
 
 def _state(model: nn.Module) -> Iterator[Tensor]:
@@ -300,7 +311,7 @@ class _Entry:
 
 
 _cache: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
-# An entry of each architecture (_fingerprint), for models that are copies
+# An entry of each architecture (_architecture), for models that are copies
 # of a cached one: the randomization metrics explain a deep copy of the
 # model per call. The first model's (usually the caller's, long-lived; the
 # copies come and go); weak: an entry lives while its model does.
@@ -342,9 +353,10 @@ def _entry(model: nn.Module, fingerprint: Fingerprint) -> _Entry:
     their values did (an optimizer step, a randomization step: a rebuild
     would trace, fold and check the copy again, seconds on a ResNet, for
     every step)."""
-    structure, values, architecture = fingerprint
+    structure, values = fingerprint
     entry = _cache.get(model)
     if entry is None or entry.structure != structure:
+        architecture = _architecture(model)
         entry = _cache[model] = _built_like(architecture, model) or _Entry(structure, values, *_rewritten(model))
         entry.structure, entry.values = structure, values
         _by_architecture.setdefault(architecture, entry)
