@@ -31,7 +31,7 @@ from captum_cases import ConvNet, _build, _case, numpy_uniform_returns
 from fastattr.attr import saliency
 from fastattr.engine.draws import group_uniforms
 from fastattr.metrics.faithfulness import (
-    CORRELATION_FILL_STREAM, ESTIMATE_FILL_STREAM, SENSITIVITY_N_FILL_STREAM, correlation_subsets,
+    CORRELATION_FILL_STREAM, ESTIMATE_FILL_STREAM, SENSITIVITY_N_FILL_STREAM, correlation_subsets, smallest_keys,
     faithfulness_correlation, faithfulness_estimate, sensitivity_n,
 )
 from fastattr.metrics.faithfulness_monotonicity import (
@@ -197,6 +197,28 @@ def test_correlation_subsets_are_uniform_draws_without_replacement():
     mean = 3000 * 20 / 192
     sd = math.sqrt(mean * (1 - 20 / 192))
     assert (counts - mean).abs().max() <= 5 * sd
+
+
+def _smallest_by_sort(keys: Tensor, k: int) -> Tensor:
+    """The columns of each row's k smallest keys, equal keys lowest column
+    first, in increasing column order: a stable sort of the whole row."""
+    return keys.sort(dim=1, stable=True).indices[:, :k].sort(dim=1).values
+
+
+@pytest.mark.parametrize("rows,n,k", [(64, 3072, 224), (7, 10, 3), (5, 40, 40), (3, 40, 1), (0, 12, 4),
+                                      (4, 12, 0)])
+def test_smallest_keys_is_a_stable_sort_of_whole_rows(rows, n, k):
+    keys = torch.rand(rows, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n + k))
+    assert torch.equal(smallest_keys(keys, k), _smallest_by_sort(keys, k))
+
+
+def test_smallest_keys_with_equal_keys_and_short_rows():
+    # Keys from 40 values: many equal keys at the k-th; the last rows have
+    # fewer keys under the threshold than k (the sorted-whole fallback).
+    keys = torch.randint(0, 40, (50, 300), generator=torch.Generator().manual_seed(1)).double() / 40
+    keys[-3:] = 0.99 - torch.arange(300, dtype=torch.float64) / 1000
+    for k in (1, 25, 150, 300):
+        assert torch.equal(smallest_keys(keys, k), _smallest_by_sort(keys, k))
 
 
 @pytest.mark.parametrize("baseline", ["black", "white", "uniform"])

@@ -46,10 +46,54 @@ def _subset_indices(keys_like: Tensor, n_runs: int, subset_size: int, seed: int,
     """int64 ``[r1 - r0, subset_size]``: the subsets of rows ``r0 .. r1-1``
     (row ``b * n_runs + n``): the ``subset_size`` elements with the smallest
     keyed uniform keys ``(seed, CORRELATION_SUBSET_STREAM, b, n, element)``,
-    in increasing key order: a uniform draw without replacement."""
+    in increasing order: a uniform draw without replacement."""
     keys = generate_rows(keys_like, None, None, n_runs, "uniform", 1.0, seed, CORRELATION_SUBSET_STREAM,
                          r0, r1 - r0, example_offset)
-    return keys.topk(subset_size, dim=1, largest=False, sorted=True).indices
+    return smallest_keys(keys, subset_size)
+
+
+def smallest_keys(keys: Tensor, k: int) -> Tensor:
+    """int64 ``[R, k]``: per row of ``keys`` (``[R, N]``, uniform in
+    ``[0, 1)``, ``k <= N``), the columns of its ``k`` smallest keys in
+    increasing column order (of equal keys at the ``k``-th, the lowest columns).
+
+    On the CPU, ``topk`` over whole rows costs several times more than
+    finding the ``k``-th key among those under a threshold: a row has
+    Binomial(N, t) of them, set to ``k`` plus 8 standard deviations on
+    average, so a row with fewer (sorted whole) is all but unseen. Elsewhere
+    whole rows are sorted: the threshold's sizes would cost host
+    synchronisations."""
+    rows, n = keys.shape
+    if rows == 0 or k == 0:
+        return torch.empty(rows, k, dtype=torch.int64, device=keys.device)
+    if keys.device.type != "cpu":
+        return _sorted_smallest(keys, k)
+    below = (keys < (k + 8.0 * math.sqrt(k) + 8.0) / n).view(-1)
+    counts = below.view(rows, n).sum(1)
+    flat = below.nonzero().view(-1)
+    row = flat.div(n, rounding_mode="floor")
+    # Each row's keys under the threshold, packed to the left in column order
+    # (nonzero is row-major), padded with 2 (above any key).
+    width = max(int(counts.max()), k)
+    at = row * width + torch.arange(flat.numel()) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+    packed = torch.full((rows * width,), 2.0, dtype=keys.dtype).index_copy_(
+        0, at, keys.view(-1).index_select(0, flat)).view(rows, width)
+    columns = torch.zeros(rows * width, dtype=torch.int64).index_copy_(0, at, flat - row * n).view(rows, width)
+    chosen = packed <= packed.kthvalue(k, dim=1, keepdim=True).values
+    # Not exactly k: equal keys at the k-th, or fewer than k under the threshold.
+    off = (chosen.sum(1) != k) | (counts < k)
+    if not bool(off.any()):
+        return columns[chosen].view(rows, k)
+    out = torch.empty(rows, k, dtype=torch.int64)
+    on = ~off
+    out[on] = columns[on][chosen[on]].view(-1, k)
+    out[off] = _sorted_smallest(keys[off], k)
+    return out
+
+
+def _sorted_smallest(keys: Tensor, k: int) -> Tensor:
+    """:func:`smallest_keys` by a stable sort of whole rows."""
+    return keys.sort(dim=1, stable=True).indices[:, :k].sort(dim=1).values
 
 
 def correlation_subsets(batch: int, n_features: int, n_runs: int, subset_size: int, seed: int,
