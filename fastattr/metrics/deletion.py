@@ -24,6 +24,7 @@ from ..engine.draws import group_uniforms
 from ..engine.model_form import check_model_form
 from .formed_model import FormedModel
 from .infidelity import AttributionsOrExplainer, check_model, resolve_attributions
+from .ordering import check_order, stable_order
 
 OUTPUTS = ("probability", "logit")
 # Pixel flipping's uniform fill values: a sub-stream of the perturbation
@@ -56,8 +57,7 @@ def softmax_outputs(model: Callable[..., Tensor]) -> Callable[..., Tensor]:
 def descending_order(attributions: Tensor) -> Tensor:
     """int64 ``[B, Fa]``: each example's attribution elements from the largest
     down; ties in element order (a stable sort)."""
-    flat = attributions.reshape(attributions.shape[0], -1)
-    return torch.sort(flat, dim=1, descending=True, stable=True).indices
+    return stable_order(attributions.reshape(attributions.shape[0], -1), descending=True)
 
 
 def ranks_of(order: Tensor) -> Tensor:
@@ -374,12 +374,9 @@ def pixel_flipping(
     fill, per_step = flipping_fill(baseline, x, n_points, seed, uniform_low, uniform_high, example_offset)
     if order is None:
         order = descending_order(attrs.expand(x.shape))
-    elif not isinstance(order, Tensor) or order.shape != (x.shape[0], n_features) or order.dtype != torch.int64:
-        raise ValueError(f"order: expected an int64 tensor [{x.shape[0]}, {n_features}], got "
-                         f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
-    elif not torch.equal(order.sort(dim=1).values.cpu(), torch.arange(n_features).expand(order.shape)):
-        raise ValueError(f"order: each row must be a permutation of 0 .. {n_features - 1}")
-    rows = ReplacedRows(x, fill, ranks_of(order.to(x.device)), tuple(x.shape[1:]), counts,
+    else:
+        order = check_order(order, x.shape[0], n_features, x.device)
+    rows = ReplacedRows(x, fill, ranks_of(order), tuple(x.shape[1:]), counts,
                          step if per_step else 0)
     values = curve_outputs(evaluated, rows, x, target, args, memory_budget, chunk_rows)
     return Curve(values, torch.trapezoid(values, dx=1.0, dim=1))

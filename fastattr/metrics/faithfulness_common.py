@@ -12,8 +12,9 @@ from torch import Tensor
 
 from .. import _validate as v
 from ..engine import PURPOSE_PERTURBATION
-from .deletion import Baseline, flipping_fill, prepare_curve_call, descending_order
+from .deletion import Baseline, flipping_fill, prepare_curve_call
 from .infidelity import AttributionsOrExplainer
+from .ordering import check_order, stable_order
 from .similarity import average_ranks, pearson
 
 SIMILARITIES = ("pearson", "spearman")
@@ -40,16 +41,6 @@ def check_similarity(similarity: Any) -> str:
     return v.check_choice(similarity, "similarity", SIMILARITIES)
 
 
-def check_order(order: Any, batch: int, n: int, device: torch.device, name: str = "order") -> None:
-    """A ValueError naming ``name`` unless ``order`` is an int64 ``[batch, n]``
-    tensor whose rows are permutations of ``0 .. n-1``."""
-    if not isinstance(order, Tensor) or order.shape != (batch, n) or order.dtype != torch.int64:
-        raise ValueError(f"{name}: expected an int64 tensor [{batch}, {n}], got "
-                         f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
-    if not torch.equal(order.to(device).sort(dim=1).values, torch.arange(n, device=device).expand(batch, n)):
-        raise ValueError(f"{name}: each row must be a permutation of 0 .. {n - 1}")
-
-
 def element_order(order: Optional[Tensor], attrs: Tensor, descending: bool) -> Tensor:
     """int64 ``[B, F]``: ``order`` (checked by :func:`check_order`) on the
     attributions' device, or the elements of ``attrs`` ``[B, *F]`` sorted
@@ -57,7 +48,7 @@ def element_order(order: Optional[Tensor], attrs: Tensor, descending: bool) -> T
     if order is not None:
         return order.to(attrs.device)
     flat = attrs.reshape(attrs.shape[0], -1)
-    return descending_order(flat) if descending else torch.sort(flat, dim=1, stable=True).indices
+    return stable_order(flat, descending)
 
 
 class Prepared(NamedTuple):

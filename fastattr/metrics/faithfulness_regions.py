@@ -21,8 +21,9 @@ from torch import Tensor
 from .. import _validate as v
 from ..engine.draws import group_uniforms
 from .deletion import Baseline, Curve, ReplacedRows, curve_outputs, ranks_of
-from .faithfulness_common import FAITHFULNESS_STREAMS, check_order, prepare, prepend
+from .faithfulness_common import FAITHFULNESS_STREAMS, prepare, prepend
 from .infidelity import AttributionsOrExplainer
+from .ordering import check_order
 
 REGION_ORDER_STREAM = FAITHFULNESS_STREAMS + 70  # "random" patch order, one key per (example, patch)
 REGION_FILL_STREAM = FAITHFULNESS_STREAMS + 71  # "uniform" fill, one per (example, step)

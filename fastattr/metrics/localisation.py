@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _validate as v
 from .deletion import descending_order, ranks_of
+from .ordering import check_order
 from .similarity import average_ranks, top_k_intersection
 
 # Quantus's guards against a zero denominator (AttributionLocalisation, Focus).
@@ -67,15 +68,7 @@ def _check_order(order: Optional[Tensor], a: Tensor) -> Tensor:
     stable descending order of ``a`` ``[B, D]``."""
     if order is None:
         return descending_order(a)
-    if not isinstance(order, Tensor) or order.dtype != torch.int64 or order.shape != a.shape \
-            or order.device != a.device:
-        raise ValueError(f"order: expected an int64 tensor {tuple(a.shape)} on {a.device}, got "
-                         f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
-    # A permutation: every index in range, and every position hit (no sort needed).
-    in_range = a.shape[1] == 0 or (int(order.min()) >= 0 and int(order.max()) < a.shape[1])
-    if not in_range or not torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True).all():
-        raise ValueError(f"order: each row must be a permutation of 0 .. {a.shape[1] - 1}")
-    return order
+    return check_order(order, a.shape[0], a.shape[1], a.device)
 
 
 def _nan_where_empty(values: Tensor, own: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from ..engine import budget as _budget
 from .deletion import prepare_curve_call, descending_order, ranks_of
 from .imputation import DEFAULT_TOL, check_tol, noisy_linear_imputation
 from .infidelity import AttributionsOrExplainer
+from .ordering import check_order
 
 # The imputation noise: a sub-stream of the perturbation purpose above every per-input stream
 # (< 32768), pixel flipping's (32768), the faithfulness metrics' (32768 + 0 .. 95) and the axiomatic
@@ -160,11 +161,7 @@ def road(
         raise ValueError(f"target: expected a class per example (an int or int64 [{b}]), got {target!r}")
     counts = torch.tensor(removed_counts(percentages, h * w), dtype=torch.int64, device=inputs.device)
     if order is not None:
-        if not isinstance(order, Tensor) or order.shape != (b, h * w) or order.dtype != torch.int64:
-            raise ValueError(f"order: expected an int64 tensor [{b}, {h * w}], got "
-                             f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
-        if not torch.equal(order.sort(dim=1).values.cpu(), torch.arange(h * w).expand(order.shape)):
-            raise ValueError(f"order: each row must be a permutation of 0 .. {h * w - 1}")
+        order = check_order(order, b, h * w, inputs.device)
     x, attrs, _, args, evaluated, memory_budget, chunk_rows = prepare_curve_call(
         model, inputs, attributions, target, output, additional_forward_args, explainer_kwargs,
         memory_budget, chunk_rows, example_offset, model_form=model_form)

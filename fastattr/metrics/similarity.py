@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .ordering import stable_order
+
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
@@ -31,7 +33,8 @@ def average_ranks(x: Tensor) -> Tensor:
         x: ``[B, D]``.
     """
     d = x.shape[1]
-    sorted_x, order = x.to(torch.float64).sort(dim=1, stable=True)
+    order = stable_order(x)
+    sorted_x = x.to(torch.float64).gather(1, order)
     pos = torch.arange(d, device=x.device).expand_as(order)
     new_value = sorted_x[:, 1:] != sorted_x[:, :-1]
     edge = torch.ones_like(new_value[:, :1])
