@@ -13,6 +13,7 @@ constexpr const char* kPhilox = "fastattr::philox4x32";
 constexpr const char* kRows = "fastattr::generate_rows";
 constexpr const char* kAccumulate = "fastattr::accumulate_";
 constexpr const char* kStabilize = "fastattr::stabilize";
+constexpr const char* kRelativeSquares = "fastattr::relative_squares";
 
 // The dtype as Python users write it (torch.float32 is "Float" in c10).
 const char* dtype_name(at::ScalarType t) {
@@ -219,6 +220,39 @@ void check_stabilize_args(const at::Tensor& z, double epsilon) {
               ": z must be float16, bfloat16, float32 or float64, got ", dtype_name(z.scalar_type()));
   TORCH_CHECK(std::isfinite(epsilon) && epsilon >= 0, kStabilize,
               ": epsilon must be finite and >= 0, got ", epsilon);
+}
+
+void check_relative_squares_args(const at::Tensor& new_rows, const at::Tensor& old,
+                                 const at::Tensor& inverse, const at::Tensor& examples) {
+  const char* op = kRelativeSquares;
+  TORCH_CHECK(is_kernel_float(new_rows.scalar_type()), op,
+              ": new must be float16, bfloat16, float32 or float64, got ",
+              dtype_name(new_rows.scalar_type()));
+  TORCH_CHECK(new_rows.dim() == 2, op, ": new must be 2-D [g, D], got shape ", new_rows.sizes());
+  check_dtype(old, at::kDouble, op, "old");
+  TORCH_CHECK(old.dim() == 2 && old.size(1) == new_rows.size(1), op,
+              ": old must be 2-D [B, D] with the D = ", new_rows.size(1), " of new, got shape ",
+              old.sizes());
+  check_same_device(old, new_rows, op, "old", "new");
+  check_dtype(inverse, at::kDouble, op, "inverse");
+  TORCH_CHECK(inverse.sizes() == old.sizes(), op, ": inverse must have the shape of old (",
+              old.sizes(), "), got ", inverse.sizes());
+  check_same_device(inverse, new_rows, op, "inverse", "new");
+  check_dtype(examples, at::kLong, op, "examples");
+  TORCH_CHECK(examples.dim() == 1 && examples.size(0) == new_rows.size(0), op,
+              ": examples must have shape [g] = [", new_rows.size(0), "], got ", examples.sizes());
+  check_same_device(examples, new_rows, op, "examples", "new");
+  // On a GPU the kernel checks each id as it reads it (FASTATTR_DEVICE_ASSERT):
+  // reading them here would synchronize with the device.
+  if (examples.device().is_cpu() && examples.numel() > 0) {
+    const at::Tensor ids = examples.contiguous();
+    const int64_t* e = ids.const_data_ptr<int64_t>();
+    const int64_t batch = old.size(0);
+    for (int64_t r = 0; r < ids.numel(); ++r) {
+      TORCH_CHECK(e[r] >= 0 && e[r] < batch, op, ": examples must lie in [0, B) = [0, ", batch,
+                  "), got examples[", r, "] = ", e[r]);
+    }
+  }
 }
 
 }  // namespace fastattr

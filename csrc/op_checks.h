@@ -36,4 +36,9 @@ AccumulateParams check_accumulate_args(const at::Tensor& acc,
 // z: a float tensor; epsilon finite, >= 0.
 void check_stabilize_args(const at::Tensor& z, double epsilon);
 
+// new_rows: [g, D] float; old, inverse: float64 [B, D]; examples: int64 [g],
+// values in [0, B) (read and checked here only for CPU tensors).
+void check_relative_squares_args(const at::Tensor& new_rows, const at::Tensor& old,
+                                 const at::Tensor& inverse, const at::Tensor& examples);
+
 }  // namespace fastattr

@@ -18,6 +18,7 @@
 
 #include "fastattr/accumulate.h"
 #include "fastattr/philox.h"
+#include "fastattr/relative_squares.h"
 #include "fastattr/rows.h"
 #include "fastattr/stabilize.h"
 #include "op_checks.h"
@@ -108,6 +109,29 @@ at::Tensor stabilize_op(const at::Tensor& z, double epsilon) {
                      StabilizeKernel<scalar_t, acc_t>{zz.const_data_ptr<scalar_t>(),
                                                       static_cast<scalar_t>(epsilon),
                                                       out.mutable_data_ptr<scalar_t>()});
+  });
+  return out;
+}
+
+// new_rows: [g, D]; old, inverse: float64 [B, D]; examples: int64 [g] -> float64 [g]:
+// sum_d ((new_rows[r, d] - old[e, d]) * inverse[e, d])^2, e = examples[r].
+template <typename Launch>
+at::Tensor relative_squares_op(const at::Tensor& new_rows, const at::Tensor& old,
+                               const at::Tensor& inverse, const at::Tensor& examples) {
+  check_relative_squares_args(new_rows, old, inverse, examples);
+  const at::Tensor x = new_rows.contiguous();
+  const at::Tensor o = old.contiguous();
+  const at::Tensor inv = inverse.contiguous();
+  const at::Tensor ids = examples.contiguous();
+  at::Tensor out = at::empty({x.size(0)}, x.options().dtype(at::kDouble));
+  const int64_t cols = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "relative_squares", [&] {
+    // A row costs about its D elements (three loads, four flops each).
+    Launch::for_each(x.device(), x.size(0), cols > 1 ? cols : 1,
+                     RelativeSquaresKernel<scalar_t>{
+                         x.const_data_ptr<scalar_t>(), o.const_data_ptr<double>(),
+                         inv.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(), o.size(0),
+                         cols, out.mutable_data_ptr<double>()});
   });
   return out;
 }

@@ -109,11 +109,19 @@ void rows_task_for_cpu(const Kernel& kernel, int64_t cols, int64_t begin, int64_
 // vector width as rows_task is and picked the same way (elements_task_for_cpu):
 // a loop GCC vectorizes, to the CPU's widest vectors (a division runs ~2x
 // faster with AVX2 than with the baseline's SSE2), same bits in every build.
+// A kernel with rows_together(i, end) (RelativeSquaresKernel) takes several
+// elements a step, as it chooses.
 template <typename Kernel>
 inline void elements_task(const Kernel& kernel, int64_t begin, int64_t end) {
   const Kernel k = kernel;  // a local copy: stores through its pointers cannot alias its fields
-  for (int64_t i = begin; i < end; ++i) {
-    k(i);
+  if constexpr (requires { k.rows_together(begin, end); }) {
+    for (int64_t i = begin; i < end;) {
+      i = k.rows_together(i, end);
+    }
+  } else {
+    for (int64_t i = begin; i < end; ++i) {
+      k(i);
+    }
   }
 }
 
@@ -232,6 +240,7 @@ TORCH_LIBRARY(fastattr, m) {
       "accumulate_(Tensor(a!) acc, Tensor(b!)? acc_sq, Tensor values, Tensor weights, "
       "int row_start, int group_size, int group_offset) -> ()");
   m.def("stabilize(Tensor z, float epsilon) -> Tensor");
+  m.def("relative_squares(Tensor new, Tensor old, Tensor inverse, Tensor examples) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
@@ -240,4 +249,5 @@ TORCH_LIBRARY_IMPL(fastattr, CPU, m) {
   m.impl("generate_rows", &fastattr::generate_rows_op<CpuLaunch>);
   m.impl("accumulate_", &fastattr::accumulate_op<CpuLaunch>);
   m.impl("stabilize", &fastattr::stabilize_op<CpuLaunch>);
+  m.impl("relative_squares", &fastattr::relative_squares_op<CpuLaunch>);
 }

@@ -66,4 +66,5 @@ TORCH_LIBRARY_IMPL(fastattr, CUDA, m) {
   m.impl("generate_rows", &fastattr::generate_rows_op<CudaLaunch>);
   m.impl("accumulate_", &fastattr::accumulate_op<CudaLaunch>);
   m.impl("stabilize", &fastattr::stabilize_op<CudaLaunch>);
+  m.impl("relative_squares", &fastattr::relative_squares_op<CudaLaunch>);
 }

@@ -110,7 +110,7 @@ def compiled_for(op: str, device: torch.device) -> bool:
     return False
 
 
-OPS = ("philox4x32", "generate_rows", "accumulate_", "stabilize")
+OPS = ("philox4x32", "generate_rows", "accumulate_", "stabilize", "relative_squares")
 
 
 def report() -> Dict[str, str]:

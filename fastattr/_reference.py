@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["philox4x32", "generate_rows", "accumulate_", "stabilize", "acc_dtype"]
+__all__ = ["philox4x32", "generate_rows", "accumulate_", "stabilize", "relative_squares", "acc_dtype"]
 
 # ---------------------------------------------------------------------------
 # Constants (csrc/README.md sections 1 and 2)
@@ -642,3 +642,88 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     eps = torch.tensor(epsilon, dtype=z.dtype, device=z.device).to(acc)
     za = z.to(acc)
     return (za + torch.where(za >= 0, eps, -eps)).to(z.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Relative squares (csrc/README.md section 6)
+# ---------------------------------------------------------------------------
+
+_LANES = 8  # kRelativeSquaresLanes in csrc/fastattr/relative_squares.h
+
+
+def _check_relative_squares(new: Tensor, old: Tensor, inverse: Tensor, examples: Tensor) -> None:
+    """Argument checks of relative_squares (mirror csrc/op_checks.cpp)."""
+    name = "fastattr::relative_squares"
+    if not isinstance(new, Tensor) or new.dtype not in _FLOAT_DTYPES:
+        _fail(f"{name}: new must be a float16/bfloat16/float32/float64 tensor, got {_describe(new)}")
+    if new.dim() != 2:
+        _fail(f"{name}: new must be 2-D [g, D], got shape {list(new.shape)}")
+    D = new.shape[1]
+    if not isinstance(old, Tensor) or old.dtype != torch.float64:
+        _fail(f"{name}: old must be a float64 tensor, got {_describe(old)}")
+    if old.dim() != 2 or old.shape[1] != D:
+        _fail(f"{name}: old must be 2-D [B, D] with the D = {D} of new, got shape {list(old.shape)}")
+    if old.device != new.device:
+        _fail(f"{name}: old must be on the device of new ({new.device}), got {old.device}")
+    if not isinstance(inverse, Tensor) or inverse.dtype != torch.float64:
+        _fail(f"{name}: inverse must be a float64 tensor, got {_describe(inverse)}")
+    if inverse.shape != old.shape:
+        _fail(f"{name}: inverse must have the shape of old ({list(old.shape)}), got {list(inverse.shape)}")
+    if inverse.device != new.device:
+        _fail(f"{name}: inverse must be on the device of new ({new.device}), got {inverse.device}")
+    if not isinstance(examples, Tensor) or examples.dtype != torch.int64:
+        _fail(f"{name}: examples must be an int64 tensor, got {_describe(examples)}")
+    if examples.dim() != 1 or examples.shape[0] != new.shape[0]:
+        _fail(f"{name}: examples must have shape [g] = [{new.shape[0]}], got {list(examples.shape)}")
+    if examples.device != new.device:
+        _fail(f"{name}: examples must be on the device of new ({new.device}), got {examples.device}")
+    # As the op: read only on the CPU (on a GPU, index_select checks on the device).
+    if examples.device.type == "cpu" and examples.numel() > 0:
+        bad = ((examples < 0) | (examples >= old.shape[0])).nonzero()
+        if bad.numel() > 0:
+            r = int(bad[0, 0])
+            _fail(f"{name}: examples must lie in [0, B) = [0, {old.shape[0]}), "
+                  f"got examples[{r}] = {int(examples[r])}")
+
+
+def relative_squares(
+    new: Tensor,  # [g, D]
+    old: Tensor,  # [B, D] float64
+    inverse: Tensor,  # [B, D] float64
+    examples: Tensor,  # [g] int64, values in [0, B)
+) -> Tensor:  # [g] float64
+    """``sum_d ((new[r, d] - old[e, d]) * inverse[e, d]) ** 2`` per row ``r``,
+    ``e = examples[r]``, in float64.
+
+    Mirrors ``RelativeSquaresKernel`` in csrc/fastattr/relative_squares.h and
+    ``check_relative_squares_args`` in csrc/op_checks.cpp (csrc/README.md
+    section 6): ``v = (double(new) - old) * inverse``, ``v * v``, summed into 8
+    lanes (element ``d`` into lane ``d % 8``, in increasing ``d``), the lanes
+    combined as ``((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))``.
+
+    The lane sums are ``cumsum`` over dim 1 of the squares viewed ``[g, D / 8, 8]``
+    (padded with zeros to a multiple of 8: adding ``+0.0`` to a lane, which is
+    ``>= +0`` or NaN, leaves it unchanged). ATen scans a dimension that is not
+    the innermost one with a sequential loop per inner position, in float64:
+    on the CPU (tests/test_ops.py checks its bits against a Python loop) and,
+    by ATen's source (``tensor_kernel_scan_outer_dim``), on CUDA (checked
+    where a GPU is visible, test_cuda_matches_cpu). So its last row holds the
+    C++ lane sums.
+
+    Returns:
+        float64 ``[g]``; zeros when ``D == 0``.
+    """
+    _check_relative_squares(new, old, inverse, examples)
+    g, D = new.shape
+    if g == 0 or D == 0:
+        return torch.zeros(g, dtype=torch.float64, device=new.device)
+    # In place on one float64 copy of the rows: a layer's rows can be large.
+    v = new.to(torch.float64, copy=True)  # [g, D]
+    v.sub_(old.index_select(0, examples))
+    v.mul_(inverse.index_select(0, examples))
+    v.mul_(v)  # v * v
+    squares = torch.nn.functional.pad(v, (0, -D % _LANES)) if D % _LANES else v  # [g, D'], D' = 8 ceil(D / 8)
+    lanes = squares.view(g, -1, _LANES).cumsum(1)[:, -1]  # [g, 8]
+    low = (lanes[:, 0] + lanes[:, 1]) + (lanes[:, 2] + lanes[:, 3])
+    high = (lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7])
+    return low + high

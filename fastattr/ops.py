@@ -131,6 +131,28 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return _reference.stabilize(z, epsilon)
 
 
+def relative_squares(new: Tensor, old: Tensor, inverse: Tensor, examples: Tensor) -> Tensor:
+    """The squared relative change of rows from their examples' clean rows, in one pass:
+    ``sum_d ((new[r, d] - old[e, d]) * inverse[e, d]) ** 2`` per row ``r``,
+    ``e = examples[r]``, in float64, summed in the fixed order of
+    ``csrc/README.md`` section 6 (so every device gives the same bits).
+
+    Args:
+        new: ``[g, D]`` float16/bfloat16/float32/float64, any strides.
+        old: float64 ``[B, D]``: the clean rows.
+        inverse: float64 ``[B, D]``: what each element's change is scaled by
+            (``1 / old`` for a relative change).
+        examples: int64 ``[g]``, values in ``[0, B)``: each row's example
+            (any order, repeats and gaps allowed).
+
+    Returns:
+        float64 ``[g]`` (zeros when ``D == 0``).
+    """
+    if _backend.compiled_for("relative_squares", new.device):
+        return torch.ops.fastattr.relative_squares.default(new, old, inverse, examples)
+    return _reference.relative_squares(new, old, inverse, examples)
+
+
 def _non_overlapping_and_dense(t: Tensor) -> bool:
     """Whether ``t``'s elements fill its memory exactly (any dimension order), as ATen's check."""
     expected = 1
@@ -159,6 +181,10 @@ if _backend.extension_available:
         acc, acc_sq, values, weights, row_start, group_size, group_offset
     ) -> None:
         return None
+
+    @torch.library.register_fake("fastattr::relative_squares")
+    def _relative_squares_fake(new: Tensor, old: Tensor, inverse: Tensor, examples: Tensor) -> Tensor:
+        return new.new_empty((new.shape[0],), dtype=torch.float64)
 
     @torch.library.register_fake("fastattr::stabilize")
     def _stabilize_fake(z: Tensor, epsilon: float) -> Tensor:

@@ -163,6 +163,8 @@ METHODS: Dict[str, Callable[[nn.Module, torch.Tensor, torch.device], Any]] = {
     "infidelity": lambda m, x, d: fm.infidelity(m, x, fastattr.saliency(m, x, target=TARGET), target=TARGET,
                                                 n_samples=6, seed=5, chunk_rows=4),
     "local_lipschitz": lambda m, x, d: fm.local_lipschitz_estimate(m, x, target=TARGET, n_samples=4, seed=6),
+    "relative_representation_stability": lambda m, x, d: fm.relative_representation_stability(
+        m, x, target=TARGET, n_samples=4, seed=9, chunk_rows=6),
     "fragility": lambda m, x, d: fm.fragility(m, x, target=TARGET, n_steps=3, k=10),
     "model_randomization": lambda m, x, d: fm.model_randomization(m, x, target=TARGET, seed=7),
     "deletion_curve": lambda m, x, d: fm.deletion_curve(m, x, "saliency", target=TARGET, n_steps=6),
@@ -259,6 +261,23 @@ def test_cuda_half_types_equal_cpu(dtype: torch.dtype) -> None:
     assert gpu.dtype == dtype
     assert torch.equal(gpu.cpu(), cpu)
     assert torch.equal(_generate(x.to(DEVICE), 3, 0, 15).cpu(), _generate(x, 3, 0, 15))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_relative_squares_equals_cpu(dtype: torch.dtype) -> None:
+    """The relative squares on the GPU (a thread per row) give the CPU's bits
+    (which scores four rows of an example together): rows of uneven length,
+    uneven runs of examples, more rows than one block, and more than the grid
+    (2**20 threads), which the threads stride over."""
+    g = torch.Generator().manual_seed(4)
+    for rows, D, B in ((1000, 1003, 37), ((1 << 20) + 9, 3, 5)):
+        new = torch.randn(rows, D, generator=g).to(dtype)
+        old = torch.randn(B, D, generator=g, dtype=torch.float64)
+        examples = torch.sort(torch.randint(0, B, (rows,), generator=g)).values
+        cpu = ops.relative_squares(new, old, 1 / old, examples)
+        gpu = ops.relative_squares(new.to(DEVICE), old.to(DEVICE), (1 / old).to(DEVICE), examples.to(DEVICE))
+        assert gpu.device.type == DEVICE.type and gpu.dtype == torch.float64
+        assert torch.equal(gpu.cpu(), cpu), f"{rows} rows of {D}"
 
 
 @needs_real_gpu

@@ -23,6 +23,7 @@ import torch
 
 from fastattr import _backend, _reference, ops
 from fastattr.testing import (
+    BACKENDS,
     DEVICES,
     DTYPES,
     acc_dtype,
@@ -199,11 +200,28 @@ def sample_inputs(device) -> Dict[str, List[tuple]]:
         (z.double(), 0.0),
         (randn(0, 3), 1e-9),
     ]
+    def clean_rows(B, D):  # (old, inverse): float64 [B, D]
+        old = randn(B, D, dtype=torch.float64)
+        return old, 1 / old
+
+    def ids(*e):
+        return torch.tensor(e, dtype=torch.int64, device=device)
+
+    rel = [
+        (randn(7, 13), *clean_rows(3, 13), ids(0, 0, 0, 0, 0, 2, 2)),  # runs of 4 and less, example 1 skipped
+        (randn(13, 7).t(), *clean_rows(2, 13), ids(1, 1, 1, 1, 1, 1, 1)),  # non-contiguous new
+        (randn(6, 5, dtype=torch.float16), *clean_rows(4, 5), ids(3, 3, 3, 3, 1, 0)),  # D < 8, any order
+        (randn(9, 8, dtype=torch.bfloat16), *clean_rows(2, 8), ids(0, 1, 0, 1, 0, 1, 0, 1, 1)),
+        (randn(5, 37, dtype=torch.float64), *clean_rows(5, 37), ids(4, 4, 4, 4, 4)),
+        (randn(4, 0), *clean_rows(2, 0), ids(0, 1, 1, 0)),  # D = 0: zeros
+        (randn(0, 6), *clean_rows(2, 6), ids()),  # g = 0
+    ]
     return {
         "philox4x32": [(counters, key)],
         "generate_rows": gen,
         "accumulate_": acc_args,
         "stabilize": stab,
+        "relative_squares": rel,
     }
 
 
@@ -930,12 +948,165 @@ def test_stabilize_bad_input(backend_name):
 
 
 # ---------------------------------------------------------------------------
+# relative_squares (the relative representation change)
+# ---------------------------------------------------------------------------
+
+
+def scalar_relative_squares(x: List[float], old: List[float], inverse: List[float]) -> float:
+    """The contract of csrc/README.md section 6 for one row, in Python floats
+    (IEEE double, one rounding per operation): 8 lanes, element d into lane
+    d % 8 in increasing d, lanes combined pairwise."""
+    lanes = [0.0] * 8
+    for d, (xd, od, inv) in enumerate(zip(x, old, inverse)):
+        v = (xd - od) * inv
+        lanes[d % 8] = lanes[d % 8] + v * v
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+def _relative_squares_case(dtype, g_rows: int, D: int, B: int, seed: int, spread: bool = True):
+    """(new [g, D] of dtype, old, inverse float64 [B, D], examples [g]): runs of
+    1 to 6 rows per example in increasing order, some examples skipped; with
+    ``spread``, values over 16 orders of magnitude, so that any other order of
+    summation would show in the bits."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** torch.randint(-8, 8, (g_rows, D), generator=g) if spread else 1.0
+    new = (torch.randn(g_rows, D, generator=g, dtype=torch.float64) * scale).to(dtype)
+    old = torch.randn(B, D, generator=g, dtype=torch.float64)
+    inverse = 1 / torch.where(old == 0, 1e-6, old)
+    runs = torch.randint(1, 7, (B,), generator=g)
+    examples = torch.repeat_interleave(torch.arange(B), runs)[:g_rows]
+    examples = torch.cat([examples, torch.full((g_rows - examples.numel(),), B - 1, dtype=torch.int64)])
+    return new, old, inverse, examples
+
+
+def test_cpu_cumsum_is_sequential():
+    """The reference's lane sums rely on it: torch's CPU cumsum over a
+    dimension that is not the innermost adds in order, in float64, bit for bit
+    as a Python loop (values over 32 orders of magnitude: a pairwise or
+    blocked sum of the same values differs, checked below)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 500, 8, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-16, 16, (6, 500, 8),
+                                                                                         generator=g)
+    got = x.cumsum(1)[:, -1]
+    rows = x.permute(0, 2, 1).reshape(-1, 500).tolist()
+    want = []
+    for row in rows:
+        total = 0.0
+        for value in row:
+            total = total + value
+        want.append(total)
+    assert_bitwise_equal(got.reshape(-1), torch.tensor(want, dtype=torch.float64))
+    assert not torch.equal(x.sum(1).reshape(-1), got.reshape(-1)), "the data must tell summation orders apart"
+
+
+@pytest.mark.parametrize("D", [0, 1, 5, 8, 13, 64, 203])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_reference_relative_squares_matches_scalar_contract(dtype, D):
+    new, old, inverse, examples = _relative_squares_case(dtype, 9, D, 4, seed=D)
+    got = _reference.relative_squares(new, old, inverse, examples)
+    x, e = new.double().tolist(), examples.tolist()
+    want = [scalar_relative_squares(x[r], old[e[r]].tolist(), inverse[e[r]].tolist()) for r in range(len(x))]
+    assert_bitwise_equal(got, torch.tensor(want, dtype=torch.float64))
+
+
+@needs_ext
+@pytest.mark.parametrize("D", [0, 1, 7, 8, 9, 16, 61, 1100])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+def test_relative_squares_reference_equals_extension(dtype, D):
+    """Bit for bit on a grid of dtypes and lengths (D < 8, multiples of 8 or
+    not), example runs of 1 to 6 rows (the CPU scores 4 rows of one example
+    together), examples unsorted, new non-contiguous, and on 1 to 3 threads
+    (at::parallel_for splits the rows, runs of one example included)."""
+    new, old, inverse, examples = _relative_squares_case(dtype, 57, D, 16, seed=100 + D)
+    want = _reference.relative_squares(new, old, inverse, examples)
+    for threads in (1, 2, 3):
+        with intra_op_threads(threads):
+            got = _run("extension", ops.relative_squares, new, old, inverse, examples)
+        assert_bitwise_equal(got, want, msg=f"{threads} threads:")
+    shuffled = torch.randperm(57, generator=torch.Generator().manual_seed(D))
+    args = (new[shuffled], old, inverse, examples[shuffled])
+    assert_bitwise_equal(_run("extension", ops.relative_squares, *args), want[shuffled], msg="unsorted:")
+    strided = torch.empty(57, 2 * D + 1, dtype=dtype)[:, 1::2]
+    strided.copy_(new)
+    assert not strided.is_contiguous() or D <= 1
+    assert_bitwise_equal(_run("extension", ops.relative_squares, strided, old, inverse, examples), want,
+                         msg="non-contiguous new:")
+    for i, args in enumerate(sample_inputs("cpu")["relative_squares"]):
+        got, want = (_apply("relative_squares", b, args)[0] for b in ("extension", "reference"))
+        assert_bitwise_equal(got, want, msg=f"sample {i}:")
+
+
+@pytest.mark.parametrize("D", [1, 7, 8, 100, 1003])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dt)
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_relative_squares_equals_plain_float64_formula(backend_name, dtype, D):
+    """Against ``((new - old[e]) * inverse[e]) ** 2`` summed: the squares are the
+    same float64 operations, so only the summation differs. For sums of
+    non-negative terms the op's error is at most gamma_n = n u / (1 - n u)
+    times the sum, n = ceil(D / 8) + 2 additions a term goes through after
+    the first (lane sums, then three pairwise levels); checked against the
+    exact sum of the same squares (``math.fsum``, correctly rounded: +u)."""
+    new, old, inverse, examples = _relative_squares_case(dtype, 40, D, 10, seed=200 + D, spread=False)
+    got = _run(backend_name, ops.relative_squares, new, old, inverse, examples)
+    squares = ((new.double() - old[examples]) * inverse[examples]).square()
+    exact = torch.tensor([math.fsum(row) for row in squares.tolist()], dtype=torch.float64)
+    u = torch.finfo(torch.float64).eps / 2
+    n = -(-D // 8) + 2
+    bound = (n * u / (1 - n * u) + u) * exact
+    assert ((got - exact).abs() <= bound).all()
+    # And the plain torch formula, whose own sum is within gamma_(D - 1).
+    plain = squares.sum(1)
+    assert ((got - plain).abs() <= ((n + D - 1) * u / (1 - (n + D) * u) + u) * exact).all()
+
+
+def test_relative_squares_zeros_and_empty():
+    for backend_name in BACKENDS:
+        out = _run(backend_name, ops.relative_squares, torch.randn(3, 0), torch.zeros(2, 0, dtype=torch.float64),
+                   torch.zeros(2, 0, dtype=torch.float64), torch.tensor([0, 1, 1]))
+        assert out.dtype == torch.float64 and torch.equal(out, torch.zeros(3, dtype=torch.float64))
+        out = _run(backend_name, ops.relative_squares, torch.randn(0, 4), torch.zeros(2, 4, dtype=torch.float64),
+                   torch.zeros(2, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.int64))
+        assert out.shape == (0,) and out.dtype == torch.float64
+
+
+def _rs_ok():
+    return dict(new=torch.randn(5, 6), old=torch.randn(3, 6, dtype=torch.float64),
+                inverse=torch.ones(3, 6, dtype=torch.float64), examples=torch.tensor([0, 0, 1, 2, 2]))
+
+
+RS_BAD = [
+    ("new", {"new": torch.zeros(5, 6, dtype=torch.int64)}),
+    ("new", {"new": torch.zeros(5, 2, 3)}),
+    ("new", {"new": torch.zeros(30)}),
+    ("old", {"old": torch.zeros(3, 6)}),  # float32
+    ("old", {"old": torch.zeros(3, 7, dtype=torch.float64)}),
+    ("old", {"old": torch.zeros(18, dtype=torch.float64)}),
+    ("inverse", {"inverse": torch.ones(3, 6)}),
+    ("inverse", {"inverse": torch.ones(4, 6, dtype=torch.float64)}),
+    ("examples", {"examples": torch.tensor([0, 0, 1, 2, 2], dtype=torch.int32)}),
+    ("examples", {"examples": torch.tensor([0, 0, 1, 2])}),
+    ("examples", {"examples": torch.tensor([[0, 0, 1, 2, 2]])}),
+    ("examples", {"examples": torch.tensor([0, 0, 1, 3, 2])}),  # B = 3
+    ("examples", {"examples": torch.tensor([0, -1, 1, 2, 2])}),
+]
+
+
+@pytest.mark.parametrize("name,change", RS_BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RS_BAD)])
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+def test_relative_squares_bad_input(backend_name, name, change):
+    _run(backend_name, ops.relative_squares, *_rs_ok().values())  # the unchanged call is fine
+    kw = {**_rs_ok(), **change}
+    with pytest.raises(RuntimeError, match=rf"\b({name})\b"):
+        _run(backend_name, ops.relative_squares, *kw.values())
+
+
+# ---------------------------------------------------------------------------
 # opcheck, CUDA == CPU
 # ---------------------------------------------------------------------------
 
 
 @needs_ext
-@pytest.mark.parametrize("op", ["philox4x32", "generate_rows", "accumulate_", "stabilize"])
+@pytest.mark.parametrize("op", ["philox4x32", "generate_rows", "accumulate_", "stabilize", "relative_squares"])
 def test_opcheck(op):
     overload = getattr(torch.ops.fastattr, op).default
     for args in sample_inputs("cpu")[op]:
@@ -1073,3 +1244,7 @@ def test_mixed_devices_rejected(backend_name, device):
     with pytest.raises(RuntimeError, match=r"\b(key)\b"):
         _run(backend_name, ops.philox4x32, torch.zeros(2, 4, dtype=torch.int64, device=device),
              torch.zeros(2, dtype=torch.int64))
+    rs = {k: t.to(device) for k, t in _rs_ok().items()}
+    for arg in ("old", "inverse", "examples"):
+        with pytest.raises(RuntimeError, match=rf"\b({arg})\b"):
+            _run(backend_name, ops.relative_squares, *{**rs, arg: rs[arg].cpu()}.values())

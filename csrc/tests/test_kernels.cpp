@@ -9,6 +9,7 @@
 #include "fastattr/accumulate.h"
 #include "fastattr/keyed_random.h"
 #include "fastattr/philox.h"
+#include "fastattr/relative_squares.h"
 #include "fastattr/rows.h"
 #include "fastattr/stabilize.h"
 
@@ -363,6 +364,77 @@ void test_stabilize_element() {
   expect(outd[0] == 1e-9 + 1e-300 && outd[1] == -1e-9 - 1e-300, "float64");
 }
 
+// The squared relative change: a known answer, then the summation order.
+// Squares of 2^-27 are 2^-54, a quarter of the gap above 1 (2^-52): added to
+// 1 one at a time each is lost (two together tie to even and are lost too),
+// four summed first move 1 up by one gap. So the results show which sums
+// happen first.
+void test_relative_squares_order() {
+  const double old[3] = {0.5, -2.0, 0.0};
+  const double inverse[3] = {0.25, 0.5, 4.0};
+  const float x[3] = {1.5f, 2.0f, 0.0f};
+  double out = -1.0;
+  relative_squares_rows<1>(x, old, inverse, 3, &out);
+  // ((1.5 - 0.5) * 0.25)^2 + ((2 + 2) * 0.5)^2 + 0 = 0.0625 + 4.
+  expect(out == 4.0625, "relative_squares known answer");
+
+  constexpr int64_t D = 33;  // four full blocks of 8 and a tail of one element
+  const double tiny = std::ldexp(1.0, -27);
+  std::vector<float> rows(2 * D, 0.0f);
+  std::vector<double> zeros(D, 0.0), ones(D, 1.0);
+  // Row 0, lane 0 only: elements 0, 8, 16, 24 and the tail's 32 hold 1 and
+  // four tiny ones. In order, each tiny square is lost against 1.
+  rows[0] = 1.0f;
+  for (int64_t d : {8, 16, 24, 32}) {
+    rows[d] = static_cast<float>(tiny);
+  }
+  // Row 1: lane 0 holds 1, lanes 2 .. 7 one tiny square each. Combined as
+  // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): 1 + 2^-53 ties to 1,
+  // then 1 + 2^-52 is exact. Lane by lane in order it would stay 1.
+  rows[D] = 1.0f;
+  for (int64_t d = 2; d < 8; ++d) {
+    rows[D + d] = static_cast<float>(tiny);
+  }
+  const int64_t examples[2] = {0, 0};
+  double got[2] = {-1.0, -1.0};
+  const RelativeSquaresKernel<float> kernel{rows.data(), zeros.data(), ones.data(), examples,
+                                            1,           D,            got};
+  kernel(0);
+  kernel(1);
+  expect(got[0] == 1.0, "relative_squares: a lane sums its elements in increasing d (tail in lane 0)");
+  expect(got[1] == 1.0 + std::ldexp(1.0, -52), "relative_squares: lanes combined pairwise");
+
+  // rows_together: four rows of one example at once give each row's bits;
+  // rows of several examples, or fewer than four left, go one by one. Row 4
+  // (ids_a) or row 0 (ids_b) goes alone: two steps either way.
+  std::vector<double> old5(2 * 11), inv5(2 * 11);
+  std::vector<float> x5(5 * 11);
+  for (int i = 0; i < 5 * 11; ++i) {
+    x5[i] = static_cast<float>(std::sin(0.7 * i));
+  }
+  for (int i = 0; i < 2 * 11; ++i) {
+    old5[i] = std::cos(1.3 * i);
+    inv5[i] = 1.0 / (old5[i] + 3.0);
+  }
+  const int64_t ids_a[5] = {1, 1, 1, 1, 0};
+  const int64_t ids_b[5] = {0, 1, 1, 1, 1};
+  for (const int64_t* ids : {ids_a, ids_b}) {
+    double one[5], together[5];
+    const RelativeSquaresKernel<float> k{x5.data(), old5.data(), inv5.data(), ids, 2, 11, one};
+    for (int64_t r = 0; r < 5; ++r) {
+      k(r);
+    }
+    RelativeSquaresKernel<float> kt = k;
+    kt.out = together;
+    int64_t steps = 0;
+    for (int64_t r = 0; r < 5; ++steps) {
+      r = kt.rows_together(r, 5);
+    }
+    expect(std::memcmp(one, together, sizeof one) == 0, "rows_together: the bits of one row at a time");
+    expect(steps == 2, "rows_together: four rows of one example in one step");
+  }
+}
+
 struct Case {
   const char* name;
   void (*run)();
@@ -377,6 +449,7 @@ const Case kCases[] = {
     {"generate_rows_element", test_generate_rows_element},
     {"accumulate_step", test_accumulate_step},
     {"stabilize_element", test_stabilize_element},
+    {"relative_squares_order", test_relative_squares_order},
 };
 
 }  // namespace

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as v
+from .. import ops
 from ..attr.smoothgrad import check_seed
 from ..engine import Request
 from ..engine import budget as _budget
@@ -44,53 +45,13 @@ Denominator = Callable[[Tuple[Tensor, ...], Tensor], Tensor]
 OUTPUTS = ("logit", "probability")
 
 
-# Values per block of relative_squares on the CPU (1 MiB of float64): a
-# block's float64 temporary stays in the core's cache through its four
-# passes (1,600 rows of a 16,384-value layer, one thread: 18 ms, against
-# 52 ms with 8 MiB blocks and 34 ms with 128 KiB ones, whose Python work
-# per block shows); small rows make one block.
-_BLOCK_VALUES = 1 << 17
-
-
 def relative_squares(old: Tensor, inverse: Tensor, new: Tensor, examples: Tensor) -> Tensor:
     """float64 ``[g]``: ``sum_d ((old - new) * inverse)^2`` per row of ``new``
     ``[g, D]`` against its example's row of ``old`` / ``inverse`` (float64
-    ``[B, D]``; ``examples`` int64 ``[g]``, example-major). On the CPU in
-    blocks of whole runs of one example's rows, each run compared with its
-    example's row by broadcasting (a gather of ``old`` and ``inverse`` per row
-    cost more than the comparison itself)."""
-    if new.device.type != "cpu":
-        return ((old.index_select(0, examples) - new) * inverse.index_select(0, examples)).square().sum(1)
-    g, d = new.shape
-    total = torch.empty(g, dtype=torch.float64)
-    block = max(1, _BLOCK_VALUES // max(1, d))
-    for r0, e0, k, rows in _example_runs(examples, block):
-        r1 = r0 + k * rows
-        # (new - old) * inverse, squared: the same bits as (old - new) * inverse
-        # squared. In place on a float64 copy of the rows, whose layout the
-        # ops then follow (a broadcast first operand made them several times slower).
-        diff = new[r0:r1].reshape(k, rows, d).to(torch.float64, copy=True)
-        diff.sub_(old[e0:e0 + k].unsqueeze(1)).mul_(inverse[e0:e0 + k].unsqueeze(1))
-        total[r0:r1] = diff.square_().sum(2).view(-1)
-    return total
-
-
-def _example_runs(examples: Tensor, block: int) -> List[Tuple[int, int, int, int]]:
-    """``(first row, first example, k, rows)``: ``k`` consecutive examples of
-    ``rows`` rows each, at most ``block`` rows together (a longer run of one
-    example split), covering ``examples`` (int64 ``[g]``, example-major) in order."""
-    ids, counts = torch.unique_consecutive(examples, return_counts=True)
-    runs: List[Tuple[int, int, int, int]] = []
-    r0 = 0
-    for e, c in zip(ids.tolist(), counts.tolist()):
-        last = runs[-1] if runs else None
-        if last is not None and last[3] == c and last[1] + last[2] == e and (last[2] + 1) * c <= block:
-            runs[-1] = (last[0], last[1], last[2] + 1, c)
-        else:
-            for s in range(0, c, block):
-                runs.append((r0 + s, e, 1, min(block, c - s)))
-        r0 += c
-    return runs
+    ``[B, D]``; ``examples`` int64 ``[g]``): one fused pass on every device
+    (:func:`fastattr.ops.relative_squares`; ``(new - old)`` there, the same
+    squares), no float64 copy of the rows."""
+    return ops.relative_squares(new, old, inverse, examples)
 
 
 def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor], examples: Tensor,
@@ -110,7 +71,7 @@ def relative_norm(references: Sequence[Tensor], eps_min: float,
     """``f(rows, examples) -> float64 [g]``: ``||(x - x') / x||_ord`` of rows
     ``x'`` (each ``[g, *F_i]``) against their examples' ``references``
     (each ``[B, *F_i]``), over all parts together; a zero ``x`` element
-    counts as ``eps_min``. The 2-norm runs blockwise (:func:`relative_squares`)."""
+    counts as ``eps_min``. The 2-norm runs fused (:func:`relative_squares`)."""
     olds = float64_copies(references)
     if ord != 2.0:
         return lambda rows, examples: flat_norm(_relative_change(rows, olds, examples, eps_min), ord)
