@@ -208,14 +208,14 @@ def _smallest_by_sort(keys: Tensor, k: int) -> Tensor:
 @pytest.mark.parametrize("rows,n,k", [(64, 3072, 224), (7, 10, 3), (5, 40, 40), (3, 40, 1), (0, 12, 4),
                                       (4, 12, 0)])
 def test_smallest_keys_is_a_stable_sort_of_whole_rows(rows, n, k):
-    keys = torch.rand(rows, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n + k))
+    keys = 2 * torch.rand(rows, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n + k)) - 1
     assert torch.equal(smallest_keys(keys, k), _smallest_by_sort(keys, k))
 
 
 def test_smallest_keys_with_equal_keys_and_short_rows():
     # Keys from 40 values: many equal keys at the k-th; the last rows have
     # fewer keys under the threshold than k (the sorted-whole fallback).
-    keys = torch.randint(0, 40, (50, 300), generator=torch.Generator().manual_seed(1)).double() / 40
+    keys = torch.randint(-40, 40, (50, 300), generator=torch.Generator().manual_seed(1)).double() / 40
     keys[-3:] = 0.99 - torch.arange(300, dtype=torch.float64) / 1000
     for k in (1, 25, 150, 300):
         assert torch.equal(smallest_keys(keys, k), _smallest_by_sort(keys, k))

@@ -54,7 +54,7 @@ def _subset_indices(keys_like: Tensor, n_runs: int, subset_size: int, seed: int,
 
 def smallest_keys(keys: Tensor, k: int) -> Tensor:
     """int64 ``[R, k]``: per row of ``keys`` (``[R, N]``, uniform in
-    ``[0, 1)``, ``k <= N``), the columns of its ``k`` smallest keys in
+    ``[-1, 1)``, as ``"uniform"`` rows are made; ``k <= N``), the columns of its ``k`` smallest keys in
     increasing column order (of equal keys at the ``k``-th, the lowest columns).
 
     On the CPU, ``topk`` over whole rows costs several times more than
@@ -68,7 +68,7 @@ def smallest_keys(keys: Tensor, k: int) -> Tensor:
         return torch.empty(rows, k, dtype=torch.int64, device=keys.device)
     if keys.device.type != "cpu":
         return _sorted_smallest(keys, k)
-    below = (keys < (k + 8.0 * math.sqrt(k) + 8.0) / n).view(-1)
+    below = (keys < -1.0 + 2.0 * (k + 8.0 * math.sqrt(k) + 8.0) / n).view(-1)
     counts = below.view(rows, n).sum(1)
     flat = below.nonzero().view(-1)
     row = flat.div(n, rounding_mode="floor")
