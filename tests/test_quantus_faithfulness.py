@@ -213,7 +213,7 @@ def test_smallest_keys_is_a_stable_sort_of_whole_rows(rows, n, k):
 
 
 def test_smallest_keys_with_equal_keys_and_short_rows():
-    # Keys from 40 values: many equal keys at the k-th; the last rows have
+    # Keys from 80 values in [-1, 1): many equal keys at the k-th; the last rows have
     # fewer keys under the threshold than k (the sorted-whole fallback).
     keys = torch.randint(-40, 40, (50, 300), generator=torch.Generator().manual_seed(1)).double() / 40
     keys[-3:] = 0.99 - torch.arange(300, dtype=torch.float64) / 1000

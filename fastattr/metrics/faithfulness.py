@@ -54,8 +54,9 @@ def _subset_indices(keys_like: Tensor, n_runs: int, subset_size: int, seed: int,
 
 def smallest_keys(keys: Tensor, k: int) -> Tensor:
     """int64 ``[R, k]``: per row of ``keys`` (``[R, N]``, uniform in
-    ``[-1, 1)``, as ``"uniform"`` rows are made; ``k <= N``), the columns of its ``k`` smallest keys in
-    increasing column order (of equal keys at the ``k``-th, the lowest columns).
+    ``[-1, 1)`` as ``"uniform"`` rows are made, ``k <= N``), the columns of
+    its ``k`` smallest keys in increasing column order (of equal keys at the
+    ``k``-th, the lowest columns).
 
     On the CPU, ``topk`` over whole rows costs several times more than
     finding the ``k``-th key among those under a threshold: a row has
